@@ -1,0 +1,89 @@
+"""The one error hierarchy of cloudkernel, rooted at KernelError.
+
+It lives in the innermost layer so that aggregates can raise it; `kernel.errors` re-exports it.
+"""
+
+from typing import Any
+
+
+class KernelError(Exception):
+    """Root of every error cloudkernel raises on purpose."""
+
+    code = "kernel_error"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description of the error, with a stable code."""
+        return {"code": self.code, "message": str(self)}
+
+
+class DomainRuleError(KernelError):
+    """A command broke a rule of the domain (HTTP 409)."""
+
+    code = "domain_rule"
+
+
+class InvalidTransitionError(DomainRuleError):
+    """An entity was asked for an action its current state does not allow."""
+
+    code = "invalid_transition"
+
+    def __init__(self, entity: str, entity_id: object, state: object, action: str) -> None:
+        self.entity, self.entity_id, self.state, self.action = entity, entity_id, state, action
+        shown = getattr(state, "value", state)
+        super().__init__(f"{entity} {entity_id} is {shown}: cannot {action}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Name the entity, its state and the refused action."""
+        return {
+            **super().to_dict(),
+            "entity": self.entity,
+            "entity_id": str(self.entity_id),
+            "state": str(getattr(self.state, "value", self.state)),
+            "action": self.action,
+        }
+
+
+class CapacityError(DomainRuleError):
+    """A claim would take more capacity than is left."""
+
+    code = "capacity"
+
+
+class NotFoundError(KernelError):
+    """A named entity does not exist (HTTP 404)."""
+
+    code = "not_found"
+
+
+class ConflictError(KernelError):
+    """A concurrent writer changed the entity first (HTTP 409); re-read and retry."""
+
+    code = "conflict"
+
+
+class IdempotencyKeyReusedError(KernelError):
+    """An idempotency key was reused with a different payload (HTTP 422)."""
+
+    code = "idempotency_key_reused"
+
+
+class ValidationError(KernelError):
+    """Input is malformed: a field has the wrong type, range or form (HTTP 400)."""
+
+    code = "validation"
+
+
+class ConfigError(KernelError):
+    """A setting is wrong or unknown; raised at start with the setting's name."""
+
+    code = "config"
+
+
+class StepFailedError(KernelError):
+    """A subsystem could not perform a step; `retryable` says whether to try again."""
+
+    code = "step_failed"
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable

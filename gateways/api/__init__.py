@@ -1,0 +1,1 @@
+"""cloudkernel gateways api."""
