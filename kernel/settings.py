@@ -1,0 +1,190 @@
+"""Settings: one typed, frozen object read once from `cloudkernel.toml` and `CLOUDKERNEL_*`.
+
+Precedence: defaults, then the TOML file, then environment overrides. A wrong or unknown
+setting raises ConfigError with one line naming the setting, where it came from and the
+expected form. This is the only module that reads the process environment.
+"""
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from aggregates.errors import ConfigError
+
+ENV_PREFIX = "CLOUDKERNEL_"
+CONFIG_ENV = "CLOUDKERNEL_CONFIG"
+DEFAULT_CONFIG_FILE = "cloudkernel.toml"
+# Variables with the prefix that are not settings: the config path and the test suite's own.
+_NOT_SETTINGS = (CONFIG_ENV, "CLOUDKERNEL_TEST_")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything cloudkernel can be configured with; the defaults run the embedded platform."""
+
+    data_dir: Path = Path("data")
+    store: str = "sqlite"
+    postgres_dsn: str = ""
+    postgres_schema: str = "public"
+    postgres_pool_size: int = 4
+    postgres_connect_timeout: int = 5
+    nats_urls: tuple[str, ...] = ()
+    nats_port: int = 4322
+    api_host: str = "127.0.0.1"
+    api_port: int = 8480
+    log_level: str = "INFO"
+    inventory_file: str = ""
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def embedded_nats(self) -> bool:
+        """True when cloudkernel starts its own nats-server."""
+        return not self.nats_urls
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as plain values, with the password of the DSN hidden."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "sources":
+                continue
+            value = getattr(self, f.name)
+            if f.name == "postgres_dsn" and value:
+                value = _hide_password(value)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def _int_in(lo: int, hi: int) -> tuple[Callable[[Any], Any], str]:
+    def parse(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError
+        n = int(v) if isinstance(v, str) else v
+        if not isinstance(n, int) or not lo <= n <= hi:
+            raise ValueError
+        return n
+
+    return parse, f"an integer from {lo} to {hi}"
+
+
+def _choice(*options: str) -> tuple[Callable[[Any], Any], str]:
+    def parse(v: Any) -> str:
+        if not isinstance(v, str) or v.lower() not in options:
+            raise ValueError
+        return v.lower()
+
+    return parse, "one of " + ", ".join(repr(o) for o in options)
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError
+    return v
+
+
+def _path(v: Any) -> Path:
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError
+    return Path(v).expanduser()
+
+
+def _dsn(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError
+    if v and urlsplit(v).scheme not in ("postgres", "postgresql") and "=" not in v:
+        raise ValueError
+    return v
+
+
+def _nats_urls(v: Any) -> tuple[str, ...]:
+    items = [s.strip() for s in v.split(",")] if isinstance(v, str) else v
+    if not isinstance(items, list | tuple):
+        raise ValueError
+    urls = tuple(u for u in items if u)
+    for u in urls:
+        if not isinstance(u, str) or urlsplit(u).scheme not in ("nats", "tls", "ws", "wss"):
+            raise ValueError
+        if not urlsplit(u).hostname:
+            raise ValueError
+    return urls
+
+
+_PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "data_dir": (_path, "a directory path"),
+    "store": _choice("sqlite", "postgres"),
+    "postgres_dsn": (_dsn, "a PostgreSQL URL like postgresql://user:pass@host:5432/db"),
+    "postgres_schema": (_text, "a schema name"),
+    "postgres_pool_size": _int_in(1, 100),
+    "postgres_connect_timeout": _int_in(1, 300),
+    "nats_urls": (_nats_urls, "a list of nats://host:port URLs (comma-separated in the env)"),
+    "nats_port": _int_in(1, 65535),
+    "api_host": (_text, "a host name or IP address"),
+    "api_port": _int_in(1, 65535),
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "inventory_file": (_text, "a path to an inventory TOML file"),
+}
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, config_path: Path | str | None = None
+) -> Settings:
+    """Read the TOML file (if any) and the environment, validate, and freeze."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    path = Path(config_path) if config_path else Path(env.get(CONFIG_ENV, DEFAULT_CONFIG_FILE))
+    explicit = config_path is not None or CONFIG_ENV in env
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+        for key, raw in data.items():
+            _take(key, raw, f"{path}", values, sources)
+    elif explicit:
+        raise ConfigError(f"config file {path} does not exist ({CONFIG_ENV} or --config)")
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name.startswith(_NOT_SETTINGS):
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        _take(key, raw, name, values, sources)
+    settings = Settings(**values, sources=sources)
+    if settings.store == "postgres" and not settings.postgres_dsn:
+        raise ConfigError(
+            "setting postgres_dsn: required when store is 'postgres' "
+            "(set CLOUDKERNEL_POSTGRES_DSN=postgresql://user:pass@host:5432/db)"
+        )
+    if settings.log_level:
+        settings = _replace(settings, log_level=settings.log_level.upper())
+    return settings
+
+
+def _take(key: str, raw: Any, origin: str, values: dict[str, Any], sources: dict[str, str]) -> None:
+    if key not in _PARSERS:
+        known = ", ".join(sorted(_PARSERS))
+        raise ConfigError(f"unknown setting {key!r} (from {origin}); known settings: {known}")
+    parse, form = _PARSERS[key]
+    try:
+        values[key] = parse(raw)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"setting {key} (from {origin}): expected {form}, got {raw!r}"
+        ) from None
+    sources[key] = origin
+
+
+def _replace(settings: Settings, **changes: Any) -> Settings:
+    current = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    current.update(changes)
+    return Settings(**current)
+
+
+def _hide_password(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return dsn

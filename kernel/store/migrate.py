@@ -1,0 +1,31 @@
+"""Schema creation: the one place tables are created; every process runs with CREATE_TABLE=n."""
+
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from kernel.settings import Settings
+from kernel.store.application import APPLICATIONS, open_application
+
+
+def migrate(settings: Settings) -> list[str]:
+    """Create the schema and every application's tables; safe to run again. Returns a report."""
+    report: list[str] = []
+    if settings.store == "sqlite":
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    else:
+        with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(settings.postgres_schema)
+                )
+            )
+    for cls in APPLICATIONS:
+        app = open_application(cls, settings, create_table=True)
+        try:
+            head = app.recorder.max_notification_id() or 0
+        finally:
+            app.close()
+        report.append(f"{cls.name}: ready ({settings.store}, log head at {head})")
+    return report
