@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 from uuid import UUID
 
-from eventsourcing.application import Application
+from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Mapper
 from psycopg.conninfo import conninfo_to_dict
 
@@ -31,6 +32,25 @@ class KernelApplication(Application[UUID]):
         return MsgspecMapper(
             compressor=self.factory.compressor(), cipher=self.factory.cipher()
         )
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        """Record the pending events of the given aggregates (and events) in one transaction.
+
+        Same contract as the library's save(); it skips the library's per-object checks
+        against runtime Protocols, which cost ~40 us per aggregate (a third of a batched save).
+        """
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+        for obj in objs:
+            if isinstance(obj, Aggregate):
+                processing_event.events.extend(obj.collect_events())
+                processing_event.aggregates[obj.id] = obj
+            elif obj is not None:
+                processing_event.collect_events(obj)
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        return recordings
 
     def lookup_idempotency(self, key: str) -> IdempotencyRecord | None:
         """The record a command with this idempotency key left, if any."""

@@ -23,7 +23,7 @@ _untyped = msgspec.json.Decoder()
 class _Codec:
     """Per event class: the typed decoder of its stored state."""
 
-    __slots__ = ("cls", "class_version", "decoder", "state_type")
+    __slots__ = ("class_version", "cls", "decoder", "state_type")
 
     def __init__(self, cls: type[Any]) -> None:
         self.cls = cls
