@@ -58,7 +58,9 @@ class CommandService:
         self.app = app
         self.handlers = dict(handlers)
 
-    def execute(self, command: Command, *, idempotency_key: str, actor: str = "system") -> CommandOutcome:
+    def execute(
+        self, command: Command, *, idempotency_key: str, actor: str = "system"
+    ) -> CommandOutcome:
         """Run `command` once for this key; a repeat returns the first outcome unchanged."""
         _check_key(idempotency_key)
         handler = self.handlers.get(type(command))

@@ -29,14 +29,15 @@ class _Codec:
         self.cls = cls
         self.class_version: int = getattr(cls, "class_version", 1)
         hints = typing.get_type_hints(cls)
-        fields = []
+        fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
         for f in dataclasses.fields(cls):
             if f.name in _ORIGINATOR_FIELDS:
                 continue
             if f.default is not dataclasses.MISSING:
                 fields.append((f.name, hints[f.name], f.default))
             elif f.default_factory is not dataclasses.MISSING:
-                fields.append((f.name, hints[f.name], msgspec.field(default_factory=f.default_factory)))
+                default = msgspec.field(default_factory=f.default_factory)
+                fields.append((f.name, hints[f.name], default))
             else:
                 fields.append((f.name, hints[f.name]))
         self.state_type = msgspec.defstruct(
