@@ -1,0 +1,43 @@
+"""The composition root: the one place adapters are built and wired from Settings."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kernel.commands import CommandService, Handler
+from kernel.inventory.loader import LoadInventory, handle_load_inventory
+from kernel.settings import Settings
+from kernel.store.application import KernelApplication, PlatformApplication, open_application
+
+SAMPLE_INVENTORY = Path(__file__).resolve().parent.parent / "examples" / "inventory.toml"
+
+PLATFORM_HANDLERS: dict[type, Handler] = {
+    LoadInventory: handle_load_inventory,
+}
+
+
+@dataclass
+class Platform:
+    """The platform application and its command service, opened on the configured store."""
+
+    settings: Settings
+    app: KernelApplication
+    commands: CommandService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.commands = CommandService(self.app, PLATFORM_HANDLERS)
+
+    def close(self) -> None:
+        """Release the store's connections."""
+        self.app.close()
+
+
+def open_platform(settings: Settings) -> Platform:
+    """Open the (already migrated) platform application."""
+    return Platform(settings, open_application(PlatformApplication, settings))
+
+
+def inventory_path(settings: Settings) -> Path | None:
+    """The inventory `up` loads: the configured file, else the bundled sample if present."""
+    if settings.inventory_file:
+        return Path(settings.inventory_file)
+    return SAMPLE_INVENTORY if SAMPLE_INVENTORY.is_file() else None

@@ -1,0 +1,1 @@
+"""Inventory: zones, pods, clusters, hosts, storage, templates and offerings from a TOML file."""
