@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 import psycopg
 from eventsourcing.application import Application
@@ -94,16 +96,14 @@ def _row(event: Any) -> tuple[Any, ...]:
 @contextlib.contextmanager
 def throwaway_postgres() -> Iterator[str]:
     """Start a private PostgreSQL cluster for the run (the tests' fixture class)."""
-    from tests.fixtures.postgres import PostgresServer
+    from fixtures.postgres import PostgresServer, create_database, with_dbname
 
-    server = PostgresServer.create()
+    server = PostgresServer()
     try:
         server.start()
-        with psycopg.connect(server.dsn, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE bench")
-        yield server.dsn.rsplit("/", 1)[0] + "/bench"
+        yield with_dbname(server.dsn, create_database(server.dsn, prefix="bench_"))
     finally:
-        server.stop()
+        server.destroy()
 
 
 def median_of(repeats: int, fn: Callable[[], float]) -> float:

@@ -130,22 +130,25 @@ def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def _check_nats(urls: Sequence[str]) -> None:
-    """Fail at start, naming the setting, when the configured NATS cluster is unreachable."""
-    import asyncio
-
-    import nats
+    """Fail at start, naming the setting, when no server of the NATS cluster answers."""
+    import socket
+    from urllib.parse import urlsplit
 
     from aggregates.errors import ConfigError
 
-    async def probe() -> None:
-        nc = await nats.connect(servers=list(urls), connect_timeout=3, max_reconnect_attempts=0,
-                                allow_reconnect=False)
-        await nc.close()
-
-    try:
-        asyncio.run(probe())
-    except Exception as e:
-        raise ConfigError(f"setting nats_urls: cannot connect to {', '.join(urls)}: {e}") from None
+    problems = []
+    for url in urls:
+        parts = urlsplit(url)
+        try:
+            with socket.create_connection((parts.hostname, parts.port or 4222), timeout=3) as s:
+                s.settimeout(3)
+                if s.recv(5) == b"INFO ":  # every NATS server greets with INFO {...}
+                    return
+                problems.append(f"{url}: not a NATS server")
+        except OSError as e:
+            problems.append(f"{url}: {e.strerror or e}")
+    raise ConfigError(f"setting nats_urls: cannot connect to {', '.join(urls)} "
+                      f"({'; '.join(problems)})")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,15 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from aggregates.errors import ValidationError
+
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Factor = Annotated[float, msgspec.Meta(ge=1.0)]
 
 
 class _Spec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -44,8 +48,8 @@ class ClusterSpec(_Spec, frozen=True, kw_only=True):
 
     pod: str
     hypervisor: Literal["KVM"] = "KVM"
-    cpu_overprovisioning: float = 1.0
-    memory_overprovisioning: float = 1.0
+    cpu_overprovisioning: Factor = 1.0
+    memory_overprovisioning: Factor = 1.0
 
 
 class HostSpec(_Spec, frozen=True, kw_only=True):
@@ -53,9 +57,9 @@ class HostSpec(_Spec, frozen=True, kw_only=True):
 
     cluster: str
     uri: str
-    cpu_cores: int
-    cpu_mhz: int
-    memory_mib: int
+    cpu_cores: Positive
+    cpu_mhz: Positive
+    memory_mib: Positive
     tags: tuple[str, ...] = ()
 
 
@@ -66,8 +70,8 @@ class StoragePoolSpec(_Spec, frozen=True, kw_only=True):
     zone: str = ""
     uri: str
     pool_name: str = ""
-    capacity_gib: int
-    overprovisioning: float = 2.0
+    capacity_gib: Positive
+    overprovisioning: Factor = 2.0
     tags: tuple[str, ...] = ()
 
 
@@ -92,9 +96,9 @@ class TemplateSpec(_Spec, frozen=True, kw_only=True):
 class ServiceOfferingSpec(_Spec, frozen=True, kw_only=True):
     """A compute size users deploy VMs with."""
 
-    cpu_cores: int
-    cpu_mhz: int
-    memory_mib: int
+    cpu_cores: Positive
+    cpu_mhz: Positive
+    memory_mib: Positive
     host_tags: tuple[str, ...] = ()
     storage_tags: tuple[str, ...] = ()
     ha: bool = False
@@ -103,7 +107,7 @@ class ServiceOfferingSpec(_Spec, frozen=True, kw_only=True):
 class DiskOfferingSpec(_Spec, frozen=True, kw_only=True):
     """A data disk size users attach."""
 
-    size_gib: int = 0
+    size_gib: NonNegative = 0
     customizable: bool = False
     tags: tuple[str, ...] = ()
 
@@ -206,7 +210,7 @@ def parse_inventory_text(
         if m := _PATH.search(message):
             section, index, field = m.group(1), int(m.group(2)), m.group(3) or ""
             detail = message.split(" - at ")[0]
-            if "missing required field" in detail:
+            if "missing required field" in detail or "unknown field" in detail:
                 field = detail.rsplit("`", 2)[-2]
             raise located.error(section, index, field, detail) from None
         raise InventoryError(f"{name}: {message}") from None

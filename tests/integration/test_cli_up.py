@@ -1,0 +1,133 @@
+"""`cloudkernel up` as a process: data folder, migrations, NATS with JetStream, inventory, Ctrl-C."""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nats
+import pytest
+
+from gateways.stream.embedded import EmbeddedNatsServer
+from kernel.settings import Settings
+from kernel.store.application import PlatformApplication, open_application
+
+CLI = [sys.executable, "-m", "gateways.cli.main"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_up(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
+    full = {**os.environ, "CLOUDKERNEL_DATA_DIR": str(tmp_path / "data"),
+            "PYTHONPATH": str(ROOT), **env}
+    return subprocess.Popen([*CLI, "up"], cwd=tmp_path, env=full, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wait_until_up(proc: subprocess.Popen[str], timeout: float = 60) -> str:
+    assert proc.stdout is not None
+    deadline, seen = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if "cloudkernel is up" in line:
+            return "".join(seen)
+    proc.kill()
+    raise AssertionError("cloudkernel up did not come up:\n" + "".join(seen))
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
+async def jetstream_works(url: str) -> int:
+    nc = await nats.connect(url, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="PROBE", subjects=["probe.>"])
+        ack = await js.publish("probe.x", b"hello")
+        return int(ack.seq)
+    finally:
+        await nc.close()
+
+
+def test_up_on_the_embedded_default(tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_up(tmp_path, CLOUDKERNEL_NATS_PORT=str(port))
+    try:
+        log = wait_until_up(proc)
+        assert "registered 22 entities" in log
+        assert asyncio.run(jetstream_works(f"nats://127.0.0.1:{port}")) == 1
+        assert (tmp_path / "data" / "platform.db").is_file()
+        assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+    assert "cloudkernel stopped" in out
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass  # the embedded nats-server is gone
+
+    # a second start finds everything in place and writes nothing new
+    proc = start_up(tmp_path, CLOUDKERNEL_NATS_PORT=str(port))
+    try:
+        log = wait_until_up(proc)
+        assert "(loaded before)" in log
+    finally:
+        stop(proc)
+    app = open_application(PlatformApplication, Settings(data_dir=tmp_path / "data"))
+    try:
+        assert app.recorder.max_notification_id() == 22
+    finally:
+        app.close()
+
+
+def test_up_on_postgres_and_an_external_nats(tmp_path: Path, pg_dsn: str,
+                                             nats_server: EmbeddedNatsServer) -> None:
+    proc = start_up(tmp_path, CLOUDKERNEL_STORE="postgres", CLOUDKERNEL_POSTGRES_DSN=pg_dsn,
+                    CLOUDKERNEL_NATS_URLS=nats_server.url)
+    try:
+        log = wait_until_up(proc)
+        assert f"using NATS cluster {nats_server.url}" in log
+        assert "embedded nats-server" not in log
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+    settings = Settings(store="postgres", postgres_dsn=pg_dsn)
+    app = open_application(PlatformApplication, settings)
+    try:
+        assert app.recorder.max_notification_id() == 22
+    finally:
+        app.close()
+
+
+def test_bad_settings_stop_start_up_with_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([*CLI, "up"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT),
+                               "CLOUDKERNEL_API_PORT": "eighty"}, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("cloudkernel: error: setting api_port (from "
+                                   "CLOUDKERNEL_API_PORT): expected an integer from 1 to "
+                                   "65535, got 'eighty'")
+
+
+def test_an_unreachable_nats_cluster_is_named(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    proc = subprocess.run([*CLI, "up"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT),
+                               "CLOUDKERNEL_DATA_DIR": str(tmp_path / "d"),
+                               "CLOUDKERNEL_NATS_URLS": url}, timeout=60)
+    assert proc.returncode == 2
+    assert f"setting nats_urls: cannot connect to {url}" in proc.stderr
