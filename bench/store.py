@@ -17,16 +17,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
 import psycopg
 from eventsourcing.application import Application
 
-from aggregates.host import Host
-from kernel.settings import Settings
-from kernel.store.application import KernelApplication, postgres_env, store_env
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from aggregates.host import Host  # noqa: E402
+from kernel.settings import Settings  # noqa: E402
+from kernel.store.application import KernelApplication, postgres_env, store_env  # noqa: E402
 
 
 class StockApp(Application[uuid.UUID]):

@@ -1,4 +1,4 @@
-"""`cloudkernel up` as a process: data folder, migrations, NATS with JetStream, inventory, Ctrl-C."""
+"""`cloudkernel up` as a process: data folder, migrations, NATS, inventory, then Ctrl-C."""
 
 import asyncio
 import os

@@ -6,9 +6,6 @@ from pathlib import Path
 import pytest
 
 from aggregates.host import Host
-from aggregates.host import Host as _H
-
-natural_host_id = _H.create_id
 from gateways.cli.main import main
 from kernel.bootstrap import PLATFORM_HANDLERS, SAMPLE_INVENTORY
 from kernel.commands import CommandService
@@ -77,7 +74,7 @@ def test_the_sample_inventory_loads_and_a_second_load_changes_nothing(
 def test_hosts_get_their_clusters_overprovisioning_and_a_test_driver_file(
         service: CommandService) -> None:
     load_inventory_file(service, SAMPLE_INVENTORY)
-    host: Host = service.app.repository.get(natural_host_id("kvm-b1"))
+    host: Host = service.app.repository.get(Host.create_id("kvm-b1"))
     assert host.cpu_overprovisioning == 4.0 and host.total_cpu_cores == 128
     assert host.uri == f"test://{SAMPLE_INVENTORY.parent}/hosts/kvm-b1.xml"
     assert Path(host.uri.removeprefix("test://")).is_file()

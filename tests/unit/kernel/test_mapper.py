@@ -141,5 +141,5 @@ def test_undecodable_state_names_the_event() -> None:
 
     bad = StoredEvent(originator_id=uuid4(), originator_version=3, topic="test.sample.Made",
                       state=b'{"ref": 12}')
-    with pytest.raises(MapperDeserialisationError, match="test.sample.Made .* v3"):
+    with pytest.raises(MapperDeserialisationError, match=r"test.sample.Made .* v3"):
         MsgspecMapper().to_domain_event(bad)

@@ -1,4 +1,4 @@
-"""Settings: defaults work, TOML and environment override, bad or unknown settings name themselves."""
+"""Settings: defaults work, TOML then environment override, bad or unknown settings are named."""
 
 from pathlib import Path
 
@@ -8,7 +8,8 @@ from kernel.errors import ConfigError
 from kernel.settings import Settings, load_settings
 
 
-def test_defaults_run_the_embedded_platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_run_the_embedded_platform(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # no cloudkernel.toml here
     s = load_settings(env={})
     assert s.store == "sqlite"
@@ -62,7 +63,7 @@ def test_unknown_key_in_toml_and_broken_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown setting 'apiport' \(from .*c.toml\)"):
         load_settings(env={}, config_path=cfg)
     cfg.write_text("api_port = \n")
-    with pytest.raises(ConfigError, match="config file .*c.toml"):
+    with pytest.raises(ConfigError, match=r"config file .*c.toml"):
         load_settings(env={}, config_path=cfg)
 
 
