@@ -69,6 +69,20 @@ class StoreContract:
         assert [n.id for n in notes] == positions
         assert app.recorder.max_notification_id() == positions[-1]
 
+    def test_small_and_large_batches_keep_log_order(self, app: KernelApplication) -> None:
+        batches = [[new_host() for _ in range(n)] for n in (50, 3, 1, 16, 15, 200)]
+        saved: list[tuple[int, object]] = []
+        for batch in batches:
+            recordings = app.save(*batch)
+            saved += [(r.notification.id, r.domain_event.originator_id) for r in recordings]
+        positions = [p for p, _ in saved]
+        assert positions == sorted(positions) and len(set(positions)) == len(positions) == 285
+        notes = app.recorder.select_notifications(start=None, limit=1000)
+        assert [(n.id, n.originator_id) for n in notes] == saved
+        for batch in batches:
+            for h in batch:
+                assert app.repository.get(h.id) == h
+
     def test_multi_aggregate_save_is_atomic(self, app: KernelApplication,
                                             settings: Settings) -> None:
         host = new_host()
