@@ -1,1 +1,55 @@
 """Event-sourced platform entities: every zone, host, VM, volume and network is an aggregate."""
+
+from aggregates.backup import Backup
+from aggregates.base import PlatformAggregate
+from aggregates.cluster import Cluster
+from aggregates.host import Host
+from aggregates.image_store import ImageStore
+from aggregates.network import Network
+from aggregates.nic import Nic
+from aggregates.offering import DiskOffering, ServiceOffering
+from aggregates.pod import Pod
+from aggregates.snapshot import Snapshot
+from aggregates.storage_pool import PrimaryStoragePool
+from aggregates.template import Template
+from aggregates.vm import VirtualMachine
+from aggregates.volume import Volume
+from aggregates.zone import Zone
+
+ALL_AGGREGATES: tuple[type[PlatformAggregate], ...] = (
+    Zone,
+    Pod,
+    Cluster,
+    Host,
+    PrimaryStoragePool,
+    ImageStore,
+    Template,
+    ServiceOffering,
+    DiskOffering,
+    Network,
+    Nic,
+    VirtualMachine,
+    Volume,
+    Snapshot,
+    Backup,
+)
+
+__all__ = [
+    "ALL_AGGREGATES",
+    "Backup",
+    "Cluster",
+    "DiskOffering",
+    "Host",
+    "ImageStore",
+    "Network",
+    "Nic",
+    "PlatformAggregate",
+    "Pod",
+    "PrimaryStoragePool",
+    "ServiceOffering",
+    "Snapshot",
+    "Template",
+    "VirtualMachine",
+    "Volume",
+    "Zone",
+]

@@ -28,7 +28,8 @@ class AuditContext:
     causation_id: str | None = None
 
 
-_audit: ContextVar[AuditContext] = ContextVar("cloudkernel_audit", default=AuditContext())
+_NO_AUDIT = AuditContext()
+_audit: ContextVar[AuditContext] = ContextVar("cloudkernel_audit", default=_NO_AUDIT)
 
 
 def current_audit() -> AuditContext:
@@ -76,8 +77,18 @@ class PlatformAggregate(Aggregate):
     class Created(Event, Aggregate.Created):
         """Base created event."""
 
+        def __init_subclass__(cls, **kwargs: Any) -> None:
+            # eventsourcing copies this class into every concrete aggregate as `<Agg>.Created`,
+            # which would inherit and steal the "<key>.Event" topic of the aggregate's base
+            # event; give such a copy its own "<key>.Created" topic instead.
+            super().__init_subclass__(**kwargs)
+            inherited = getattr(cls, "TOPIC", None)
+            if "TOPIC" not in cls.__dict__ and isinstance(inherited, str) \
+                    and inherited.endswith(".Event"):
+                cls.TOPIC = inherited.removesuffix("Event") + cls.__name__  # type: ignore[attr-defined]
+
     @staticmethod
-    def create_id(**_: Any) -> UUID:
+    def create_id(*_: Any, **__: Any) -> UUID:
         """Random ids, unless an aggregate is known by a natural key."""
         return uuid4()
 

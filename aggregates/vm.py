@@ -1,0 +1,358 @@
+"""VirtualMachine: a guest's life cycle, modelled on CloudStack's VirtualMachine state machine.
+
+VMs have random ids; `VirtualMachine.allocate(..., id=...)` takes the id when a command has
+already chosen it. The state (what the kernel wants and has done) and the observed power
+state (what the hypervisor last reported) are kept apart: only `observe_power` changes the
+latter, and `power_drift` tells the reconciler when they disagree.
+
+    Allocated/Stopped --start--> Starting --started--> Running
+    Starting --start_failed--> Stopped
+    Running --stop--> Stopping --stopped--> Stopped;  Stopping --stop_failed--> Running
+    Running --migrate--> Migrating --migrated / migration_failed--> Running
+    Allocated/Stopped/Error --destroy--> Destroyed --recover--> Stopped
+    Destroyed/Error --expunge--> Expunging --expunged--> Expunged
+    Allocated/Starting/Stopping/Migrating/Expunging --fail--> Error
+"""
+
+from enum import Enum
+from uuid import UUID
+
+from eventsourcing.domain import event
+
+from aggregates.base import PlatformAggregate
+from aggregates.errors import DomainRuleError
+from aggregates.validation import require_hostname, require_name
+
+
+class VmState(Enum):
+    """The VM's state as the kernel drives it (CloudStack's VirtualMachine.State)."""
+
+    ALLOCATED = "Allocated"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    STOPPING = "Stopping"
+    STOPPED = "Stopped"
+    MIGRATING = "Migrating"
+    DESTROYED = "Destroyed"
+    EXPUNGING = "Expunging"
+    EXPUNGED = "Expunged"
+    ERROR = "Error"
+
+
+class PowerState(Enum):
+    """The power state a hypervisor last reported (CloudStack's PowerState)."""
+
+    ON = "PowerOn"
+    OFF = "PowerOff"
+    UNKNOWN = "PowerUnknown"
+    REPORT_MISSING = "PowerReportMissing"
+
+
+_S = VmState
+_ON_HOST = frozenset({_S.STARTING, _S.RUNNING, _S.STOPPING, _S.MIGRATING})
+_POWERED_OFF = frozenset({_S.ALLOCATED, _S.STOPPED, _S.DESTROYED, _S.EXPUNGED})
+
+
+class VirtualMachine(PlatformAggregate):
+    """A guest VM: its offering, template, placement and life cycle."""
+
+    TOPIC = "vm"
+    KIND = "vm"
+
+    class Event(PlatformAggregate.Event):
+        """Base of VirtualMachine events."""
+
+        TOPIC = "vm.Event"
+
+    class Allocated(Event, PlatformAggregate.Created):
+        """The VM was allocated (deployed, not yet started)."""
+
+        TOPIC = "vm.Allocated"
+        name: str
+        account: str
+        zone_id: UUID
+        service_offering_id: UUID
+        template_id: UUID
+        ha_enabled: bool
+
+    class StartRequested(Event):
+        """The VM is starting on a host."""
+
+        TOPIC = "vm.StartRequested"
+        host_id: UUID
+
+    class Started(Event):
+        """The VM is running."""
+
+        TOPIC = "vm.Started"
+
+    class StartFailed(Event):
+        """The start failed; the VM is Stopped."""
+
+        TOPIC = "vm.StartFailed"
+        reason: str
+
+    class StopRequested(Event):
+        """The VM is stopping."""
+
+        TOPIC = "vm.StopRequested"
+        forced: bool
+
+    class Stopped(Event):
+        """The VM is stopped and off its host."""
+
+        TOPIC = "vm.Stopped"
+
+    class StopFailed(Event):
+        """The stop failed; the VM is Running."""
+
+        TOPIC = "vm.StopFailed"
+        reason: str
+
+    class MigrationRequested(Event):
+        """The VM is moving to another host."""
+
+        TOPIC = "vm.MigrationRequested"
+        destination_host_id: UUID
+
+    class Migrated(Event):
+        """The VM runs on its destination host."""
+
+        TOPIC = "vm.Migrated"
+
+    class MigrationFailed(Event):
+        """The migration failed; the VM runs where it was."""
+
+        TOPIC = "vm.MigrationFailed"
+        reason: str
+
+    class Destroyed(Event):
+        """The VM was destroyed; it can be recovered until expunged."""
+
+        TOPIC = "vm.Destroyed"
+
+    class Recovered(Event):
+        """A destroyed VM was recovered (Stopped)."""
+
+        TOPIC = "vm.Recovered"
+
+    class ExpungeRequested(Event):
+        """The VM's resources are being removed."""
+
+        TOPIC = "vm.ExpungeRequested"
+
+    class Expunged(Event):
+        """The VM is gone for good."""
+
+        TOPIC = "vm.Expunged"
+
+    class Failed(Event):
+        """An operation left the VM in Error."""
+
+        TOPIC = "vm.Failed"
+        reason: str
+
+    class PowerObserved(Event):
+        """A hypervisor reported the VM's power state (and where it saw it)."""
+
+        TOPIC = "vm.PowerObserved"
+        power_state: PowerState
+        host_id: UUID | None
+
+    @event(Allocated)
+    def __init__(self, name: str, account: str, zone_id: UUID, service_offering_id: UUID,
+                 template_id: UUID, ha_enabled: bool) -> None:
+        self.name, self.account, self.zone_id = name, account, zone_id
+        self.service_offering_id, self.template_id = service_offering_id, template_id
+        self.ha_enabled = ha_enabled
+        self.state = VmState.ALLOCATED
+        self.host_id: UUID | None = None
+        self.last_host_id: UUID | None = None
+        self.destination_host_id: UUID | None = None
+        self.power_state = PowerState.UNKNOWN
+        self.power_host_id: UUID | None = None
+        self.last_error = ""
+
+    @classmethod
+    def allocate(cls, *, name: str, account: str, zone_id: UUID, service_offering_id: UUID,
+                 template_id: UUID, ha_enabled: bool = False,
+                 id: UUID | None = None) -> "VirtualMachine":
+        """Validate and allocate a VM; `name` becomes the guest hostname."""
+        require_hostname("vm", name)
+        require_name(f"vm {name}: account", account)
+        vm: VirtualMachine = cls._create(
+            cls.Allocated, id=id, name=name, account=account, zone_id=zone_id,
+            service_offering_id=service_offering_id, template_id=template_id,
+            ha_enabled=bool(ha_enabled))
+        return vm
+
+    # start
+
+    def start(self, host_id: UUID) -> None:
+        """Begin starting the VM on the host placement chose."""
+        self._require({_S.ALLOCATED, _S.STOPPED}, "start")
+        self._start_requested(host_id)
+
+    @event(StartRequested)
+    def _start_requested(self, host_id: UUID) -> None:
+        self.state, self.host_id = VmState.STARTING, host_id
+
+    def started(self) -> None:
+        """Record that the VM runs."""
+        self._require({_S.STARTING}, "complete start")
+        self._started()
+
+    @event(Started)
+    def _started(self) -> None:
+        self.state, self.last_error = VmState.RUNNING, ""
+
+    def start_failed(self, reason: str) -> None:
+        """Record a failed start; the VM is Stopped and off the host."""
+        self._require({_S.STARTING}, "fail start")
+        self._start_failed(reason)
+
+    @event(StartFailed)
+    def _start_failed(self, reason: str) -> None:
+        self.state, self.last_error = VmState.STOPPED, reason
+        self.host_id = None
+
+    # stop
+
+    def stop(self, forced: bool = False) -> None:
+        """Begin stopping the VM."""
+        self._require({_S.RUNNING}, "stop")
+        self._stop_requested(bool(forced))
+
+    @event(StopRequested)
+    def _stop_requested(self, forced: bool) -> None:
+        self.state = VmState.STOPPING
+
+    def stopped(self) -> None:
+        """Record that the VM is stopped; it leaves its host."""
+        self._require({_S.STOPPING}, "complete stop")
+        self._stopped()
+
+    @event(Stopped)
+    def _stopped(self) -> None:
+        self.state, self.last_error = VmState.STOPPED, ""
+        self.last_host_id, self.host_id = self.host_id, None
+
+    def stop_failed(self, reason: str) -> None:
+        """Record a failed stop; the VM is Running."""
+        self._require({_S.STOPPING}, "fail stop")
+        self._stop_failed(reason)
+
+    @event(StopFailed)
+    def _stop_failed(self, reason: str) -> None:
+        self.state, self.last_error = VmState.RUNNING, reason
+
+    # migrate
+
+    def migrate(self, destination_host_id: UUID) -> None:
+        """Begin moving the running VM to another host."""
+        self._require({_S.RUNNING}, "migrate")
+        if destination_host_id == self.host_id:
+            raise DomainRuleError(f"vm {self.name} already runs on {destination_host_id}")
+        self._migration_requested(destination_host_id)
+
+    @event(MigrationRequested)
+    def _migration_requested(self, destination_host_id: UUID) -> None:
+        self.state, self.destination_host_id = VmState.MIGRATING, destination_host_id
+
+    def migrated(self) -> None:
+        """Record that the VM runs on its destination host."""
+        self._require({_S.MIGRATING}, "complete migration")
+        self._migrated()
+
+    @event(Migrated)
+    def _migrated(self) -> None:
+        self.last_host_id, self.host_id = self.host_id, self.destination_host_id
+        self.state, self.destination_host_id, self.last_error = VmState.RUNNING, None, ""
+
+    def migration_failed(self, reason: str) -> None:
+        """Record a failed migration; the VM runs where it was."""
+        self._require({_S.MIGRATING}, "fail migration")
+        self._migration_failed(reason)
+
+    @event(MigrationFailed)
+    def _migration_failed(self, reason: str) -> None:
+        self.state, self.destination_host_id = VmState.RUNNING, None
+        self.last_error = reason
+
+    # destroy, recover, expunge
+
+    def destroy(self) -> None:
+        """Destroy the VM (stop it first); it can be recovered until expunged."""
+        self._require({_S.ALLOCATED, _S.STOPPED, _S.ERROR}, "destroy")
+        self._destroyed()
+
+    @event(Destroyed)
+    def _destroyed(self) -> None:
+        self.state = VmState.DESTROYED
+        if self.host_id is not None:
+            self.last_host_id, self.host_id = self.host_id, None
+
+    def recover(self) -> None:
+        """Bring a destroyed VM back, Stopped."""
+        self._require({_S.DESTROYED}, "recover")
+        self._recovered()
+
+    @event(Recovered)
+    def _recovered(self) -> None:
+        self.state = VmState.STOPPED
+
+    def expunge(self) -> None:
+        """Begin removing the VM's resources for good."""
+        self._require({_S.DESTROYED, _S.ERROR}, "expunge")
+        self._expunge_requested()
+
+    @event(ExpungeRequested)
+    def _expunge_requested(self) -> None:
+        self.state = VmState.EXPUNGING
+        if self.host_id is not None:
+            self.last_host_id, self.host_id = self.host_id, None
+
+    def expunged(self) -> None:
+        """Record that the VM is gone."""
+        self._require({_S.EXPUNGING}, "complete expunge")
+        self._expunged()
+
+    @event(Expunged)
+    def _expunged(self) -> None:
+        self.state = VmState.EXPUNGED
+
+    def fail(self, reason: str) -> None:
+        """Record that an operation left the VM in Error."""
+        self._require({_S.ALLOCATED, _S.STARTING, _S.STOPPING, _S.MIGRATING, _S.EXPUNGING},
+                      "fail")
+        self._failed(reason)
+
+    @event(Failed)
+    def _failed(self, reason: str) -> None:
+        self.state, self.last_error = VmState.ERROR, reason
+        self.destination_host_id = None
+
+    # observed power
+
+    def observe_power(self, power_state: PowerState, host_id: UUID | None = None) -> None:
+        """Record a power report; the same report again records nothing."""
+        if (power_state, host_id) != (self.power_state, self.power_host_id):
+            self._power_observed(power_state, host_id)
+
+    @event(PowerObserved)
+    def _power_observed(self, power_state: PowerState, host_id: UUID | None) -> None:
+        self.power_state, self.power_host_id = power_state, host_id
+
+    @property
+    def power_drift(self) -> bool:
+        """Whether the last power report contradicts the state (running where it should not)."""
+        if self.state is VmState.RUNNING:
+            return self.power_state in (PowerState.OFF, PowerState.REPORT_MISSING) or (
+                self.power_state is PowerState.ON and self.power_host_id is not None
+                and self.power_host_id != self.host_id)
+        return self.state in _POWERED_OFF and self.power_state is PowerState.ON
+
+    @property
+    def on_host(self) -> bool:
+        """Whether the VM holds a place on a host (it is starting, running or moving)."""
+        return self.state in _ON_HOST
