@@ -9,14 +9,12 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from aggregates.allocation import AllocationState
+from aggregates.allocation import Allocatable, AllocationState
 from aggregates.base import PlatformAggregate, natural_id
 from aggregates.validation import require_factor, require_name
 
-_AS = AllocationState
 
-
-class Cluster(PlatformAggregate):
+class Cluster(Allocatable, PlatformAggregate):
     """A cluster of hosts that share a hypervisor type and primary storage."""
 
     TOPIC = "cluster"
@@ -76,26 +74,6 @@ class Cluster(PlatformAggregate):
         cpu = require_factor(label, "cpu_overprovisioning", cpu_overprovisioning)
         memory = require_factor(label, "memory_overprovisioning", memory_overprovisioning)
         return cls(name, zone_id, pod_id, hypervisor, cpu, memory)
-
-    @property
-    def state(self) -> AllocationState:
-        """The allocation state (what `_refuse` reports)."""
-        return self.allocation_state
-
-    @property
-    def enabled(self) -> bool:
-        """Whether new resources may be allocated in the cluster."""
-        return self.allocation_state is AllocationState.ENABLED
-
-    def enable(self) -> None:
-        """Let new resources be allocated in the cluster."""
-        self._require({_AS.DISABLED}, "enable")
-        self._allocation_state_changed(AllocationState.ENABLED)
-
-    def disable(self) -> None:
-        """Stop new allocations in the cluster."""
-        self._require({_AS.ENABLED}, "disable")
-        self._allocation_state_changed(AllocationState.DISABLED)
 
     @event(AllocationStateChanged)
     def _allocation_state_changed(self, state: AllocationState) -> None:

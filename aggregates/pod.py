@@ -8,15 +8,13 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from aggregates.allocation import AllocationState
+from aggregates.allocation import Allocatable, AllocationState
 from aggregates.base import PlatformAggregate, natural_id
 from aggregates.errors import ValidationError
 from aggregates.validation import ipv4_address, ipv4_network, require_name
 
-_AS = AllocationState
 
-
-class Pod(PlatformAggregate):
+class Pod(Allocatable, PlatformAggregate):
     """A pod: clusters that share a management subnet inside one zone."""
 
     TOPIC = "pod"
@@ -75,26 +73,6 @@ class Pod(PlatformAggregate):
         if start <= gw <= end:
             raise ValidationError(f"{label}: gateway {gw} is inside {start}-{end}")
         return cls(name, zone_id, str(gw), str(network), str(start), str(end))
-
-    @property
-    def state(self) -> AllocationState:
-        """The allocation state (what `_refuse` reports)."""
-        return self.allocation_state
-
-    @property
-    def enabled(self) -> bool:
-        """Whether new resources may be allocated in the pod."""
-        return self.allocation_state is AllocationState.ENABLED
-
-    def enable(self) -> None:
-        """Let new resources be allocated in the pod."""
-        self._require({_AS.DISABLED}, "enable")
-        self._allocation_state_changed(AllocationState.ENABLED)
-
-    def disable(self) -> None:
-        """Stop new allocations in the pod."""
-        self._require({_AS.ENABLED}, "disable")
-        self._allocation_state_changed(AllocationState.DISABLED)
 
     @event(AllocationStateChanged)
     def _allocation_state_changed(self, state: AllocationState) -> None:

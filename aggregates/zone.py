@@ -9,12 +9,10 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from aggregates.allocation import AllocationState
+from aggregates.allocation import Allocatable, AllocationState
 from aggregates.base import PlatformAggregate, natural_id
 from aggregates.errors import ValidationError
 from aggregates.validation import ipv4_address, ipv4_network, require_name
-
-_AS = AllocationState
 
 
 class NetworkType(Enum):
@@ -24,7 +22,7 @@ class NetworkType(Enum):
     BASIC = "Basic"
 
 
-class Zone(PlatformAggregate):
+class Zone(Allocatable, PlatformAggregate):
     """A data center zone: the unit of placement, networks and storage."""
 
     TOPIC = "zone"
@@ -105,26 +103,6 @@ class Zone(PlatformAggregate):
             guest_cidr = str(ipv4_network(label, guest_cidr))
         return cls(name, network_type, dns, internal, network_domain, guest_cidr,
                    bool(local_storage_enabled))
-
-    @property
-    def state(self) -> AllocationState:
-        """The allocation state (what `_refuse` reports)."""
-        return self.allocation_state
-
-    @property
-    def enabled(self) -> bool:
-        """Whether new resources may be allocated in the zone."""
-        return self.allocation_state is AllocationState.ENABLED
-
-    def enable(self) -> None:
-        """Let new resources be allocated in the zone."""
-        self._require({_AS.DISABLED}, "enable")
-        self._allocation_state_changed(AllocationState.ENABLED)
-
-    def disable(self) -> None:
-        """Stop new allocations in the zone; what runs there keeps running."""
-        self._require({_AS.ENABLED}, "disable")
-        self._allocation_state_changed(AllocationState.DISABLED)
 
     @event(AllocationStateChanged)
     def _allocation_state_changed(self, state: AllocationState) -> None:
