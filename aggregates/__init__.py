@@ -3,11 +3,13 @@
 from aggregates.backup import Backup
 from aggregates.base import PlatformAggregate
 from aggregates.cluster import Cluster
+from aggregates.entity_queue import EntityQueue
 from aggregates.host import Host
 from aggregates.image_store import ImageStore
 from aggregates.network import Network
 from aggregates.nic import Nic
 from aggregates.offering import DiskOffering, ServiceOffering
+from aggregates.operation import Operation
 from aggregates.pod import Pod
 from aggregates.snapshot import Snapshot
 from aggregates.storage_pool import PrimaryStoragePool
@@ -32,6 +34,8 @@ ALL_AGGREGATES: tuple[type[PlatformAggregate], ...] = (
     Volume,
     Snapshot,
     Backup,
+    Operation,
+    EntityQueue,
 )
 
 __all__ = [
@@ -39,10 +43,12 @@ __all__ = [
     "Backup",
     "Cluster",
     "DiskOffering",
+    "EntityQueue",
     "Host",
     "ImageStore",
     "Network",
     "Nic",
+    "Operation",
     "PlatformAggregate",
     "Pod",
     "PrimaryStoragePool",

@@ -84,6 +84,8 @@ class StepFailedError(KernelError):
 
     code = "step_failed"
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, code: str | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        if code:
+            self.code = code  # a plugin's own stable code, e.g. "host_unreachable"

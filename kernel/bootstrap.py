@@ -2,11 +2,16 @@
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kernel.commands import CommandService, Handler
 from kernel.inventory.loader import LoadInventory, handle_load_inventory
 from kernel.settings import Settings
 from kernel.store.application import KernelApplication, PlatformApplication, open_application
+
+if TYPE_CHECKING:
+    from kernel.dispatch_feed import DispatchFeed
+    from kernel.operations import OperationEngine
 
 SAMPLE_INVENTORY = Path(__file__).resolve().parent.parent / "examples" / "inventory.toml"
 
@@ -34,6 +39,16 @@ class Platform:
 def open_platform(settings: Settings) -> Platform:
     """Open the (already migrated) platform application."""
     return Platform(settings, open_application(PlatformApplication, settings))
+
+
+def open_engine(settings: Settings) -> tuple[Platform, "OperationEngine", "DispatchFeed"]:
+    """The platform with its operation engine and dispatch feed."""
+    from kernel.dispatch_feed import DispatchFeed
+    from kernel.operations import OperationEngine
+
+    platform = open_platform(settings)
+    engine = OperationEngine(platform.app, refuse_when_busy=settings.busy_entities == "refuse")
+    return platform, engine, DispatchFeed(platform.app)
 
 
 def inventory_path(settings: Settings) -> Path | None:

@@ -38,12 +38,18 @@ class Settings:
     api_port: int = 8480
     log_level: str = "INFO"
     inventory_file: str = ""
+    busy_entities: str = "queue"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def embedded_nats(self) -> bool:
         """True when cloudkernel starts its own nats-server."""
         return not self.nats_urls
+
+    @property
+    def nats_servers(self) -> tuple[str, ...]:
+        """Where to reach NATS: the configured cluster, or the embedded server."""
+        return self.nats_urls or (f"nats://127.0.0.1:{self.nats_port}",)
 
     def describe(self) -> dict[str, Any]:
         """The settings as plain values, with the password of the DSN hidden."""
@@ -125,6 +131,7 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "api_port": _int_in(1, 65535),
     "log_level": _choice("debug", "info", "warning", "error"),
     "inventory_file": (_text, "a path to an inventory TOML file"),
+    "busy_entities": _choice("queue", "refuse"),
 }
 
 

@@ -51,8 +51,30 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     command("up", cmd_up, "start the platform on the configured store and NATS; Ctrl-C stops it")
+    command("kernel", cmd_kernel, "run the kernel: dispatcher, result applier and timers")
     command("migrate", cmd_migrate, "create schemas and tables for every application")
     command("settings", cmd_settings, "print the effective settings and where each came from")
+    worker = command("worker", cmd_worker,
+                     "serve one subsystem's steps from NATS; SIGTERM/Ctrl-C stops it cleanly")
+    worker.add_argument("--subsystem", required=True, metavar="NAME",
+                        help="the subsystem to serve (see `cloudkernel subsystems`)")
+    worker.add_argument("--concurrency", type=int, default=8, metavar="N",
+                        help="steps run at once, in as many threads (default 8)")
+    worker.add_argument("--nats-url", action="append", default=None, metavar="URL",
+                        help="NATS server, repeatable (default: setting nats_urls, else the "
+                             "embedded server at nats://127.0.0.1:<nats_port>)")
+    worker.add_argument("--config-json", default="{}", metavar="JSON",
+                        help="the plugin's configuration, a JSON object, "
+                             "e.g. '{\"path\": \"counter.db\"}'")
+    worker.add_argument("--ack-wait", type=float, default=30.0, metavar="SECONDS",
+                        help="ack_wait of the subsystem's consumer when this worker creates it "
+                             "(default 30); in_progress is sent every ack_wait/3")
+    worker.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="on stop, how long running steps may finish (default 30)")
+    worker.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="give up when NATS does not answer at start (default 10)")
+    command("subsystems", cmd_subsystems,
+            "list the installed subsystem plugins, their versions and step kinds")
     inventory = sub.add_parser("inventory", help="inventory files")
     inv_sub = inventory.add_subparsers(metavar="ACTION")
     load = inv_sub.add_parser("load", help="register what an inventory TOML file lists")
@@ -65,6 +87,32 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
     """Create every application's tables."""
     for line in migrate(settings):
         print(line)
+    return 0
+
+
+def cmd_kernel(settings: Settings, _: argparse.Namespace) -> int:
+    """Run the operation engine against NATS until SIGINT/SIGTERM."""
+    import asyncio
+
+    from gateways.stream.kernel_runner import KernelRunner
+    from kernel.bootstrap import open_engine
+
+    platform, engine, feed = open_engine(settings)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        runner = KernelRunner(engine, feed, settings.nats_servers)
+        log.info("kernel: serving with NATS at %s", ", ".join(settings.nats_servers))
+        await runner.run(stop)
+        log.info("kernel: stopped (%s)", runner.stats)
+
+    try:
+        asyncio.run(serve())
+    finally:
+        platform.close()
     return 0
 
 
@@ -85,6 +133,60 @@ def cmd_inventory_load(settings: Settings, args: argparse.Namespace) -> int:
         platform.close()
     note = " (this file was loaded before; nothing written)" if outcome.replayed else ""
     print(f"{args.file}: {result.summary()}{note}")
+    return 0
+
+
+def cmd_subsystems(settings: Settings, _: argparse.Namespace) -> int:
+    """List each plugin with its version and step kinds (built without configuration)."""
+    from subsystems.registry import load_registry
+
+    registry = load_registry()
+    rows = [(p.name, p.subsystem.version, " ".join(p.kinds),
+             p.source.target + (f" ({p.source.distribution})" if p.source.distribution else ""))
+            for p in registry.plugins]
+    widths = [max([len(h), *(len(r[i]) for r in rows)])
+              for i, h in enumerate(("SUBSYSTEM", "VERSION", "STEP KINDS"))]
+    for row in [("SUBSYSTEM", "VERSION", "STEP KINDS", "PLUGIN"), *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[3])
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Serve one subsystem until SIGTERM/SIGINT."""
+    import asyncio
+    import json
+    import os
+
+    from aggregates.errors import ConfigError
+    from gateways.stream.worker import Worker, run_until_signalled
+    from subsystems.registry import load_registry
+
+    try:
+        config = json.loads(args.config_json)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config-json is not JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ConfigError("--config-json must be a JSON object")
+    plugin = load_registry([args.subsystem], {args.subsystem: config}).plugin(args.subsystem)
+    servers = args.nats_url or list(settings.nats_urls) or [
+        f"nats://127.0.0.1:{settings.nats_port}"]
+    worker = Worker(plugin.subsystem, servers=servers, concurrency=args.concurrency,
+                    ack_wait=args.ack_wait, drain_timeout=args.drain_timeout,
+                    connect_timeout=args.connect_timeout)
+
+    def ready(w: Worker) -> None:
+        print(f"worker {w.identity} serves {plugin.source} ({', '.join(plugin.kinds)}) "
+              f"from {', '.join(servers)}; concurrency {w.concurrency}", flush=True)
+
+    stats = asyncio.run(run_until_signalled(worker, ready))
+    print(f"worker {worker.identity} stopped: {stats.received} received, {stats.succeeded} "
+          f"succeeded, {stats.failed} failed, {stats.terminated} terminated", flush=True)
+    if stats.abandoned:
+        # Their threads cannot be interrupted and the interpreter would join them at exit;
+        # the steps stay unacked, so JetStream redelivers them to another worker.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(1)
     return 0
 
 

@@ -8,6 +8,7 @@ from enum import Enum
 from types import NoneType, UnionType
 from uuid import UUID
 
+import msgspec
 import pytest
 from eventsourcing.domain import CanMutateAggregate
 from eventsourcing.utils import get_topic, resolve_topic
@@ -17,7 +18,7 @@ from aggregates.base import PlatformAggregate
 
 EVENTS = [(agg, cls) for agg in ALL_AGGREGATES for cls in vars(agg).values()
           if isinstance(cls, type) and issubclass(cls, CanMutateAggregate)]
-SCALARS = (UUID, str, int, float, bool, datetime, Decimal, NoneType)
+SCALARS = (UUID, str, int, float, bool, datetime, Decimal, NoneType, msgspec.Raw)
 
 
 def _decodable(tp: object) -> bool:
@@ -28,11 +29,15 @@ def _decodable(tp: object) -> bool:
         return all(_decodable(arg) for arg in typing.get_args(tp))
     if isinstance(tp, type) and issubclass(tp, Enum):
         return all(isinstance(member.value, str) for member in tp)
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):  # plans: frozen, field by field
+        hints = typing.get_type_hints(tp)
+        return tp.__struct_config__.frozen and all(
+            _decodable(hints[name]) for name in tp.__struct_fields__)
     return tp in SCALARS
 
 
 def test_every_aggregate_is_listed_once() -> None:
-    assert len(set(ALL_AGGREGATES)) == len(ALL_AGGREGATES) == 15
+    assert len(set(ALL_AGGREGATES)) == len(ALL_AGGREGATES) == 17
     for agg in ALL_AGGREGATES:
         assert issubclass(agg, PlatformAggregate)
         assert resolve_topic(agg.TOPIC) is agg
