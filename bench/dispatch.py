@@ -36,11 +36,11 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig  # noqa: E402
+
 from aggregates.plan import Plan, PlannedStep, RetryPolicy  # noqa: E402
 from gateways.stream.embedded import EmbeddedNatsServer  # noqa: E402
 from gateways.stream.kernel_runner import KernelRunner, connect  # noqa: E402
-from gateways.stream.streams import ensure_streams, ensure_worker_consumer  # noqa: E402
-from kernel.contracts import STEPS_STREAM  # noqa: E402
 from kernel.dispatch_feed import DispatchFeed  # noqa: E402
 from kernel.operations import OperationEngine, StartOperation  # noqa: E402
 from kernel.settings import Settings  # noqa: E402
@@ -112,15 +112,25 @@ class Kernel:
         self._loop = asyncio.new_event_loop()
         self._stop = asyncio.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
+        self.error: BaseException | None = None
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self.runner.run(self._stop))
+        try:
+            self._loop.run_until_complete(self.runner.run(self._stop))
+        except BaseException as e:
+            self.error = e
+            raise
 
     def __enter__(self) -> "Kernel":
         self._thread.start()
         time.sleep(0.5)
         return self
+
+    def check(self) -> None:
+        """Raise if the kernel thread died."""
+        if not self._thread.is_alive():
+            raise RuntimeError(f"the kernel stopped: {self.error!r}")
 
     def __exit__(self, *_: object) -> None:
         self._loop.call_soon_threadsafe(self._stop.set)
@@ -144,9 +154,10 @@ def succeeded(dsn: str) -> int:
     return int(row[0]) if row else 0
 
 
-def wait_for(dsn: str, ops: int, timeout: float) -> None:
+def wait_for(dsn: str, ops: int, timeout: float, kernel: "Kernel") -> None:
     deadline = time.monotonic() + timeout
     while succeeded(dsn) < ops:
+        kernel.check()
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {succeeded(dsn)}/{ops} operations finished")
         time.sleep(0.05)
@@ -165,7 +176,7 @@ def sustained(settings: Settings, total_steps: int, n_workers: int, *,
         start = time.perf_counter()
         for batch in batches:
             k.engine.submit_many(batch, idempotency_key=f"bench-{uuid.uuid4()}")
-        wait_for(settings.postgres_dsn, ops, timeout=600)
+        wait_for(settings.postgres_dsn, ops, timeout=600, kernel=k)
         return total_steps / (time.perf_counter() - start)
 
 
@@ -182,7 +193,7 @@ def latency_at(settings: Settings, rate: float, seconds: float = 5.0) -> tuple[f
             submitted += per_tick
             next_at = start + (submitted / per_tick) * tick
             time.sleep(max(0.0, next_at - time.perf_counter()))
-        wait_for(settings.postgres_dsn, submitted, timeout=120)
+        wait_for(settings.postgres_dsn, submitted, timeout=120, kernel=k)
         app = k.app
         dispatched: dict[uuid.UUID, Any] = {}
         latencies: list[float] = []
@@ -202,17 +213,21 @@ async def transport_limit(url: str, n: int, window: int = 256) -> float:
     """Bare nats-py: publish step, fetch+ack it, publish result, fetch+ack result."""
     nc = await connect([url])
     js = nc.jetstream(timeout=10)
-    await ensure_streams(js)
-    name = await ensure_worker_consumer(js, "bare")
-    steps = await js.pull_subscribe_bind(name, stream=STEPS_STREAM)
-    results = await js.pull_subscribe("results.bare", durable="bare-results",
-                                      stream="RESULTS")
+    # Streams of its own, shaped like STEPS/RESULTS: a work-queue stream allows one consumer
+    # per subject, and the kernel's RESULTS consumer takes every subject.
+    for name in ("BARE_STEPS", "BARE_RESULTS"):
+        await js.add_stream(StreamConfig(
+            name=name, subjects=[f"{name.lower()}.>"], retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE, duplicate_window=600))
+    steps = await js.pull_subscribe("bare_steps.>", durable="bare-worker", stream="BARE_STEPS")
+    results = await js.pull_subscribe("bare_results.>", durable="bare-kernel",
+                                      stream="BARE_RESULTS")
     payload = b"x" * 200
     done = 0
 
     async def produce() -> None:
         for start in range(0, n, window):
-            await asyncio.gather(*(js.publish("steps.bare.echo", payload,
+            await asyncio.gather(*(js.publish("bare_steps.echo.echo", payload,
                                               headers={"Nats-Msg-Id": f"s{i}"})
                                    for i in range(start, min(n, start + window))))
 
@@ -223,7 +238,7 @@ async def transport_limit(url: str, n: int, window: int = 256) -> float:
                 msgs = await steps.fetch(window, timeout=1)
             except TimeoutError:
                 continue
-            await asyncio.gather(*(js.publish("results.bare", m.data,
+            await asyncio.gather(*(js.publish("bare_results.echo", m.data,
                                               headers={"Nats-Msg-Id": f"r{handled + i}"})
                                    for i, m in enumerate(msgs)))
             await asyncio.gather(*(m.ack() for m in msgs))
