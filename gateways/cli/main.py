@@ -4,15 +4,19 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aggregates.errors import KernelError
 from kernel.bootstrap import inventory_path, open_platform
 from kernel.inventory.loader import load_inventory_file
 from kernel.settings import Settings, load_settings
 from kernel.store.migrate import migrate
+
+if TYPE_CHECKING:
+    from kernel.dispatch_feed import DispatchFeed
+    from kernel.operations import OperationEngine
 
 log = logging.getLogger("cloudkernel")
 EXIT_BAD_INPUT = 2
@@ -191,44 +195,74 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
-    """Create the data folder, migrate, start NATS, load the inventory, wait for a signal."""
+    """Migrate, start NATS, load the inventory, then run the kernel and the workers."""
     from gateways.stream.embedded import EmbeddedNatsServer
+    from kernel.bootstrap import open_engine
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     for line in migrate(settings):
         log.info("migrate: %s", line)
-    nats = None
-    stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    nats_server = None
     platform = None
     try:
         if settings.embedded_nats:
-            nats = EmbeddedNatsServer(settings.data_dir / "nats", port=settings.nats_port)
-            url = nats.start()
-            log.info("embedded nats-server with JetStream at %s (pid %s)", url, nats.pid)
+            nats_server = EmbeddedNatsServer(settings.data_dir / "nats", port=settings.nats_port)
+            url = nats_server.start()
+            log.info("embedded nats-server with JetStream at %s (pid %s)", url, nats_server.pid)
         else:
             url = ", ".join(settings.nats_urls)
             _check_nats(settings.nats_urls)
             log.info("using NATS cluster %s", url)
-        platform = open_platform(settings)
+        platform, engine, feed = open_engine(settings)
         path = inventory_path(settings)
         if path is not None:
             outcome, result = load_inventory_file(platform.commands, path)
             log.info("inventory %s: %s%s", path, result.summary(),
                      " (loaded before)" if outcome.replayed else "")
-        print(f"cloudkernel is up: store={settings.store} data={settings.data_dir} nats={url}; "
-              "Ctrl-C stops it", flush=True)
-        stop.wait()
-        log.info("shutting down")
+        import asyncio
+
+        asyncio.run(_serve_kernel_and_workers(settings, engine, feed, url))
     finally:
         if platform is not None:
             platform.close()
-        if nats is not None:
-            nats.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if nats_server is not None:
+            nats_server.stop()
     print("cloudkernel stopped", flush=True)
     return 0
+
+
+async def _serve_kernel_and_workers(settings: Settings, engine: "OperationEngine",
+                                    feed: "DispatchFeed", url: str) -> None:
+    """The kernel loops and one worker per installed subsystem, until SIGINT/SIGTERM."""
+    import asyncio
+
+    from gateways.stream.kernel_runner import KernelRunner
+    from gateways.stream.worker import Worker
+    from subsystems.registry import load_registry
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    registry = load_registry(configs={"counter": {"path": str(settings.data_dir / "counter.db")}})
+    servers = settings.nats_servers
+    workers = [Worker(p.subsystem, servers=servers) for p in registry.plugins]
+    runner = KernelRunner(engine, feed, servers)
+    tasks = [asyncio.create_task(runner.run(stop)),
+             *(asyncio.create_task(w.run(stop)) for w in workers)]
+    ready: asyncio.Future[Any] = asyncio.ensure_future(
+        asyncio.gather(*(w.ready.wait() for w in workers)))
+    await asyncio.wait([*tasks, ready], return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:  # a loop that ended before the workers were ready failed
+        if task.done():
+            task.result()
+    names = ", ".join(p.name for p in registry.plugins)
+    print(f"cloudkernel is up: store={settings.store} data={settings.data_dir} nats={url}; "
+          f"kernel and workers for {names} running; Ctrl-C stops it", flush=True)
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        stop.set()
 
 
 def _check_nats(urls: Sequence[str]) -> None:

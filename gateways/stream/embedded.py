@@ -154,6 +154,7 @@ class EmbeddedNatsServer:
                     stderr=subprocess.STDOUT,
                     cwd=self.data_dir,
                     start_new_session=True,  # a Ctrl-C in the terminal must not skip our stop()
+                    preexec_fn=_die_with_parent,
                 )
             except OSError as e:
                 raise ConfigError(f"cannot run nats-server {executable}: {e}") from e
@@ -279,3 +280,15 @@ class EmbeddedNatsServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, so a killed `cloudkernel up` leaves no
+    nats-server holding its port (Linux; elsewhere the server outlives a killed parent)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -90,8 +90,10 @@ class KernelRunner:
             wake.set()
             await asyncio.gather(*tasks)
         finally:
+            # close, not drain: nats-py's drain of a pull subscription can wait forever on its
+            # pending queue, and everything the kernel owed (acks, publishes) is already sent.
             with contextlib.suppress(Exception):
-                await nc.drain()
+                await asyncio.wait_for(nc.close(), 5)
             self._store.shutdown(wait=True)
             self._reader.shutdown(wait=True)
 

@@ -7,12 +7,16 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
+import msgspec
 import nats
 import pytest
 
+from aggregates.plan import Plan, PlannedStep
 from gateways.stream.embedded import EmbeddedNatsServer
+from kernel.operations import OperationEngine
 from kernel.settings import Settings
 from kernel.store.application import PlatformApplication, open_application
 
@@ -64,6 +68,36 @@ async def jetstream_works(url: str) -> int:
         await nc.close()
 
 
+def log_head(settings: Settings) -> int:
+    app = open_application(PlatformApplication, settings)
+    try:
+        return app.recorder.max_notification_id() or 0
+    finally:
+        app.close()
+
+
+def run_an_echo_operation(settings: Settings) -> str:
+    """Submit a two-step echo operation through the store; wait for the running platform."""
+    app = open_application(PlatformApplication, settings)
+    try:
+        engine = OperationEngine(app)
+        a = PlannedStep(step_id=uuid.uuid4(), subsystem="echo", action="echo",
+                        args=msgspec.Raw(b'{"message": "hi"}'))
+        b = PlannedStep(step_id=uuid.uuid4(), subsystem="echo", action="echo",
+                        args=msgspec.Raw(b'{"message": "there"}'), depends_on=(a.step_id,))
+        out = engine.submit("test.echo", Plan(steps=(a, b)), idempotency_key="echo-1")
+        op_id = uuid.UUID(msgspec.json.decode(out.result)["operation_id"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            op = app.repository.get(op_id)
+            if op.is_finished:
+                return str(op.state.value)
+            time.sleep(0.1)
+        return "unfinished"
+    finally:
+        app.close()
+
+
 def test_up_on_the_embedded_default(tmp_path: Path) -> None:
     port = free_port()
     proc = start_up(tmp_path, CLOUDKERNEL_NATS_PORT=str(port))
@@ -73,6 +107,8 @@ def test_up_on_the_embedded_default(tmp_path: Path) -> None:
         assert asyncio.run(jetstream_works(f"nats://127.0.0.1:{port}")) == 1
         assert (tmp_path / "data" / "platform.db").is_file()
         assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
+        assert "kernel and workers for" in log and "echo" in log
+        assert run_an_echo_operation(Settings(data_dir=tmp_path / "data")) == "Succeeded"
     finally:
         out = stop(proc)
     assert proc.returncode == 0, out
@@ -81,17 +117,14 @@ def test_up_on_the_embedded_default(tmp_path: Path) -> None:
         pass  # the embedded nats-server is gone
 
     # a second start finds everything in place and writes nothing new
+    head = log_head(Settings(data_dir=tmp_path / "data"))
     proc = start_up(tmp_path, CLOUDKERNEL_NATS_PORT=str(port))
     try:
         log = wait_until_up(proc)
         assert "(loaded before)" in log
     finally:
         stop(proc)
-    app = open_application(PlatformApplication, Settings(data_dir=tmp_path / "data"))
-    try:
-        assert app.recorder.max_notification_id() == 22
-    finally:
-        app.close()
+    assert log_head(Settings(data_dir=tmp_path / "data")) == head
 
 
 def test_up_on_postgres_and_an_external_nats(tmp_path: Path, pg_dsn: str,
@@ -105,12 +138,7 @@ def test_up_on_postgres_and_an_external_nats(tmp_path: Path, pg_dsn: str,
     finally:
         out = stop(proc)
     assert proc.returncode == 0, out
-    settings = Settings(store="postgres", postgres_dsn=pg_dsn)
-    app = open_application(PlatformApplication, settings)
-    try:
-        assert app.recorder.max_notification_id() == 22
-    finally:
-        app.close()
+    assert log_head(Settings(store="postgres", postgres_dsn=pg_dsn)) == 22
 
 
 def test_bad_settings_stop_start_up_with_one_line(tmp_path: Path) -> None:
