@@ -165,7 +165,10 @@ class OperationEngine:
         self.group_commit = group_commit
         self.cache: dict[UUID, Aggregate] = {}
         self._timers: list[_Wakeup] = []
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # one batch, command or recovery at a time
+        # The heap has its own lock: the event loop asks `next_timer` every tick and must not
+        # wait for a batch that holds `_lock` through its commit.
+        self._timer_lock = threading.Lock()
         self.commands = CommandService(app, {StartOperation: self._handle_start,
                                              StartOperations: self._handle_start_many,
                                              CancelOperation: self._handle_cancel})
@@ -257,18 +260,25 @@ class OperationEngine:
     def fire_due_timers(self) -> int:
         """Handle every deadline and retry whose time has come; returns operations touched."""
         now = self.clock()
-        with self._lock:
-            due: set[UUID] = set()
+        with self._timer_lock:
+            popped: list[_Wakeup] = []
             while self._timers and self._timers[0].at <= now:
-                due.add(heapq.heappop(self._timers).operation_id)
-        if not due:
+                popped.append(heapq.heappop(self._timers))
+        if not popped:
             return 0
-        self._batch(lambda uow, now_: self._fire(uow, due, now_))
+        due = {w.operation_id for w in popped}
+        try:
+            self._batch(lambda uow, now_: self._fire(uow, due, now_))
+        except BaseException:
+            with self._timer_lock:  # not handled: they stay due, for the next tick
+                for wakeup in popped:
+                    heapq.heappush(self._timers, wakeup)
+            raise
         return len(due)
 
     def next_timer(self) -> datetime | None:
         """When the earliest timer is due."""
-        with self._lock:
+        with self._timer_lock:
             return self._timers[0].at if self._timers else None
 
     def recover(self) -> int:
@@ -294,7 +304,7 @@ class OperationEngine:
                 self.cache[op_id] = op
                 self._schedule_timer(op)
         # Run once now: deadlines that passed while the engine was down fire immediately.
-        with self._lock:
+        with self._timer_lock:
             self._timers = [_Wakeup(min(w.at, self.clock()), w.operation_id) for w in self._timers]
             heapq.heapify(self._timers)
         return len(active)
@@ -363,7 +373,8 @@ class OperationEngine:
     def _schedule_timer(self, op: Operation) -> None:
         wake = None if op.is_finished else op.next_wakeup()
         if wake is not None:
-            heapq.heappush(self._timers, _Wakeup(wake, op.id))
+            with self._timer_lock:
+                heapq.heappush(self._timers, _Wakeup(wake, op.id))
 
     # ------------------------------------------------------------------ saving
 

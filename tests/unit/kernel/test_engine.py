@@ -256,3 +256,52 @@ def test_without_group_commit_each_outcome_is_its_own_transaction(clock: Clock) 
         assert notes
     finally:
         app.close()
+
+
+def test_a_failed_timer_batch_does_not_lose_its_timers(clock: Clock) -> None:
+    from eventsourcing.persistence import OperationalError
+
+    app = scratch_application()
+    try:
+        engine, feed = OperationEngine(app, clock=clock), DispatchFeed(app)
+        submit(engine, step(deadline=5.0))
+        drain(engine, feed)
+        clock.advance(5.0)
+        real_save = app.save
+
+        def db_down(*_: object, **__: object) -> None:
+            raise OperationalError("server closed the connection")
+
+        app.save = db_down  # type: ignore[method-assign]
+        with pytest.raises(OperationalError):
+            engine.fire_due_timers()
+        app.save = real_save  # type: ignore[method-assign]
+        assert engine.next_timer() is not None, "the deadline timer was dropped"
+        engine.fire_due_timers()
+        clock.advance(1.0)
+        engine.fire_due_timers()
+        (m2,) = drain(engine, feed)
+        assert m2.attempt == 2
+    finally:
+        app.close()
+
+
+def test_next_timer_does_not_wait_for_a_batch(engine: OperationEngine) -> None:
+    import threading
+    import time
+
+    submit(engine, step(deadline=5.0))
+    holding = threading.Event()
+
+    def long_batch() -> None:
+        with engine._lock:
+            holding.set()
+            time.sleep(1.0)
+
+    t = threading.Thread(target=long_batch)
+    t.start()
+    holding.wait(5)
+    started = time.monotonic()
+    assert engine.next_timer() is not None
+    assert time.monotonic() - started < 0.2
+    t.join()
