@@ -39,8 +39,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig  # noqa: E402
 
 from aggregates.plan import Plan, PlannedStep, RetryPolicy  # noqa: E402
+from gateways.stream.connection import connect  # noqa: E402
 from gateways.stream.embedded import EmbeddedNatsServer  # noqa: E402
-from gateways.stream.kernel_runner import KernelRunner, connect  # noqa: E402
+from gateways.stream.kernel_runner import KernelRunner  # noqa: E402
 from kernel.dispatch_feed import DispatchFeed  # noqa: E402
 from kernel.operations import OperationEngine, StartOperation  # noqa: E402
 from kernel.settings import Settings  # noqa: E402
@@ -211,7 +212,7 @@ def latency_at(settings: Settings, rate: float, seconds: float = 5.0) -> tuple[f
 
 async def transport_limit(url: str, n: int, window: int = 256) -> float:
     """Bare nats-py: publish step, fetch+ack it, publish result, fetch+ack result."""
-    nc = await connect([url])
+    nc = await connect([url], name="bench-transport")
     js = nc.jetstream(timeout=10)
     # Streams of its own, shaped like STEPS/RESULTS: a work-queue stream allows one consumer
     # per subject, and the kernel's RESULTS consumer takes every subject.

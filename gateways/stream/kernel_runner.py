@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
-import nats
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
+from gateways.stream.connection import connect
 from gateways.stream.streams import ensure_results_consumer, ensure_streams
 from kernel.contracts import (
     RESULTS_CONSUMER,
@@ -78,7 +77,7 @@ class KernelRunner:
         self.engine.on_saved = saved
         recovered = await loop.run_in_executor(self._store, self.engine.recover)
         log.info("kernel: %d unfinished operations recovered from the log", recovered)
-        nc = await connect(self.servers)
+        nc = await connect(self.servers, name="cloudkernel-kernel")
         try:
             js = nc.jetstream(timeout=10)
             await ensure_streams(js)
@@ -207,16 +206,6 @@ def _decode(msgs: list[Msg]) -> tuple[list[StepOutcome], list[Msg]]:
             log.error("result applier: undecodable outcome on %s terminated: %s", m.subject, e)
             poison.append(m)
     return outcomes, poison
-
-
-async def connect(servers: Sequence[str], timeout: float = 10.0) -> Client:
-    """Connect to NATS, bounded: nats-py would otherwise retry the first connect forever."""
-    async def quiet(e: Exception) -> None:
-        log.debug("nats: %s", e)
-
-    return await asyncio.wait_for(
-        nats.connect(servers=list(servers), connect_timeout=2, max_reconnect_attempts=-1,
-                     reconnect_time_wait=0.5, error_cb=quiet), timeout)
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from aggregates.errors import ConfigError
+from gateways.stream.connection import connect
 from gateways.stream.streams import ensure_streams, ensure_worker_consumer
 from kernel.contracts import (
     RESULTS_STREAM,
@@ -159,39 +159,21 @@ class Worker:
         return self.stats
 
     async def _connect(self) -> Client:
-        """Connect within `connect_timeout`, then reconnect forever while running.
-
-        nats-py retries the initial connect too (forever with max_reconnect_attempts=-1), so
-        the first connect is bounded here and fails with a ConfigError naming the servers.
-        """
-        nc = Client()
-
-        async def on_error(e: Exception) -> None:
-            log.warning("nats: %s: %s", type(e).__name__, e)
+        """Connect within `connect_timeout`, then reconnect forever while running."""
+        client: Client | None = None
 
         async def on_disconnect() -> None:
             if not self._closing and self.ready.is_set():
                 log.warning("nats: disconnected; reconnecting")
 
         async def on_reconnect() -> None:
-            log.info("nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url
-                     else "?")
+            url = client.connected_url if client is not None else None
+            log.info("nats: reconnected to %s", url.netloc if url else "?")
 
-        try:
-            await asyncio.wait_for(nc.connect(
-                servers=self.servers, name=f"cloudkernel-worker-{self.subsystem.name}",
-                connect_timeout=max(1, int(min(self.connect_timeout, 5))), reconnect_time_wait=1,
-                max_reconnect_attempts=-1, error_cb=on_error, disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
-            ), self.connect_timeout)
-        except (TimeoutError, OSError, nats.errors.Error) as e:
-            with contextlib.suppress(Exception):
-                await nc.close()
-            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            raise ConfigError(f"cannot connect to NATS at {', '.join(self.servers)} within "
-                              f"{self.connect_timeout:g}s (setting nats_urls or --nats-url): "
-                              f"{why}") from e
-        return nc
+        client = await connect(self.servers, name=f"cloudkernel-worker-{self.subsystem.name}",
+                               timeout=self.connect_timeout, disconnected_cb=on_disconnect,
+                               reconnected_cb=on_reconnect)
+        return client
 
     async def _bind(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
         """Ensure the streams and the shared durable consumer; learn its ack_wait."""
