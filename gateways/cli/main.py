@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
     command("up", cmd_up, "start the platform on the configured store and NATS; Ctrl-C stops it")
     command("kernel", cmd_kernel, "run the kernel: dispatcher, result applier and timers")
+    command("relay", cmd_relay, "publish every log event to the JetStream EVENTS stream")
     command("migrate", cmd_migrate, "create schemas and tables for every application")
     command("settings", cmd_settings, "print the effective settings and where each came from")
     worker = command("worker", cmd_worker,
@@ -112,6 +113,31 @@ def cmd_kernel(settings: Settings, _: argparse.Namespace) -> int:
         log.info("kernel: serving with NATS at %s", ", ".join(settings.nats_servers))
         await runner.run(stop)
         log.info("kernel: stopped (%s)", runner.stats)
+
+    try:
+        asyncio.run(serve())
+    finally:
+        platform.close()
+    return 0
+
+
+def cmd_relay(settings: Settings, _: argparse.Namespace) -> int:
+    """Relay the platform log to EVENTS until SIGINT/SIGTERM."""
+    import asyncio
+
+    from gateways.stream.relay import EventRelay
+    from kernel.event_feed import EventFeed
+
+    platform = open_platform(settings)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        relay = EventRelay(EventFeed(platform.app), settings.nats_servers)
+        await relay.run(stop)
+        log.info("relay: stopped after publishing %d events", relay.published)
 
     try:
         asyncio.run(serve())
@@ -237,7 +263,9 @@ async def _serve_kernel_and_workers(settings: Settings, engine: "OperationEngine
     import asyncio
 
     from gateways.stream.kernel_runner import KernelRunner
+    from gateways.stream.relay import EventRelay
     from gateways.stream.worker import Worker
+    from kernel.event_feed import EventFeed
     from subsystems.registry import load_registry
 
     stop = asyncio.Event()
@@ -248,7 +276,8 @@ async def _serve_kernel_and_workers(settings: Settings, engine: "OperationEngine
     servers = settings.nats_servers
     workers = [Worker(p.subsystem, servers=servers) for p in registry.plugins]
     runner = KernelRunner(engine, feed, servers)
-    tasks = [asyncio.create_task(runner.run(stop)),
+    relay = EventRelay(EventFeed(engine.app), servers)
+    tasks = [asyncio.create_task(runner.run(stop)), asyncio.create_task(relay.run(stop)),
              *(asyncio.create_task(w.run(stop)) for w in workers)]
     ready: asyncio.Future[Any] = asyncio.ensure_future(
         asyncio.gather(*(w.ready.wait() for w in workers)))
@@ -258,7 +287,7 @@ async def _serve_kernel_and_workers(settings: Settings, engine: "OperationEngine
             task.result()
     names = ", ".join(p.name for p in registry.plugins)
     print(f"cloudkernel is up: store={settings.store} data={settings.data_dir} nats={url}; "
-          f"kernel and workers for {names} running; Ctrl-C stops it", flush=True)
+          f"kernel, event relay and workers for {names} running; Ctrl-C stops it", flush=True)
     try:
         await asyncio.gather(*tasks)
     finally:

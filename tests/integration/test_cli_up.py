@@ -68,6 +68,21 @@ async def jetstream_works(url: str) -> int:
         await nc.close()
 
 
+async def events_in_stream(url: str) -> int:
+    """How many events the relay put in EVENTS, once it caught up with the log."""
+    nc = await nats.connect(url, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        for _ in range(100):
+            info = await js.stream_info("EVENTS")
+            if info.state.messages >= 29:
+                break
+            await asyncio.sleep(0.1)
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
 def log_head(settings: Settings) -> int:
     app = open_application(PlatformApplication, settings)
     try:
@@ -107,8 +122,9 @@ def test_up_on_the_embedded_default(tmp_path: Path) -> None:
         assert asyncio.run(jetstream_works(f"nats://127.0.0.1:{port}")) == 1
         assert (tmp_path / "data" / "platform.db").is_file()
         assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
-        assert "kernel and workers for" in log and "echo" in log
+        assert "kernel, event relay and workers for" in log and "echo" in log
         assert run_an_echo_operation(Settings(data_dir=tmp_path / "data")) == "Succeeded"
+        assert asyncio.run(events_in_stream(f"nats://127.0.0.1:{port}")) >= 22 + 7
     finally:
         out = stop(proc)
     assert proc.returncode == 0, out

@@ -1,0 +1,122 @@
+"""The event relay: every log event to the JetStream EVENTS stream, in log order, exactly once.
+
+The stream's tail is the relay's checkpoint. On start and after any error the relay reads the
+last message of EVENTS and its `Cloudkernel-Position` header, and goes on from the log right
+after it. Each publish carries `Nats-Msg-Id = <position>` and `Nats-Expected-Last-Sequence`
+(the sequence the stream must be at), so nothing after a failed publish can be stored, a
+restarted relay cannot store an event twice, and a second relay cannot interleave: its
+publishes fail, it re-reads the tail, and it goes on from there. Exactly-once does not rest on
+the dedup window. If the stream was lost, or lost its tail, the relay publishes again from the
+log: PostgreSQL is the truth and JetStream a replayable copy.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from gateways.stream.connection import connect
+from kernel.event_feed import EVENTS_STREAM, POSITION, SUBJECT_PREFIX, EventFeed, PublicEvent
+
+log = logging.getLogger(__name__)
+
+
+class Resync(Exception):
+    """The stream is not where the relay thought: read its tail again."""
+
+
+class EventRelay:
+    """Publishes the log to EVENTS until told to stop."""
+
+    def __init__(self, feed: EventFeed, servers: Sequence[str], *, page: int = 2000,
+                 window: int = 256, idle_poll: float = 0.05):
+        self.feed, self.servers = feed, list(servers)
+        self.page, self.window, self.idle_poll = page, window, idle_poll
+        self.published = 0
+        self.resyncs = 0
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="relay-feed")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop` is set."""
+        nc = await connect(self.servers, name="cloudkernel-relay")
+        try:
+            js = nc.jetstream(timeout=10)
+            delay = 0.1
+            while not stop.is_set():
+                try:
+                    await self._relay(js, stop)
+                except Resync as e:
+                    self.resyncs += 1
+                    log.info("relay: %s; reading the stream's tail again", e)
+                except Exception as e:
+                    self.resyncs += 1
+                    log.warning("relay: %s: %s; retrying in %.1fs", type(e).__name__, e, delay)
+                    await _sleep(stop, delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                delay = 0.1
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 5)
+            self._reader.shutdown(wait=True)
+
+    async def _relay(self, js: JetStreamContext, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        last_seq, position = await tail(js)
+        while not stop.is_set():
+            events = await loop.run_in_executor(self._reader, self.feed.read, position, self.page)
+            if not events:
+                await _sleep(stop, self.idle_poll)
+                continue
+            for start in range(0, len(events), self.window):
+                last_seq = await self._publish(js, events[start:start + self.window], last_seq)
+                position = events[min(start + self.window, len(events)) - 1].position
+
+    async def _publish(self, js: JetStreamContext, chunk: list[PublicEvent],
+                       last_seq: int) -> int:
+        results = await asyncio.gather(*(
+            js.publish(e.subject, e.payload, stream=EVENTS_STREAM, headers={
+                **e.headers, "Nats-Msg-Id": str(e.position),
+                "Nats-Expected-Last-Sequence": str(last_seq + i)})
+            for i, e in enumerate(chunk)), return_exceptions=True)
+        stored = [r for r in results if not isinstance(r, BaseException) and not r.duplicate]
+        self.published += len(stored)
+        for i, result in enumerate(results):
+            if isinstance(result, BaseException):
+                raise Resync(f"publish of position {chunk[i].position} failed: {result}")
+            if result.duplicate or result.seq != last_seq + i + 1:
+                raise Resync(f"position {chunk[i].position} landed at sequence {result.seq}")
+        return last_seq + len(chunk)
+
+
+async def ensure_events_stream(js: JetStreamContext) -> None:
+    """Create the EVENTS stream unless it exists: limits retention, no deletes or purges."""
+    try:
+        await js.stream_info(EVENTS_STREAM)
+    except NotFoundError:
+        await js.add_stream(StreamConfig(
+            name=EVENTS_STREAM, subjects=[SUBJECT_PREFIX + ">"],
+            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+            duplicate_window=120, deny_delete=True, deny_purge=True))
+
+
+async def tail(js: JetStreamContext) -> tuple[int, int]:
+    """The stream's last sequence and the log position of its last message (0, 0 if empty)."""
+    await ensure_events_stream(js)
+    info = await js.stream_info(EVENTS_STREAM)
+    last_seq = int(info.state.last_seq or 0)
+    if last_seq == 0 or not info.state.messages:
+        return last_seq, 0
+    msg = await js.get_msg(EVENTS_STREAM, last_seq)
+    headers = msg.headers or {}
+    return last_seq, int(headers[POSITION])
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
