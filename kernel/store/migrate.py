@@ -6,7 +6,7 @@ import psycopg
 from psycopg import sql
 
 from kernel.settings import Settings
-from kernel.store.application import APPLICATIONS, open_application
+from kernel.store.application import APPLICATIONS, PlatformApplication, open_application
 
 
 def migrate(settings: Settings) -> list[str]:
@@ -28,4 +28,15 @@ def migrate(settings: Settings) -> list[str]:
         finally:
             app.close()
         report.append(f"{cls.name}: ready ({settings.store}, log head at {head})")
+    # Read models: their tables and tracking rows (projections import the store, not this).
+    from projections.models import MODELS
+    from projections.views import open_view
+
+    for model in MODELS.values():
+        view = open_view(model, settings, create_table=True)
+        try:
+            position = view.max_tracking_id(PlatformApplication.name) or 0
+        finally:
+            view.close()
+        report.append(f"projection {model.name}: ready (at position {position})")
     return report

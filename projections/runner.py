@@ -1,0 +1,208 @@
+"""The projection runner: a polling follower of the platform log, exactly once, on both stores.
+
+The library has no subscription for SQLite, so the runner polls `select_notifications` in
+pages on both stores. It samples the log head first and reads `(position, head]` with the
+model's topics; a page is decoded and applied in one transaction with its tracking position.
+A page shorter than the limit means everything up to the head was read, so the position moves
+to the head even when the last events were of other topics (and `lag()` reaches 0).
+
+A restart resumes from the view's `max_tracking_id`. Two runners on one view cannot both
+apply a page: the second's tracking insert fails, its transaction rolls back, and it moves on
+from the recorded position.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError, Tracking
+
+from kernel.store.application import KernelApplication
+from projections.views import RowView
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 5000
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Lag:
+    """How far a projection is behind the log: positions, and age of the oldest unapplied event."""
+
+    position: int
+    head: int
+    positions: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RebuildReport:
+    """What a rebuild replayed, and how fast."""
+
+    events: int
+    position: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        """Replayed events per second of wall time."""
+        return self.events / self.seconds if self.seconds > 0 else float("inf")
+
+
+class ProjectionRunner:
+    """Follows `app`'s log into `view`, a page per transaction."""
+
+    def __init__(self, app: KernelApplication, view: RowView, *,
+                 page_size: int = DEFAULT_PAGE_SIZE, poll_interval: float = 0.05) -> None:
+        self.app, self.view = app, view
+        self.page_size, self.poll_interval = page_size, poll_interval
+        self.topics = view.model.topics()
+        self._lock = threading.Lock()  # one page at a time (run loop, rebuild, run_once)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------------ positions
+
+    @property
+    def name(self) -> str:
+        """The projection's name."""
+        return self.view.model.name
+
+    def position(self) -> int:
+        """The last log position applied to the view (0 if none)."""
+        return self.view.max_tracking_id(self.app.name) or 0
+
+    def head(self) -> int:
+        """The log's last position (0 if empty)."""
+        return self.app.recorder.max_notification_id() or 0
+
+    # ------------------------------------------------------------------ applying
+
+    def step(self) -> int:
+        """Apply at most one page; the number of log positions it moved (0 if caught up)."""
+        with self._lock:
+            return self._step()
+
+    def _step(self) -> int:
+        head = self.head()
+        position = self.position()
+        if position >= head:
+            return 0
+        notifications = self.app.recorder.select_notifications(
+            start=position, limit=self.page_size, stop=head, topics=self.topics,
+            inclusive_of_start=False)
+        full = len(notifications) == self.page_size
+        new_position = notifications[-1].id if full else head
+        to_domain_event = self.app.mapper.to_domain_event
+        events = [to_domain_event(n) for n in notifications]
+        try:
+            self.view.apply_page(events, Tracking(self.app.name, new_position))
+        except IntegrityError:
+            # Another runner (or an earlier attempt) recorded this position: nothing changed.
+            log.info("projection %s: position %d already applied", self.name, new_position)
+            return 0
+        return new_position - position
+
+    def run_once(self, progress: Progress | None = None) -> int:
+        """Catch up to the head sampled now; the number of log positions applied."""
+        with self._lock:
+            target = self.head()
+            moved = 0
+            while True:
+                n = self._step()
+                moved += n
+                position = self.position()
+                if progress is not None and n:
+                    progress(position, target)
+                if n == 0 or position >= target:
+                    return moved
+
+    def run_forever(self, stop: threading.Event | None = None) -> None:
+        """Follow the log until `stop` (or `self.stop()`) is set."""
+        stop = stop or self._stop
+        while not stop.is_set():
+            if self.step() == 0:
+                stop.wait(self.poll_interval)
+
+    def start(self) -> "ProjectionRunner":
+        """Follow the log in a daemon thread."""
+        self._stop.clear()
+
+        def loop() -> None:
+            try:
+                self.run_forever()
+            except BaseException as e:  # surfaced by stop() and by readers of .error
+                self.error = e
+                log.exception("projection %s stopped", self.name)
+
+        self._thread = threading.Thread(target=loop, name=f"projection-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it; re-raise what stopped it, if anything."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> "ProjectionRunner":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ readers
+
+    def lag(self) -> Lag:
+        """Positions behind the head, and seconds since the oldest unapplied event was saved."""
+        position, head = self.position(), self.head()
+        seconds = 0.0
+        if head > position:
+            oldest = self.app.recorder.select_notifications(
+                start=position, limit=1, inclusive_of_start=False)
+            if oldest:
+                event: Any = self.app.mapper.to_domain_event(oldest[0])
+                ts: datetime = event.timestamp
+                seconds = max(0.0, (datetime.now(UTC) - ts).total_seconds())
+        return Lag(position, head, max(0, head - position), seconds)
+
+    def wait(self, position: int, timeout: float = 5.0) -> None:
+        """Block until the view has applied `position`; TimeoutError after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        interval = 0.002
+        while self.position() < position:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"projection {self.name} did not reach position {position} "
+                                   f"in {timeout}s (at {self.position()})")
+            if self.error is not None:
+                raise self.error
+            time.sleep(min(interval, remaining))
+            interval = min(interval * 2, 0.05)
+
+    def rebuild(self, progress: Progress | None = None) -> RebuildReport:
+        """Drop the view's rows and tracking, and replay the log from 0 up to the head now."""
+        with self._lock:
+            started = time.perf_counter()
+            self.view.reset(self.app.name)
+            target = self.head()
+            events = 0
+            while True:
+                n = self._step()
+                events += n
+                position = self.position()
+                if progress is not None and n:
+                    progress(position, target)
+                if n == 0 or position >= target:
+                    break
+        return RebuildReport(events, position, time.perf_counter() - started)

@@ -1,0 +1,368 @@
+"""Read-model stores: tracking recorders that write a page of row changes and its position at once.
+
+Each view is an eventsourcing `TrackingRecorder`. `apply_page(events, tracking)` runs one
+transaction: it records the tracking position (single-row tracking: a position not above the
+recorded one raises IntegrityError, and everything rolls back), loads the rows the page
+touches, folds the events into them in memory and upserts the changed rows. So each event
+changes the read model exactly once, and a page costs a handful of statements.
+
+SQLite: each projection has its own file, `<data_dir>/projection_<name>.db`, with the
+library's `tracking` table. PostgreSQL: tables `projection_<name>` and
+`projection_<name>_tracking` in the platform's database and schema.
+"""
+
+import builtins
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTrackingRecorder
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composed, Identifier
+
+from aggregates.errors import ConfigError
+from kernel.settings import Settings
+from kernel.store.application import postgres_env
+from projections.models import INT_T, TEXT_T, TS_T, UUID_T, Row, RowModel
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+_SQLITE_CHUNK = 500  # keys per `IN (...)`, well under SQLite's variable limit
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a query: its rows, and the key to pass as `after` for the next (or None)."""
+
+    rows: list[Row]
+    next_after: Any
+
+
+class RowView:
+    """What the runner and readers use, on either store."""
+
+    model: type[RowModel]
+
+    def apply_page(self, events: Sequence[Any], tracking: Tracking) -> int:
+        """Fold the events and record `tracking` in one transaction; rows changed."""
+        raise NotImplementedError
+
+    def reset(self, application_name: str) -> None:
+        """Drop every row and the tracking position (for a rebuild), in one transaction."""
+        raise NotImplementedError
+
+    def get(self, key: Any) -> Row | None:
+        """The row with this key, or None."""
+        raise NotImplementedError
+
+    def list(self, *, after: Any = None, limit: int = DEFAULT_LIMIT, **filters: Any) -> Page:
+        """Rows matching the equality filters, ordered by key, after the given key."""
+        raise NotImplementedError
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        """The last position applied (the library's tracking)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the store's connections."""
+        raise NotImplementedError
+
+    def all_rows(self) -> builtins.list[Row]:
+        """Every row, by key (for tests and checks)."""
+        rows: builtins.list[Row] = []
+        after = None
+        while True:
+            page = self.list(after=after, limit=MAX_LIMIT)
+            rows.extend(page.rows)
+            if page.next_after is None:
+                return rows
+            after = page.next_after
+
+    def _fold(self, loaded: dict[Any, Row], events: Iterable[Any]) -> dict[Any, Row]:
+        """Fold the events into the loaded rows; returns the rows that changed."""
+        model = self.model
+        changed: dict[Any, Row] = {}
+        for event in events:
+            key = model.row_key(event)
+            row = model.fold(changed.get(key) or loaded.get(key), event)
+            if row is not None:
+                changed[key] = row
+        return changed
+
+    def _check_query(self, limit: int, filters: dict[str, Any]) -> None:
+        unknown = set(filters) - set(self.model.filters)
+        if unknown:
+            raise ValueError(f"{self.model.name}: cannot filter by {sorted(unknown)}; "
+                             f"filters are {list(self.model.filters)}")
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ValueError(f"limit must be from 1 to {MAX_LIMIT}, got {limit}")
+
+
+# --------------------------------------------------------------------------- SQLite
+
+_SQLITE_TYPES = {UUID_T: "TEXT", TEXT_T: "TEXT", INT_T: "INTEGER", TS_T: "TEXT"}
+
+
+def _to_sqlite(kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == UUID_T:
+        return str(value)
+    if kind == TS_T:
+        return value.isoformat()
+    return value
+
+
+def _from_sqlite(kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == UUID_T:
+        return UUID(value)
+    if kind == TS_T:
+        return datetime.fromisoformat(value)
+    return value
+
+
+class SQLiteRowView(SQLiteTrackingRecorder, RowView):
+    """A read model in its own SQLite file."""
+
+    def __init__(self, datastore: SQLiteDatastore, model: type[RowModel]) -> None:
+        self.model = model
+        self.table = f"projection_{model.name}"
+        super().__init__(datastore)
+        names = model.column_names()
+        self._types = {c.name: c.type for c in model.columns}
+        self._select = f"SELECT {', '.join(names)} FROM {self.table}"
+        self._upsert = (f"INSERT OR REPLACE INTO {self.table} ({', '.join(names)}) "
+                        f"VALUES ({', '.join('?' * len(names))})")
+
+    def construct_create_table_statements(self) -> list[str]:
+        """The library's tracking table, the rows table and an index per filter."""
+        cols = ", ".join(
+            f"{c.name} {_SQLITE_TYPES[c.type]}{'' if c.nullable else ' NOT NULL'}"
+            for c in self.model.columns)
+        statements = [
+            *super().construct_create_table_statements(),
+            f"CREATE TABLE IF NOT EXISTS {self.table} ({cols}, "
+            f"PRIMARY KEY ({self.model.key})) WITHOUT ROWID",
+        ]
+        statements += [
+            f"CREATE INDEX IF NOT EXISTS {self.table}_{f} ON {self.table} ({f}, {self.model.key})"
+            for f in self.model.filters
+        ]
+        return statements
+
+    def apply_page(self, events: Sequence[Any], tracking: Tracking) -> int:
+        """Fold the events and record `tracking` in one transaction; rows changed."""
+        key_type = self._types[self.model.key]
+        with self.datastore.transaction(commit=True) as c:
+            self._insert_tracking(c, tracking)
+            keys = list({self.model.row_key(e) for e in events})
+            loaded: dict[Any, Row] = {}
+            for i in range(0, len(keys), _SQLITE_CHUNK):
+                chunk = [_to_sqlite(key_type, k) for k in keys[i:i + _SQLITE_CHUNK]]
+                c.execute(f"{self._select} WHERE {self.model.key} IN "
+                          f"({', '.join('?' * len(chunk))})", chunk)
+                for raw in c.fetchall():
+                    row = self._decode(raw)
+                    loaded[row[self.model.key]] = row
+            changed = self._fold(loaded, events)
+            if changed:
+                c.executemany(self._upsert, [
+                    [_to_sqlite(col.type, row[col.name]) for col in self.model.columns]
+                    for row in changed.values()])
+        return len(changed)
+
+    def reset(self, application_name: str) -> None:
+        """Drop every row and the tracking position, in one transaction."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(f"DELETE FROM {self.table}")
+            c.execute("DELETE FROM tracking WHERE application_name = ?", (application_name,))
+
+    def get(self, key: Any) -> Row | None:
+        """The row with this key, or None."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"{self._select} WHERE {self.model.key} = ?",
+                      (_to_sqlite(self._types[self.model.key], key),))
+            raw = c.fetchone()
+        return None if raw is None else self._decode(raw)
+
+    def list(self, *, after: Any = None, limit: int = DEFAULT_LIMIT, **filters: Any) -> Page:
+        """Rows matching the equality filters, ordered by key, after the given key."""
+        self._check_query(limit, filters)
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
+        for name, value in filters.items():
+            where.append(f"{name} = ?" if value is not None else f"{name} IS NULL")
+            if value is not None:
+                params.append(_to_sqlite(self._types[name], value))
+        if after is not None:
+            where.append(f"{self.model.key} > ?")
+            params.append(_to_sqlite(self._types[self.model.key], after))
+        sql = self._select + (" WHERE " + " AND ".join(where) if where else "")
+        sql += f" ORDER BY {self.model.key} LIMIT ?"
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(sql, [*params, limit])
+            rows = [self._decode(raw) for raw in c.fetchall()]
+        return Page(rows, rows[-1][self.model.key] if len(rows) == limit else None)
+
+    def close(self) -> None:
+        """Close the file's connections."""
+        self.datastore.close()
+
+    def _decode(self, raw: Any) -> Row:
+        return {name: _from_sqlite(kind, raw[i])
+                for i, (name, kind) in enumerate(self._types.items())}
+
+    def _insert_tracking(self, c: SQLiteCursor, tracking: Tracking) -> None:
+        super()._insert_tracking(c, tracking)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+_PG_TYPES = {UUID_T: "uuid", TEXT_T: "text", INT_T: "int8", TS_T: "timestamptz"}
+
+
+class PostgresRowView(PostgresTrackingRecorder, RowView):
+    """A read model as tables in the platform's PostgreSQL database."""
+
+    def __init__(self, datastore: PostgresDatastore, model: type[RowModel]) -> None:
+        self.model = model
+        self.table = f"projection_{model.name}"
+        super().__init__(datastore, tracking_table_name=f"{self.table}_tracking")
+        self.check_identifier_length(self.table)
+        schema, table = Identifier(datastore.schema), Identifier(self.table)
+        names = model.column_names()
+        cols = SQL(", ").join(Identifier(n) for n in names)
+        key = Identifier(model.key)
+        self.sql_create_statements.append(SQL(
+            "CREATE TABLE IF NOT EXISTS {}.{} ({}, PRIMARY KEY ({}))").format(
+            schema, table,
+            SQL(", ").join(
+                SQL("{} {}{}").format(Identifier(c.name), SQL(_PG_TYPES[c.type]),
+                                      SQL("" if c.nullable else " NOT NULL"))
+                for c in model.columns),
+            key))
+        for f in model.filters:
+            self.sql_create_statements.append(SQL(
+                "CREATE INDEX IF NOT EXISTS {} ON {}.{} ({}, {})").format(
+                Identifier(f"{self.table}_{f}"), schema, table, Identifier(f), key))
+        self._select = SQL("SELECT {} FROM {}.{}").format(cols, schema, table)
+        self._load = SQL("{} WHERE {} = ANY(%s)").format(self._select, key)
+        self._upsert = SQL(
+            "INSERT INTO {}.{} ({}) SELECT * FROM unnest({}) ON CONFLICT ({}) DO UPDATE SET {}"
+        ).format(
+            schema, table, cols,
+            SQL(", ").join(SQL("%s::{}[]").format(SQL(_PG_TYPES[c.type]))
+                           for c in model.columns),
+            key,
+            SQL(", ").join(SQL("{0} = EXCLUDED.{0}").format(Identifier(n))
+                           for n in names if n != model.key))
+        self._delete_rows = SQL("DELETE FROM {}.{}").format(schema, table)
+        self._delete_tracking = SQL("DELETE FROM {}.{} WHERE application_name = %s").format(
+            schema, Identifier(self.tracking_table_name))
+
+    def apply_page(self, events: Sequence[Any], tracking: Tracking) -> int:
+        """Fold the events and record `tracking` in one transaction; rows changed."""
+        with self.datastore.transaction(commit=True) as curs:
+            self._insert_tracking(curs, tracking)
+            keys = list({self.model.row_key(e) for e in events})
+            loaded: dict[Any, Row] = {}
+            if keys:
+                curs.execute(self._load, (keys,), prepare=True)
+                for row in curs.fetchall():
+                    loaded[row[self.model.key]] = dict(row)
+            changed = self._fold(loaded, events)
+            if changed:
+                rows = list(changed.values())
+                curs.execute(self._upsert,
+                             [[r[n] for r in rows] for n in self.model.column_names()],
+                             prepare=True)
+        return len(changed)
+
+    def reset(self, application_name: str) -> None:
+        """Drop every row and the tracking position, in one transaction."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(self._delete_rows)
+            curs.execute(self._delete_tracking, (application_name,))
+
+    def get(self, key: Any) -> Row | None:
+        """The row with this key, or None."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(SQL("{} WHERE {} = %s").format(self._select,
+                                                       Identifier(self.model.key)), (key,))
+            row = curs.fetchone()
+        return None if row is None else dict(row)
+
+    def list(self, *, after: Any = None, limit: int = DEFAULT_LIMIT, **filters: Any) -> Page:
+        """Rows matching the equality filters, ordered by key, after the given key."""
+        self._check_query(limit, filters)
+        where: list[Composed] = []
+        params: list[Any] = []
+        for name, value in filters.items():
+            if value is None:
+                where.append(SQL("{} IS NULL").format(Identifier(name)))
+            else:
+                where.append(SQL("{} = %s").format(Identifier(name)))
+                params.append(value)
+        key = Identifier(self.model.key)
+        if after is not None:
+            where.append(SQL("{} > %s").format(key))
+            params.append(after)
+        query = self._select
+        if where:
+            query = SQL("{} WHERE {}").format(query, SQL(" AND ").join(where))
+        query = SQL("{} ORDER BY {} LIMIT %s").format(query, key)
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(query, [*params, limit])
+            rows = [dict(r) for r in curs.fetchall()]
+        return Page(rows, rows[-1][self.model.key] if len(rows) == limit else None)
+
+    def close(self) -> None:
+        """Close the pool."""
+        self.datastore.close()
+
+    def _insert_tracking(self, curs: Cursor[DictRow], tracking: Tracking) -> None:
+        super()._insert_tracking(curs, tracking)
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def sqlite_view_path(settings: Settings, model: type[RowModel]) -> Path:
+    """The file of a projection on SQLite."""
+    return Path(settings.data_dir) / f"projection_{model.name}.db"
+
+
+def open_view(model: type[RowModel], settings: Settings, *,
+              create_table: bool = False) -> RowView:
+    """Open a projection's store; `create_table=True` creates its tables (the migrate step)."""
+    view: SQLiteRowView | PostgresRowView
+    if settings.store == "sqlite":
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        view = SQLiteRowView(SQLiteDatastore(str(sqlite_view_path(settings, model)),
+                                             lock_timeout=10), model)
+    else:
+        env = postgres_env(settings)
+        view = PostgresRowView(PostgresDatastore(
+            env["POSTGRES_DBNAME"], env["POSTGRES_HOST"], env["POSTGRES_PORT"],
+            env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], schema=settings.postgres_schema,
+            pool_size=2, max_overflow=2, max_waiting=100, lock_timeout=10,
+            connect_timeout=settings.postgres_connect_timeout), model)
+    if create_table:
+        view.create_table()
+    else:
+        try:
+            view.max_tracking_id("__migration__")
+        except Exception as e:
+            view.close()
+            raise ConfigError(f"projection {model.name} is not migrated "
+                              f"({e.__class__.__name__}); run `cloudkernel migrate` first"
+                              ) from None
+    return view
