@@ -41,3 +41,9 @@ async def connect(servers: Sequence[str], *, name: str, timeout: float = 10.0,
         raise ConfigError(f"cannot connect to NATS at {', '.join(servers)} within "
                           f"{timeout:g}s (setting nats_urls or --nats-url): {why}") from e
     return nc
+
+
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    """Wait `seconds`, or less if `stop` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

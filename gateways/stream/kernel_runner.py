@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
-from gateways.stream.connection import connect
+from gateways.stream.connection import connect, sleep_unless_stopped
 from gateways.stream.streams import ensure_results_consumer, ensure_streams
 from kernel.contracts import (
     RESULTS_CONSUMER,
@@ -114,7 +114,7 @@ class KernelRunner:
                     continue
             except Exception:
                 log.exception("dispatcher: will retry from position %d", position)
-                await _sleep(stop, 1.0)
+                await sleep_unless_stopped(stop, 1.0)
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -142,7 +142,7 @@ class KernelRunner:
                 if stop.is_set():
                     raise RuntimeError("stopping with unpublished dispatches")
                 chunk = failed
-                await _sleep(stop, delay)
+                await sleep_unless_stopped(stop, delay)
                 delay = min(delay * 2, 5.0)
             self.stats["published"] += len(messages[start:start + window])
 
@@ -158,7 +158,7 @@ class KernelRunner:
                 continue
             except Exception:
                 log.exception("result applier: fetch failed")
-                await _sleep(stop, 0.5)
+                await sleep_unless_stopped(stop, 0.5)
                 continue
             # Latency bound: take whatever else arrives within result_wait, up to the size bound.
             deadline = time.monotonic() + self.tuning.result_wait
@@ -194,7 +194,7 @@ class KernelRunner:
                     await loop.run_in_executor(self._store, self.engine.fire_due_timers)
                 except Exception:
                     log.exception("timers: will try again")
-            await _sleep(stop, self.tuning.timer_tick)
+            await sleep_unless_stopped(stop, self.tuning.timer_tick)
 
 
 def _decode(msgs: list[Msg]) -> tuple[list[StepOutcome], list[Msg]]:
@@ -206,8 +206,3 @@ def _decode(msgs: list[Msg]) -> tuple[list[StepOutcome], list[Msg]]:
             log.error("result applier: undecodable outcome on %s terminated: %s", m.subject, e)
             poison.append(m)
     return outcomes, poison
-
-
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

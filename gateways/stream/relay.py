@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from gateways.stream.connection import connect
+from gateways.stream.connection import connect, sleep_unless_stopped
 from kernel.event_feed import EVENTS_STREAM, POSITION, SUBJECT_PREFIX, EventFeed, PublicEvent
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class EventRelay:
                 except Exception as e:
                     self.resyncs += 1
                     log.warning("relay: %s: %s; retrying in %.1fs", type(e).__name__, e, delay)
-                    await _sleep(stop, delay)
+                    await sleep_unless_stopped(stop, delay)
                     delay = min(delay * 2, 5.0)
                     continue
                 delay = 0.1
@@ -84,7 +84,7 @@ class EventRelay:
         while not stop.is_set():
             events = await loop.run_in_executor(self._reader, self.feed.read, position, self.page)
             if not events:
-                await _sleep(stop, self.idle_poll)
+                await sleep_unless_stopped(stop, self.idle_poll)
                 continue
             for start in range(0, len(events), self.window):
                 last_seq = await self._publish(js, events[start:start + self.window], last_seq)
@@ -148,8 +148,3 @@ async def tail(js: JetStreamContext) -> tuple[int, int]:
     msg = await js.get_msg(EVENTS_STREAM, last_seq)
     headers = msg.headers or {}
     return last_seq, int(headers[POSITION])
-
-
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
