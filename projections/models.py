@@ -1,10 +1,13 @@
 """Read models as pure folds: a row per entity, changed by the entity's events.
 
 A model names its table, its key, its typed columns and the event classes it reads. `fold`
-takes the row as it stands (or None) and one domain event and returns the new row (or None to
-leave nothing). The stores (projections/views.py) batch a page of events: they load the rows
-the page touches, fold every event in memory, and upsert the changed rows with the tracking
-position in one transaction.
+takes the row as it stands (or None), one domain event and its log position, and returns the
+new row (or None to leave nothing). The stores (projections/views.py) batch a page of events:
+they load the rows the page touches, fold every event in memory, and upsert the changed rows
+with the tracking position in one transaction.
+
+This module holds the base and the VM and operation models; the others live beside it
+(fleet, networks, storage, audit) and `projections.catalog.MODELS` lists them all.
 """
 
 from collections.abc import Callable
@@ -20,17 +23,28 @@ from aggregates.vm import PowerState, VirtualMachine, VmState
 Row = dict[str, Any]
 Handler = Callable[[Row | None, Any], Row | None]
 
-# Column types the stores know how to declare and convert.
-UUID_T, TEXT_T, INT_T, TS_T = "uuid", "text", "int", "ts"
+# Column types the stores know how to declare and convert. A JSON_T value is a JSON-native
+# Python value (dict with str keys, list, str, int, float, bool, None).
+UUID_T, TEXT_T, INT_T, TS_T, FLOAT_T, JSON_T = "uuid", "text", "int", "ts", "float", "json"
 
 
 @dataclass(frozen=True)
 class Column:
-    """A read-model column: its name and type (one of UUID_T, TEXT_T, INT_T, TS_T)."""
+    """A read-model column: its name and type (UUID_T, TEXT_T, INT_T, TS_T, FLOAT_T, JSON_T)."""
 
     name: str
     type: str
     nullable: bool = True
+
+
+# Every entity model ends with these: the aggregate version and time of the last event.
+STAMP_COLUMNS = (Column("version", INT_T, nullable=False),
+                 Column("updated_at", TS_T, nullable=False))
+
+
+def stamp(e: Any) -> Row:
+    """The stamp columns for a row changed by this event."""
+    return {"version": e.originator_version, "updated_at": e.timestamp}
 
 
 class RowModel:
@@ -44,7 +58,7 @@ class RowModel:
 
     @classmethod
     def topics(cls) -> tuple[str, ...]:
-        """The stored topics of the events this model reads."""
+        """The stored topics of the events this model reads; () means every topic."""
         return tuple(sorted(get_topic(c) for c in cls.handlers))
 
     @classmethod
@@ -53,20 +67,20 @@ class RowModel:
         return tuple(c.name for c in cls.columns)
 
     @classmethod
-    def row_key(cls, event: Any) -> Any:
-        """The key of the row an event changes: the aggregate's id."""
+    def row_key(cls, event: Any, position: int) -> Any:
+        """The key of the row the event at this log position changes: the aggregate's id."""
         return event.originator_id
 
     @classmethod
-    def fold(cls, row: Row | None, event: Any) -> Row | None:
-        """The row after the event (unknown events leave it as it was)."""
+    def fold(cls, row: Row | None, event: Any, position: int) -> Row | None:
+        """The row after the event at this log position (unknown events leave it as it was)."""
         handler = cls.handlers.get(type(event))
         if handler is None:
             return row
         return handler(row, event)
 
 
-def _set(**values: Any) -> Handler:
+def set_values(**values: Any) -> Handler:
     """A handler that sets constant values and stamps the row with the event's time."""
 
     def apply(row: Row | None, e: Any) -> Row | None:
@@ -77,7 +91,7 @@ def _set(**values: Any) -> Handler:
     return apply
 
 
-def _with(fn: Callable[[Row, Any], Row]) -> Handler:
+def update_with(fn: Callable[[Row, Any], Row]) -> Handler:
     """A handler computed from the row and the event, stamped with the event's time."""
 
     def apply(row: Row | None, e: Any) -> Row | None:
@@ -134,29 +148,30 @@ class VmModel(RowModel):
     filters = ("account", "state", "host_id", "zone_id")
     handlers: ClassVar[dict[type[Any], Handler]] = {
         V.Allocated: _vm_allocated,
-        V.StartRequested: _with(lambda r, e: {**r, "state": _VS.STARTING.value,
-                                              "host_id": e.host_id}),
-        V.Started: _set(state=_VS.RUNNING.value, last_error=""),
-        V.StartFailed: _with(lambda r, e: {**r, "state": _VS.STOPPED.value, "host_id": None,
-                                           "last_error": e.reason}),
-        V.StopRequested: _set(state=_VS.STOPPING.value),
-        V.Stopped: _set(state=_VS.STOPPED.value, host_id=None, last_error=""),
-        V.StopFailed: _with(lambda r, e: {**r, "state": _VS.RUNNING.value,
-                                          "last_error": e.reason}),
-        V.MigrationRequested: _with(lambda r, e: {**r, "state": _VS.MIGRATING.value,
-                                                  "destination_host_id":
-                                                      e.destination_host_id}),
-        V.Migrated: _with(_vm_migrated),
-        V.MigrationFailed: _with(lambda r, e: {**r, "state": _VS.RUNNING.value,
-                                               "destination_host_id": None,
-                                               "last_error": e.reason}),
-        V.Destroyed: _set(state=_VS.DESTROYED.value, host_id=None),
-        V.Recovered: _set(state=_VS.STOPPED.value),
-        V.ExpungeRequested: _set(state=_VS.EXPUNGING.value, host_id=None),
-        V.Expunged: _set(state=_VS.EXPUNGED.value),
-        V.Failed: _with(lambda r, e: {**r, "state": _VS.ERROR.value,
-                                      "destination_host_id": None, "last_error": e.reason}),
-        V.PowerObserved: _with(lambda r, e: {**r, "power_state": e.power_state.value}),
+        V.StartRequested: update_with(lambda r, e: {**r, "state": _VS.STARTING.value,
+                                                    "host_id": e.host_id}),
+        V.Started: set_values(state=_VS.RUNNING.value, last_error=""),
+        V.StartFailed: update_with(lambda r, e: {**r, "state": _VS.STOPPED.value,
+                                                 "host_id": None, "last_error": e.reason}),
+        V.StopRequested: set_values(state=_VS.STOPPING.value),
+        V.Stopped: set_values(state=_VS.STOPPED.value, host_id=None, last_error=""),
+        V.StopFailed: update_with(lambda r, e: {**r, "state": _VS.RUNNING.value,
+                                                "last_error": e.reason}),
+        V.MigrationRequested: update_with(lambda r, e: {**r, "state": _VS.MIGRATING.value,
+                                                        "destination_host_id":
+                                                            e.destination_host_id}),
+        V.Migrated: update_with(_vm_migrated),
+        V.MigrationFailed: update_with(lambda r, e: {**r, "state": _VS.RUNNING.value,
+                                                     "destination_host_id": None,
+                                                     "last_error": e.reason}),
+        V.Destroyed: set_values(state=_VS.DESTROYED.value, host_id=None),
+        V.Recovered: set_values(state=_VS.STOPPED.value),
+        V.ExpungeRequested: set_values(state=_VS.EXPUNGING.value, host_id=None),
+        V.Expunged: set_values(state=_VS.EXPUNGED.value),
+        V.Failed: update_with(lambda r, e: {**r, "state": _VS.ERROR.value,
+                                            "destination_host_id": None,
+                                            "last_error": e.reason}),
+        V.PowerObserved: update_with(lambda r, e: {**r, "power_state": e.power_state.value}),
     }
 
 
@@ -175,7 +190,7 @@ def _op_accepted(_: Row | None, e: Any) -> Row:
 
 
 def _op_finished(state: str) -> Handler:
-    return _with(lambda r, e: {**r, "state": state, "finished_at": e.at})
+    return update_with(lambda r, e: {**r, "state": state, "finished_at": e.at})
 
 
 def _op_dispatched(r: Row, e: Any) -> Row:
@@ -220,18 +235,14 @@ class OperationModel(RowModel):
     filters = ("kind", "state")
     handlers: ClassVar[dict[type[Any], Handler]] = {
         O.Accepted: _op_accepted,
-        O.WaitingForEntity: _set(state="Waiting"),
-        O.Started: _with(lambda r, e: {**r, "state": "Running", "started_at": e.at}),
-        O.StepDispatched: _with(_op_dispatched),
-        O.StepSucceeded: _with(_op_succeeded),
-        O.StepAttemptFailed: _with(_op_attempt_failed),
-        O.CompensationStarted: _set(state="Compensating"),
+        O.WaitingForEntity: set_values(state="Waiting"),
+        O.Started: update_with(lambda r, e: {**r, "state": "Running", "started_at": e.at}),
+        O.StepDispatched: update_with(_op_dispatched),
+        O.StepSucceeded: update_with(_op_succeeded),
+        O.StepAttemptFailed: update_with(_op_attempt_failed),
+        O.CompensationStarted: set_values(state="Compensating"),
         O.Succeeded: _op_finished("Succeeded"),
         O.RolledBack: _op_finished("RolledBack"),
         O.Failed: _op_finished("Failed"),
         O.Cancelled: _op_finished("Cancelled"),
     }
-
-
-MODELS: dict[str, type[RowModel]] = {m.name: m for m in (VmModel, OperationModel)}
-

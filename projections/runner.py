@@ -2,7 +2,8 @@
 
 The library has no subscription for SQLite, so the runner polls `select_notifications` in
 pages on both stores. It samples the log head first and reads `(position, head]` with the
-model's topics; a page is decoded and applied in one transaction with its tracking position.
+model's topics (every topic when the model names none); a page of (position, event) pairs is
+decoded and applied in one transaction with its tracking position.
 A page shorter than the limit means everything up to the head was read, so the position moves
 to the head even when the last events were of other topics (and `lag()` reaches 0).
 
@@ -100,9 +101,9 @@ class ProjectionRunner:
         full = len(notifications) == self.page_size
         new_position = notifications[-1].id if full else head
         to_domain_event = self.app.mapper.to_domain_event
-        events = [to_domain_event(n) for n in notifications]
+        page = [(n.id, to_domain_event(n)) for n in notifications]
         try:
-            self.view.apply_page(events, Tracking(self.app.name, new_position))
+            self.view.apply_page(page, Tracking(self.app.name, new_position))
         except IntegrityError:
             # Another runner (or an earlier attempt) recorded this position: nothing changed.
             log.info("projection %s: position %d already applied", self.name, new_position)

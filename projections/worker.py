@@ -10,7 +10,7 @@ import threading
 
 from kernel.settings import load_settings
 from kernel.store.application import PlatformApplication, open_application
-from projections.models import MODELS
+from projections.catalog import MODELS
 from projections.runner import DEFAULT_PAGE_SIZE, ProjectionRunner
 from projections.views import open_view
 

@@ -29,7 +29,7 @@ def migrate(settings: Settings) -> list[str]:
             app.close()
         report.append(f"{cls.name}: ready ({settings.store}, log head at {head})")
     # Read models: their tables and tracking rows (projections import the store, not this).
-    from projections.models import MODELS
+    from projections.catalog import MODELS
     from projections.views import open_view
 
     for model in MODELS.values():

@@ -119,14 +119,14 @@ class ProjectionContract:
         view = views["operations"]
         notifications = app.recorder.select_notifications(
             start=0, limit=1000, topics=OperationModel.topics(), inclusive_of_start=False)
-        events = [app.mapper.to_domain_event(n) for n in notifications]
+        page = [(n.id, app.mapper.to_domain_event(n)) for n in notifications]
         tracking = Tracking(app.name, notifications[-1].id)
-        assert view.apply_page(events, tracking) == 3
+        assert view.apply_page(page, tracking) == 3
         before = view.all_rows()
         with pytest.raises(IntegrityError):
-            view.apply_page(events, tracking)
+            view.apply_page(page, tracking)
         with pytest.raises(IntegrityError):  # an older position too
-            view.apply_page(events[:1], Tracking(app.name, notifications[0].id))
+            view.apply_page(page[:1], Tracking(app.name, notifications[0].id))
         assert view.all_rows() == before
         assert view.max_tracking_id(app.name) == notifications[-1].id
 

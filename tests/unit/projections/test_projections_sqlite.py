@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from kernel.settings import Settings
+from projections.catalog import MODELS
 
 from .contract import ProjectionContract
 
@@ -16,4 +17,5 @@ class TestSQLiteProjections(ProjectionContract):
 
     def test_each_read_model_has_its_own_file(self, settings: Settings, views: object) -> None:
         names = sorted(p.name for p in Path(settings.data_dir).glob("projection_*.db"))
-        assert names == ["projection_operations.db", "projection_vms.db"]
+        assert names == sorted(f"projection_{name}.db" for name in MODELS)
+        assert "projection_audit.db" in names and "projection_hosts.db" in names
