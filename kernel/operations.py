@@ -198,6 +198,12 @@ class OperationEngine:
         with self._lock:
             return self._command(command, idempotency_key, actor)
 
+    def execute(self, command: Command, *, idempotency_key: str,
+                actor: str = "system") -> CommandOutcome:
+        """Run any of the engine's commands as decoded from the wire (admin API, NATS)."""
+        with self._lock:
+            return self._command(command, idempotency_key, actor)
+
     def _command(self, command: Command, key: str, actor: str) -> CommandOutcome:
         self._uow = UnitOfWork(self.app, self.cache)
         try:
@@ -369,6 +375,12 @@ class OperationEngine:
                     waiting = uow.get(next_id)
                     if isinstance(waiting, Operation) and not waiting.is_finished:
                         self._admit(uow, waiting, now)
+
+    def watch_deadlines(self, deadlines: Iterable[tuple[UUID, datetime]]) -> None:
+        """Wake up at these operations' step deadlines (a spare wake-up changes nothing)."""
+        with self._timer_lock:
+            for operation_id, at in deadlines:
+                heapq.heappush(self._timers, _Wakeup(at, operation_id))
 
     def _schedule_timer(self, op: Operation) -> None:
         wake = None if op.is_finished else op.next_wakeup()

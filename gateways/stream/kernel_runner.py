@@ -107,6 +107,10 @@ class KernelRunner:
                 messages, reached = await loop.run_in_executor(
                     self._reader, self.feed.read, position, self.tuning.dispatch_page)
                 if messages:
+                    # Operations accepted by another process (the NATS intake, the admin API)
+                    # get their deadline timers here, from the dispatches in the log.
+                    self.engine.watch_deadlines(
+                        (m.operation_id, m.deadline_at) for m in messages if m.deadline_at)
                     await self._publish(js, messages, stop)
                 if reached != position:
                     await loop.run_in_executor(self._reader, self.feed.commit, reached)

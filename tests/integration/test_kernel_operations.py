@@ -380,6 +380,29 @@ def test_a_step_with_no_answer_times_out_on_every_attempt(pg_dsn: str, url: str)
     run(scenario())
 
 
+def test_the_kernel_times_out_an_operation_another_process_accepted(pg_dsn: str,
+                                                                      url: str) -> None:
+    # The NATS intake or the admin API may accept operations with an engine of their own:
+    # the kernel learns those deadlines from the dispatches in the log.
+    deadline = 1.0
+    retry = RetryPolicy(max_attempts=1, jitter=0)
+
+    async def scenario() -> None:
+        async with running_kernel(pg_dsn, url) as k:
+            other = OperationEngine(k.app)  # shares the store, not the kernel's timers
+            step = _step("silent", "ignore", {}, retry=retry, deadline=deadline)
+            outcome = await k.call(other.submit, "test.op", Plan(steps=(step,)),
+                                   idempotency_key=f"op-{uuid4()}")
+            op_id = UUID(decoded(outcome.result)["operation_id"])
+            op = await k.finished(op_id, timeout=10)
+            assert op.state is O.FAILED
+            assert op.failure is not None and op.failure.error_code == DEADLINE_EXCEEDED
+            attempt = op.step(step.step_id).attempts[0]
+            assert 0 <= seconds(attempt.finished_at, attempt.deadline_at) < SLACK
+
+    run(scenario())
+
+
 # --------------------------------------------------------------------------- 5. compensation
 
 
