@@ -73,6 +73,18 @@ class ValidationError(KernelError):
     code = "validation"
 
 
+class UnauthenticatedError(KernelError):
+    """A request's credentials are missing, unknown, revoked, expired or wrong (HTTP 401)."""
+
+    code = "unauthenticated"
+
+
+class ForbiddenError(KernelError):
+    """An authenticated principal may not run this command (HTTP 403)."""
+
+    code = "forbidden"
+
+
 class ConfigError(KernelError):
     """A setting is wrong or unknown; raised at start with the setting's name."""
 

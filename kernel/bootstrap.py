@@ -1,10 +1,11 @@
 """The composition root: the one place adapters are built and wired from Settings."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kernel.commands import CommandService, Handler
+from kernel.commands import Command, CommandOutcome, CommandService, Handler
 from kernel.inventory.loader import LoadInventory, handle_load_inventory
 from kernel.settings import Settings
 from kernel.store.application import KernelApplication, PlatformApplication, open_application
@@ -49,6 +50,22 @@ def open_engine(settings: Settings) -> tuple[Platform, "OperationEngine", "Dispa
     platform = open_platform(settings)
     engine = OperationEngine(platform.app, refuse_when_busy=settings.busy_entities == "refuse")
     return platform, engine, DispatchFeed(platform.app)
+
+
+# Runs a decoded command: (command, *, idempotency_key=..., actor=...) -> CommandOutcome.
+CommandRunner = Callable[..., CommandOutcome]
+
+
+def command_catalog(platform: Platform,
+                    engine: "OperationEngine") -> dict[str, tuple[type[Command], CommandRunner]]:
+    """Every command the admin API and the NATS intake accept, by tag: its type and runner."""
+    catalog: dict[str, tuple[type[Command], CommandRunner]] = {}
+    # Operation commands go through the engine (its lock, cache and timers), not its service.
+    for types, runner in ((platform.commands.handlers, platform.commands.execute),
+                          (engine.commands.handlers, engine.execute)):
+        for type_ in types:
+            catalog[str(type_.__struct_config__.tag)] = (type_, runner)
+    return catalog
 
 
 def inventory_path(settings: Settings) -> Path | None:

@@ -39,6 +39,7 @@ class Settings:
     log_level: str = "INFO"
     inventory_file: str = ""
     busy_entities: str = "queue"
+    keys_file: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -132,6 +133,7 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "log_level": _choice("debug", "info", "warning", "error"),
     "inventory_file": (_text, "a path to an inventory TOML file"),
     "busy_entities": _choice("queue", "refuse"),
+    "keys_file": (_text, "a path to the keyring JSON file (default <data_dir>/keys.json)"),
 }
 
 

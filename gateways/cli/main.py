@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aggregates.errors import KernelError
+from gateways.cli.contracts import add_contracts_commands
 from kernel.bootstrap import inventory_path, open_platform
 from kernel.inventory.loader import load_inventory_file
 from kernel.settings import Settings, load_settings
 from kernel.store.migrate import migrate
 
 if TYPE_CHECKING:
+    from gateways.access import Keyring
+    from kernel.bootstrap import Platform
     from kernel.dispatch_feed import DispatchFeed
     from kernel.operations import OperationEngine
 
@@ -80,19 +83,36 @@ def _parser() -> argparse.ArgumentParser:
                         help="give up when NATS does not answer at start (default 10)")
     command("subsystems", cmd_subsystems,
             "list the installed subsystem plugins, their versions and step kinds")
+    from gateways.cli.projections import add_projection_commands
+
+    add_projection_commands(sub)
     inventory = sub.add_parser("inventory", help="inventory files")
     inv_sub = inventory.add_subparsers(metavar="ACTION")
     load = inv_sub.add_parser("load", help="register what an inventory TOML file lists")
     load.add_argument("file", type=Path)
     load.set_defaults(run=cmd_inventory_load)
+    from gateways.cli.keys import add_keys_commands
+
+    add_keys_commands(sub)
+    add_contracts_commands(sub)
+    from gateways.cli.webhooks import add_webhook_commands
+
+    add_webhook_commands(sub)
     return parser
 
 
 def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
     """Create every application's tables."""
-    for line in migrate(settings):
+    for line in migrate_all(settings):
         print(line)
     return 0
+
+
+def migrate_all(settings: Settings) -> list[str]:
+    """The kernel's tables, then the gateways' own (webhook deliveries)."""
+    from gateways.webhooks.store import migrate_webhooks
+
+    return [*migrate(settings), migrate_webhooks(settings)]
 
 
 def cmd_kernel(settings: Settings, _: argparse.Namespace) -> int:
@@ -226,7 +246,7 @@ def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
     from kernel.bootstrap import open_engine
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    for line in migrate(settings):
+    for line in migrate_all(settings):
         log.info("migrate: %s", line)
     nats_server = None
     platform = None
@@ -247,7 +267,7 @@ def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
                      " (loaded before)" if outcome.replayed else "")
         import asyncio
 
-        asyncio.run(_serve_kernel_and_workers(settings, engine, feed, url))
+        asyncio.run(_serve_kernel_and_workers(settings, platform, engine, feed, url))
     finally:
         if platform is not None:
             platform.close()
@@ -257,15 +277,24 @@ def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve_kernel_and_workers(settings: Settings, engine: "OperationEngine",
-                                    feed: "DispatchFeed", url: str) -> None:
-    """The kernel loops and one worker per installed subsystem, until SIGINT/SIGTERM."""
+async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
+                                    engine: "OperationEngine", feed: "DispatchFeed",
+                                    url: str) -> None:
+    """Kernel loops, relay, intake, projections and a worker per subsystem, until a signal."""
     import asyncio
+    import contextlib
 
+    from gateways.access import KeyringAccess
+    from gateways.cli.projections import projection_runners
+    from gateways.stream.intake import CommandIntake
     from gateways.stream.kernel_runner import KernelRunner
     from gateways.stream.relay import EventRelay
     from gateways.stream.worker import Worker
+    from gateways.webhooks.service import WebhookService
+    from gateways.webhooks.store import open_webhook_store
+    from kernel.bootstrap import command_catalog
     from kernel.event_feed import EventFeed
+    from projections.catalog import MODELS
     from subsystems.registry import load_registry
 
     stop = asyncio.Event()
@@ -277,21 +306,51 @@ async def _serve_kernel_and_workers(settings: Settings, engine: "OperationEngine
     workers = [Worker(p.subsystem, servers=servers) for p in registry.plugins]
     runner = KernelRunner(engine, feed, servers)
     relay = EventRelay(EventFeed(engine.app), servers)
-    tasks = [asyncio.create_task(runner.run(stop)), asyncio.create_task(relay.run(stop)),
-             *(asyncio.create_task(w.run(stop)) for w in workers)]
-    ready: asyncio.Future[Any] = asyncio.ensure_future(
-        asyncio.gather(*(w.ready.wait() for w in workers)))
-    await asyncio.wait([*tasks, ready], return_when=asyncio.FIRST_COMPLETED)
-    for task in tasks:  # a loop that ended before the workers were ready failed
-        if task.done():
-            task.result()
-    names = ", ".join(p.name for p in registry.plugins)
-    print(f"cloudkernel is up: store={settings.store} data={settings.data_dir} nats={url}; "
-          f"kernel, event relay and workers for {names} running; Ctrl-C stops it", flush=True)
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        stop.set()
+    # The intake shares the kernel's engine: operations it accepts get their timers here.
+    intake = CommandIntake(command_catalog(platform, engine),
+                           KeyringAccess(_admin_keyring(settings)), servers)
+    webhook_store = open_webhook_store(settings)
+    webhooks = WebhookService(webhook_store, servers)
+    with projection_runners(settings, list(MODELS)) as projections, \
+            contextlib.closing(webhook_store):
+        for projection in projections:
+            projection.start()
+        tasks = [asyncio.create_task(runner.run(stop)), asyncio.create_task(relay.run(stop)),
+                 asyncio.create_task(intake.run(stop)), asyncio.create_task(webhooks.run(stop)),
+                 *(asyncio.create_task(w.run(stop)) for w in workers)]
+        ready: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.gather(intake.ready.wait(), webhooks.ready.wait(),
+                           *(w.ready.wait() for w in workers)))
+        await asyncio.wait([*tasks, ready], return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:  # a loop that ended before the workers were ready failed
+            if task.done():
+                task.result()
+        names = ", ".join(p.name for p in registry.plugins)
+        print(f"cloudkernel is up: store={settings.store} data={settings.data_dir} nats={url}; "
+              f"kernel, event relay, command intake, webhooks, {len(projections)} projections and "
+              f"workers for {names} "
+              "running; Ctrl-C stops it", flush=True)
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            stop.set()
+            for projection in projections:
+                await asyncio.to_thread(projection.stop)
+
+
+def _admin_keyring(settings: Settings) -> "Keyring":
+    """The keyring; on the first start, with an admin key whose secret is printed once."""
+    from datetime import UTC, datetime
+
+    from gateways.access import Keyring, keys_path
+
+    keyring = Keyring(keys_path(settings))
+    now = datetime.now(UTC)
+    if not any(k.role == "admin" and k.status(now) == "active" for k in keyring.entries()):
+        key = keyring.create(actor="admin", role="admin")
+        print(f"created an admin key for signed commands (shown once, kept in {keyring.path}):"
+              f"\n  key id: {key.id}\n  secret: {key.secret}", flush=True)
+    return keyring
 
 
 def _check_nats(urls: Sequence[str]) -> None:

@@ -1,7 +1,9 @@
 """`cloudkernel up` as a process: data folder, migrations, NATS, inventory, then Ctrl-C."""
 
 import asyncio
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -113,6 +115,22 @@ def run_an_echo_operation(settings: Settings) -> str:
         app.close()
 
 
+def projection_caught_up(tmp_path: Path, name: str, timeout: float = 15) -> bool:
+    """`cloudkernel projections status --json` shows `name` at the log head."""
+    env = {**os.environ, "CLOUDKERNEL_DATA_DIR": str(tmp_path / "data"),
+           "PYTHONPATH": str(ROOT)}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([*CLI, "projections", "status", "--json"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        status = {p["name"]: p for p in json.loads(out.stdout)}
+        if status[name]["lag_positions"] == 0 and status[name]["position"] > 0:
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def test_up_on_the_embedded_default(tmp_path: Path) -> None:
     port = free_port()
     proc = start_up(tmp_path, CLOUDKERNEL_NATS_PORT=str(port))
@@ -122,9 +140,22 @@ def test_up_on_the_embedded_default(tmp_path: Path) -> None:
         assert asyncio.run(jetstream_works(f"nats://127.0.0.1:{port}")) == 1
         assert (tmp_path / "data" / "platform.db").is_file()
         assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
-        assert "kernel, event relay and workers for" in log and "echo" in log
+        assert "kernel, event relay, command intake, webhooks," in log and "echo" in log
         assert run_an_echo_operation(Settings(data_dir=tmp_path / "data")) == "Succeeded"
         assert asyncio.run(events_in_stream(f"nats://127.0.0.1:{port}")) >= 22 + 7
+        # The first start made an admin key and printed it once: it signs commands on NATS.
+        key_id = re.search(r"key id: (ck_[0-9a-f]+)", log)
+        secret = re.search(r"secret: ([0-9a-f]{64})", log)
+        assert key_id and secret, log
+        sent = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "integrator" / "send_command.py"),
+             "operation.cancel", f'{{"operation_id": "{uuid.uuid4()}"}}',
+             "--url", f"nats://127.0.0.1:{port}", "--key-id", key_id[1],
+             "--secret", secret[1], "--idempotency-key", "cancel-1"],
+            capture_output=True, text=True, timeout=60)
+        assert sent.returncode == 1 and '"not_found"' in sent.stdout, sent
+        # The projections follow the log: the operation's row reached its end.
+        assert projection_caught_up(tmp_path, "operations")
     finally:
         out = stop(proc)
     assert proc.returncode == 0, out
@@ -138,6 +169,7 @@ def test_up_on_the_embedded_default(tmp_path: Path) -> None:
     try:
         log = wait_until_up(proc)
         assert "(loaded before)" in log
+        assert "secret:" not in log  # the admin key exists: no secret printed again
     finally:
         stop(proc)
     assert log_head(Settings(data_dir=tmp_path / "data")) == head

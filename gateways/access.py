@@ -1,0 +1,343 @@
+"""Access decisions for gateways: who signed a request, and whether they may send a command.
+
+Every gateway (the NATS command intake now, the admin API later) asks one `AccessControl` for
+two decisions: `authenticate` a signed request into a `Principal`, then `authorize` that
+principal for a command tag. `KeyringAccess` is the first implementation, backed by a keyring
+file; the ACL service (domains, accounts, roles, LDAP) will replace it behind the same
+interface.
+
+Requests are signed with HMAC-SHA256 over a canonical string, the same for every transport:
+
+    CK1-HMAC-SHA256\\n{timestamp}\\n{subject}\\n{idempotency_key}\\n{sha256_hex(body)}
+
+The key is the secret's text as UTF-8 bytes, the signature is lowercase hex, and the timestamp
+is unix seconds as a decimal string, refused when more than 300 s off the server's clock.
+Because the idempotency key is signed, a captured request replayed within that window only
+replays the first result: it cannot run the command twice.
+"""
+
+import contextlib
+import fcntl
+import fnmatch
+import hashlib
+import hmac
+import math
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal, Protocol
+
+import msgspec
+
+from aggregates.errors import (
+    ConfigError,
+    ForbiddenError,
+    NotFoundError,
+    UnauthenticatedError,
+    ValidationError,
+)
+from kernel.settings import Settings
+
+SCHEME = "CK1-HMAC-SHA256"
+MAX_SKEW_SECONDS = 300
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+KEY_ID_HEADER = "Cloudkernel-Key-Id"
+TIMESTAMP_HEADER = "Cloudkernel-Timestamp"
+SIGNATURE_HEADER = "Cloudkernel-Signature"
+
+Role = Literal["admin", "integrator"]
+ROLES: tuple[Role, ...] = ("admin", "integrator")
+_ACTOR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,99}$")
+_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]-]{1,100}$")
+_TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
+MAX_EXPIRY_DAYS = 36500
+
+
+# --------------------------------------------------------------------------- signing
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """A request as a gateway received it: what was signed, and the credentials sent along."""
+
+    subject: str
+    idempotency_key: str
+    body: bytes
+    key_id: str = ""
+    timestamp: str = ""
+    signature: str = ""
+
+
+def canonical_string(*, timestamp: str, subject: str, idempotency_key: str,
+                     body: bytes) -> str:
+    """The text a request's signature covers."""
+    return "\n".join((SCHEME, timestamp, subject, idempotency_key,
+                      hashlib.sha256(body).hexdigest()))
+
+
+def sign(secret: str, *, timestamp: str | int, subject: str, idempotency_key: str,
+         body: bytes) -> str:
+    """The hex HMAC-SHA256 signature of a request under `secret`."""
+    text = canonical_string(timestamp=str(timestamp), subject=subject,
+                            idempotency_key=idempotency_key, body=body)
+    return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, request: SignedRequest, *, now: float,
+           max_skew: float = MAX_SKEW_SECONDS) -> None:
+    """Raise UnauthenticatedError unless the request is fresh and signed with `secret`."""
+    if not _TIMESTAMP.match(request.timestamp):
+        raise UnauthenticatedError(f"{TIMESTAMP_HEADER} must be unix seconds as a decimal "
+                                   f"number, got {request.timestamp[:40]!r}")
+    skew = int(request.timestamp) - now
+    if abs(skew) > max_skew:
+        raise UnauthenticatedError(
+            f"{TIMESTAMP_HEADER} is {abs(skew):.0f}s {'ahead of' if skew > 0 else 'behind'} "
+            f"the server clock (at most {max_skew:g}s allowed); sign with the current time")
+    expected = sign(secret, timestamp=request.timestamp, subject=request.subject,
+                    idempotency_key=request.idempotency_key, body=request.body)
+    # compare_digest: the time taken must not tell how much of a forged signature was right.
+    if not hmac.compare_digest(expected.encode(), request.signature.lower().encode()):
+        raise UnauthenticatedError(
+            f"{SIGNATURE_HEADER} does not match the request ({SCHEME} over timestamp, subject, "
+            "idempotency key and body hash)")
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who sent a request: the key, the actor recorded on events, and what it may send."""
+
+    key_id: str
+    actor: str
+    role: Role
+    allowed: tuple[str, ...] = ()
+
+    def allows(self, command_tag: str) -> bool:
+        """Whether this principal may send the command with this tag."""
+        if self.role == "admin":
+            return True
+        return any(fnmatch.fnmatchcase(command_tag, p) for p in self.allowed)
+
+
+class AccessControl(Protocol):
+    """The one interface through which gateways ask for access decisions."""
+
+    def authenticate(self, request: SignedRequest) -> Principal:
+        """The principal that signed the request; UnauthenticatedError otherwise."""
+        ...
+
+    def authorize(self, principal: Principal, command_tag: str) -> None:
+        """Return if the principal may send this command; ForbiddenError otherwise."""
+        ...
+
+
+# --------------------------------------------------------------------------- the keyring
+
+
+class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
+    """One key of the keyring file."""
+
+    id: str
+    secret: str
+    actor: str
+    role: Role
+    allow: tuple[str, ...] = ()
+    created: datetime
+    expires: datetime | None = None
+    revoked: bool = False
+    revoked_at: datetime | None = None
+
+    def status(self, now: datetime) -> str:
+        """`active`, `revoked` or `expired`."""
+        if self.revoked:
+            return "revoked"
+        return "expired" if self.expires is not None and self.expires <= now else "active"
+
+
+class _KeyringFile(msgspec.Struct, kw_only=True):
+    version: int = 1
+    keys: list[ApiKey] = msgspec.field(default_factory=list)
+
+
+_file_decoder = msgspec.json.Decoder(_KeyringFile)
+_file_encoder = msgspec.json.Encoder()
+
+
+def keys_path(settings: Settings) -> Path:
+    """The keyring file: setting keys_file, else `<data_dir>/keys.json`."""
+    return Path(settings.keys_file).expanduser() if settings.keys_file \
+        else settings.data_dir / "keys.json"
+
+
+class Keyring:
+    """A JSON file of keys, private to its owner (mode 0600), replaced atomically on change."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._seen: tuple[int, int, int] | None = None
+        self._by_id: dict[str, ApiKey] = {}
+
+    def entries(self) -> list[ApiKey]:
+        """Every key in the file, in creation order (none if there is no file)."""
+        try:
+            data = self.path.read_bytes()
+            mode = os.stat(self.path).st_mode
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise ConfigError(f"keyring {self.path}: {e.strerror or e}") from e
+        if mode & 0o077:
+            raise ConfigError(f"keyring {self.path} is open to other users (mode "
+                              f"{mode & 0o777:o}); it holds secrets: chmod 600 it")
+        try:
+            return _file_decoder.decode(data).keys
+        except msgspec.DecodeError as e:
+            raise ConfigError(f"keyring {self.path} is not a valid keyring file: {e}") from e
+
+    def get(self, key_id: str) -> ApiKey | None:
+        """The key with this id; the file is read again whenever it was replaced."""
+        with self._lock:
+            try:
+                st = os.stat(self.path)
+                seen: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+            except FileNotFoundError:
+                seen = None
+            if seen != self._seen or seen is None:
+                self._by_id = {k.id: k for k in self.entries()}
+                self._seen = seen
+            return self._by_id.get(key_id)
+
+    def create(self, *, actor: str, role: str, allow: Iterable[str] = (),
+               expires_in_days: float | None = None, now: datetime | None = None) -> ApiKey:
+        """Add a new key with a random secret; bad input raises ValidationError."""
+        allow = tuple(allow)
+        _check_new_key(actor, role, allow, expires_in_days)
+        now = now or datetime.now(UTC)
+        expires = None if expires_in_days is None else now + timedelta(days=expires_in_days)
+        key = ApiKey(id="ck_" + secrets.token_hex(8), secret=secrets.token_hex(32),
+                     actor=actor, role=role, allow=allow,  # type: ignore[arg-type]
+                     created=now, expires=expires)
+        with self._exclusive():
+            self._write([*self.entries(), key])
+        return key
+
+    def revoke(self, key_id: str, now: datetime | None = None) -> tuple[ApiKey, bool]:
+        """Revoke a key for good; returns it and whether it was active before."""
+        with self._exclusive():
+            keys = self.entries()
+            for i, key in enumerate(keys):
+                if key.id == key_id:
+                    if key.revoked:
+                        return key, False
+                    keys[i] = msgspec.structs.replace(key, revoked=True,
+                                                      revoked_at=now or datetime.now(UTC))
+                    self._write(keys)
+                    return keys[i], True
+        raise NotFoundError(f"no key {key_id!r} in keyring {self.path} (see `cloudkernel keys "
+                            "list`)")
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        # Two `keys` commands at once must not lose each other's change.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _write(self, keys: list[ApiKey]) -> None:
+        data = _file_encoder.encode(_KeyringFile(keys=keys))
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            os.fchmod(fd, 0o600)  # before any secret is written
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself must survive a crash
+        finally:
+            os.close(dir_fd)
+
+
+def _check_new_key(actor: str, role: str, allow: tuple[str, ...],
+                   expires_in_days: float | None) -> None:
+    if not isinstance(actor, str) or not _ACTOR.match(actor):
+        raise ValidationError(f"actor must be 1-100 letters, digits or '_.@:-', starting with a "
+                              f"letter or digit, got {actor!r}")
+    if actor == "system" or actor.startswith("subsystem:"):
+        raise ValidationError(f"actor {actor!r} is reserved for the kernel's own events")
+    if role not in ROLES:
+        raise ValidationError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    if role == "admin" and allow:
+        raise ValidationError("an admin key may send every command: give --allow only to "
+                              "integrator keys")
+    if role == "integrator" and not allow:
+        raise ValidationError("an integrator key needs at least one --allow TAG (e.g. "
+                              "operation.cancel or operation.*)")
+    for pattern in allow:
+        if not isinstance(pattern, str) or not _PATTERN.match(pattern):
+            raise ValidationError(f"--allow {pattern!r}: a command tag or glob like "
+                                  "operation.* (letters, digits, '_.-*?[]')")
+    if expires_in_days is not None and (
+            isinstance(expires_in_days, bool) or not isinstance(expires_in_days, int | float)
+            or not math.isfinite(expires_in_days)
+            or not 0 < expires_in_days <= MAX_EXPIRY_DAYS):
+        raise ValidationError(f"--expires-in must be a number of days above 0 and at most "
+                              f"{MAX_EXPIRY_DAYS}, got {expires_in_days!r}")
+
+
+class KeyringAccess:
+    """AccessControl backed by a Keyring: admins may send everything, integrators what
+    their key lists."""
+
+    def __init__(self, keyring: Keyring, *, clock: Callable[[], float] = time.time,
+                 max_skew: float = MAX_SKEW_SECONDS):
+        self.keyring, self.clock, self.max_skew = keyring, clock, max_skew
+
+    def authenticate(self, request: SignedRequest) -> Principal:
+        """The principal of a fresh request signed with an active key of the keyring."""
+        for header, value in ((KEY_ID_HEADER, request.key_id),
+                              (TIMESTAMP_HEADER, request.timestamp),
+                              (SIGNATURE_HEADER, request.signature)):
+            if not value:
+                raise UnauthenticatedError(f"header {header} is required (requests are signed "
+                                           f"with {SCHEME})")
+        key = self.keyring.get(request.key_id)
+        if key is None:
+            raise UnauthenticatedError(f"unknown key id {request.key_id[:64]!r}")
+        now = self.clock()
+        # The signature first: whoever lacks the secret learns nothing about the key's state.
+        verify(key.secret, request, now=now, max_skew=self.max_skew)
+        if key.revoked:
+            raise UnauthenticatedError(f"key {key.id} was revoked")
+        if key.expires is not None and key.expires.timestamp() <= now:
+            raise UnauthenticatedError(f"key {key.id} expired at {key.expires.isoformat()}")
+        return Principal(key_id=key.id, actor=key.actor, role=key.role, allowed=key.allow)
+
+    def authorize(self, principal: Principal, command_tag: str) -> None:
+        """Refuse, naming what the key allows, a command the principal may not send."""
+        if not principal.allows(command_tag):
+            raise ForbiddenError(
+                f"key {principal.key_id} ({principal.actor}, {principal.role}) may not send "
+                f"{command_tag}; it allows {', '.join(principal.allowed) or 'nothing'}")

@@ -1,0 +1,277 @@
+"""The command intake: integrators' signed commands from NATS, each run once per idempotency key.
+
+An integrator sends a core NATS request to `cloudkernel.commands.<tag>` (for example
+`cloudkernel.commands.operation.cancel`). The body is a JSON object of the command's fields,
+the headers carry `Idempotency-Key` and the signature (`gateways.access`). The reply is JSON:
+
+    {"ok": true, "command": ..., "idempotency_key": ..., "replayed": ..., "positions": [...],
+     "correlation_id": ..., "result": ...}
+    {"ok": false, "error": {"code": ..., "message": ...}}     (and header Cloudkernel-Error)
+
+The command's events carry the reply's correlation id, and the relay publishes them. Every
+check (headers, signature, the command, the principal's rights, the body) happens before the
+command runs, so a refused request writes nothing. Requests are decided and run in a bounded
+thread pool, because the core is synchronous; the event loop only moves bytes.
+"""
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from aggregates.base import natural_id
+from aggregates.errors import (
+    ConflictError,
+    DomainRuleError,
+    ForbiddenError,
+    IdempotencyKeyReusedError,
+    KernelError,
+    NotFoundError,
+    UnauthenticatedError,
+    ValidationError,
+)
+from gateways.access import (
+    IDEMPOTENCY_KEY_HEADER,
+    KEY_ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    AccessControl,
+    SignedRequest,
+)
+from gateways.stream.connection import connect
+from kernel.bootstrap import CommandRunner
+from kernel.commands import Command
+from kernel.event_feed import CORRELATION_ID
+
+log = logging.getLogger(__name__)
+
+COMMANDS_PREFIX = "cloudkernel.commands."
+QUEUE_GROUP = "cloudkernel-intake"
+ERROR_HEADER = "Cloudkernel-Error"
+Catalog = Mapping[str, tuple[type[Command], CommandRunner]]
+
+# Known refusals, most specific first; anything else is an `internal` error.
+_CODES: tuple[tuple[type[KernelError], str], ...] = (
+    (UnauthenticatedError, "unauthenticated"),
+    (ForbiddenError, "forbidden"),
+    (IdempotencyKeyReusedError, "idempotency_key_reused"),
+    (NotFoundError, "not_found"),
+    (ConflictError, "conflict"),
+    (ValidationError, "invalid"),
+    (DomainRuleError, "invalid"),
+)
+
+
+class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Why a command was refused: a stable code, a message, and the kernel's own detail."""
+
+    code: str
+    message: str
+    reason: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+class ErrorReply(msgspec.Struct, kw_only=True):
+    """The reply to a refused or failed command."""
+
+    ok: bool = False
+    error: ErrorBody
+
+
+class CommandReply(msgspec.Struct, kw_only=True):
+    """The reply to a command that ran (or ran before, under the same key)."""
+
+    ok: bool = True
+    command: str
+    idempotency_key: str
+    replayed: bool
+    positions: tuple[int, ...]
+    correlation_id: uuid.UUID
+    result: msgspec.Raw
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A reply ready to publish."""
+
+    data: bytes
+    headers: dict[str, str]
+    error: str | None = None
+
+
+class MalformedError(Exception):
+    """The request cannot be read as a command (bad body, wrong fields, missing header)."""
+
+
+class UnknownCommandError(Exception):
+    """No command has the subject's tag."""
+
+
+_encoder = msgspec.json.Encoder()
+_any_json = msgspec.json.Decoder()
+
+
+@dataclass
+class CommandIntake:
+    """Serves `cloudkernel.commands.>` until told to stop; `handle` is its synchronous core."""
+
+    catalog: Catalog
+    access: AccessControl
+    servers: Sequence[str]
+    concurrency: int = 4
+    max_in_flight: int = 256
+    drain_timeout: float = 30.0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    stats: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._decoders = {tag: msgspec.json.Decoder(type_)
+                          for tag, (type_, _run) in self.catalog.items()}
+        self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="intake")
+
+    # ------------------------------------------------------------------ the decision path
+
+    def handle(self, subject: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        """Check, run and answer one request; never raises."""
+        try:
+            reply = self._handle(subject, {k.lower(): v for k, v in headers.items()}, body)
+        except Exception as e:
+            reply = self._refusal(e, subject, headers)
+        self.stats[reply.error or "ok"] += 1
+        return reply
+
+    def _handle(self, subject: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        tag = subject.removeprefix(COMMANDS_PREFIX)
+        key = headers.get(IDEMPOTENCY_KEY_HEADER.lower(), "")
+        if not key.strip():
+            raise MalformedError(f"header {IDEMPOTENCY_KEY_HEADER} is required: a key of your "
+                                 "choice, the same when you retry the same command")
+        principal = self.access.authenticate(SignedRequest(
+            subject=subject, idempotency_key=key, body=body,
+            key_id=headers.get(KEY_ID_HEADER.lower(), ""),
+            timestamp=headers.get(TIMESTAMP_HEADER.lower(), ""),
+            signature=headers.get(SIGNATURE_HEADER.lower(), "")))
+        if tag not in self.catalog:
+            raise UnknownCommandError(f"unknown command {tag[:100]!r} on {subject[:140]}; known: "
+                                      f"{', '.join(sorted(self.catalog))}")
+        self.access.authorize(principal, tag)
+        type_, run = self.catalog[tag]
+        command = self._decode(tag, type_, body)
+        # Keys are scoped by actor: another principal's same key is another command, and
+        # never replays (or reveals) this one's result.
+        scoped = f"{principal.actor}/{key}"
+        outcome = run(command, idempotency_key=scoped, actor=principal.actor)
+        correlation_id = natural_id("command", scoped)
+        data = _encoder.encode(CommandReply(
+            command=outcome.command, idempotency_key=key, replayed=outcome.replayed,
+            positions=outcome.positions, correlation_id=correlation_id, result=outcome.result))
+        log.debug("intake: %s by %s (key %s): %s", tag, principal.actor, principal.key_id,
+                  "replayed" if outcome.replayed else f"{len(outcome.positions)} events")
+        return Reply(data, {CORRELATION_ID: str(correlation_id)})
+
+    def _decode(self, tag: str, type_: type[Command], body: bytes) -> Command:
+        fields = ", ".join(type_.__struct_fields__)
+        try:
+            raw = _any_json.decode(body)
+        except msgspec.DecodeError as e:
+            raise MalformedError(f"body is not JSON ({e}); send an object of {tag}'s fields: "
+                                 f"{fields}") from None
+        if not isinstance(raw, dict):
+            raise MalformedError(f"body must be a JSON object of {tag}'s fields ({fields}), "
+                                 f"got {type(raw).__name__}")
+        if "command" in raw and raw["command"] != tag:
+            raise MalformedError(f"body field command is {raw['command']!r} but the subject "
+                                 f"names {tag!r}")
+        unknown = sorted(set(raw) - set(type_.__struct_fields__) - {"command"})
+        if unknown:
+            raise MalformedError(f"unknown field {', '.join(map(repr, unknown))} for {tag} "
+                                 f"(fields: {fields})")
+        try:
+            command: Command = self._decoders[tag].decode(body)
+        except msgspec.ValidationError as e:
+            raise MalformedError(f"{tag}: {e}") from None
+        return command
+
+    def _refusal(self, e: Exception, subject: str, headers: Mapping[str, str]) -> Reply:
+        reason = detail = None
+        if isinstance(e, MalformedError):
+            code = "malformed"
+        elif isinstance(e, UnknownCommandError):
+            code = "unknown_command"
+        else:
+            code = next((c for t, c in _CODES if isinstance(e, t)), "internal")
+        if code == "internal":
+            ref = uuid.uuid4()
+            # The message may hold internals (SQL, paths): the log has it, the caller a reference.
+            log.exception("intake: %s failed (reference %s)", subject, ref)
+            message = f"internal error (reference {ref}); the command may be retried with the " \
+                      "same idempotency key"
+        else:
+            message = str(e)
+            if isinstance(e, KernelError):
+                extra = {k: v for k, v in e.to_dict().items() if k not in ("code", "message")}
+                reason, detail = e.code, extra or None
+            log.info("intake: %s refused (%s): %s [key %s]", subject[:140], code, message,
+                     headers.get(KEY_ID_HEADER.lower(), headers.get(KEY_ID_HEADER, "-"))[:64])
+        data = _encoder.encode(ErrorReply(error=ErrorBody(code=code, message=message,
+                                                          reason=reason, detail=detail)))
+        return Reply(data, {ERROR_HEADER: code}, error=code)
+
+    # ------------------------------------------------------------------ the NATS loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set; then answer the requests in flight and close."""
+        nc = await connect(self.servers, name="cloudkernel-intake")
+        slots = asyncio.Semaphore(self.max_in_flight)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def on_request(msg: Msg) -> None:
+            # Waiting for a slot here holds back the subscription: a flood queues in NATS's
+            # pending limits, not in this process's memory.
+            await slots.acquire()
+            task = asyncio.create_task(self._serve(nc, msg, slots))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        try:
+            sub = await nc.subscribe(COMMANDS_PREFIX + ">", queue=QUEUE_GROUP, cb=on_request)
+            await nc.flush()
+            log.info("intake: serving %s (queue %s) with %d commands", COMMANDS_PREFIX + ">",
+                     QUEUE_GROUP, len(self.catalog))
+            self.ready.set()
+            await stop.wait()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            if tasks:
+                await asyncio.wait(set(tasks), timeout=self.drain_timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 5)
+            self._executor.shutdown(wait=True)
+
+    async def _serve(self, nc: Any, msg: Msg, slots: asyncio.Semaphore) -> None:
+        try:
+            if not msg.reply:
+                self.stats["dropped"] += 1
+                log.warning("intake: request on %s without a reply subject dropped (send it "
+                            "as a request to get the result)", msg.subject[:140])
+                return
+            loop = asyncio.get_running_loop()
+            try:
+                reply = await loop.run_in_executor(self._executor, self.handle, msg.subject,
+                                                   msg.headers or {}, msg.data)
+            except Exception as e:  # the pool is gone (shutting down): still answer
+                reply = self._refusal(e, msg.subject, msg.headers or {})
+            await nc.publish(msg.reply, reply.data, headers=reply.headers)
+        except Exception:
+            log.exception("intake: could not answer a request on %s", msg.subject[:140])
+        finally:
+            slots.release()
