@@ -15,7 +15,7 @@ from the recorded position.
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +28,7 @@ from projections.views import RowView
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 5000
+MAX_BACKOFF = 5.0
 Progress = Callable[[int, int], None]
 
 
@@ -67,6 +68,8 @@ class ProjectionRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self.failures = 0  # pages that failed and were retried
+        self.last_failure: Exception | None = None
 
     # ------------------------------------------------------------------ positions
 
@@ -103,10 +106,11 @@ class ProjectionRunner:
         to_domain_event = self.app.mapper.to_domain_event
         page = [(n.id, to_domain_event(n)) for n in notifications]
         try:
-            self.view.apply_page(page, Tracking(self.app.name, new_position))
+            self.view.apply_page(page, Tracking(self.app.name, new_position), expected=position)
         except IntegrityError:
-            # Another runner (or an earlier attempt) recorded this position: nothing changed.
-            log.info("projection %s: position %d already applied", self.name, new_position)
+            # Another runner, or a rebuild, moved the position first: nothing changed here.
+            log.info("projection %s: position %d moved on before %d was applied", self.name,
+                     position, new_position)
             return 0
         return new_position - position
 
@@ -127,8 +131,22 @@ class ProjectionRunner:
     def run_forever(self, stop: threading.Event | None = None) -> None:
         """Follow the log until `stop` (or `self.stop()`) is set."""
         stop = stop or self._stop
+        backoff = 0.0
         while not stop.is_set():
-            if self.step() == 0:
+            try:
+                moved = self.step()
+            except Exception as e:
+                # The store restarting, a lock held by a rebuild: wait and carry on from the
+                # recorded position, which is exactly where the failed page left it.
+                self.failures += 1
+                self.last_failure = e
+                backoff = min(MAX_BACKOFF, max(self.poll_interval, backoff * 2))
+                log.warning("projection %s: %s: %s; retrying in %.1f s", self.name,
+                            type(e).__name__, e, backoff, exc_info=self.failures == 1)
+                stop.wait(backoff)
+                continue
+            backoff = 0.0
+            if moved == 0:
                 stop.wait(self.poll_interval)
 
     def start(self) -> "ProjectionRunner":
@@ -192,18 +210,30 @@ class ProjectionRunner:
             interval = min(interval * 2, 0.05)
 
     def rebuild(self, progress: Progress | None = None) -> RebuildReport:
-        """Drop the view's rows and tracking, and replay the log from 0 up to the head now."""
+        """Replay the log from 0 to the head now into the view, replacing it in one transaction.
+
+        Readers see the old rows until the rebuild commits. A runner following the log
+        meanwhile (in this process or another) waits for the rebuild, finds the position
+        moved on, and carries on from it: nothing is applied twice.
+        """
         with self._lock:
             started = time.perf_counter()
-            self.view.reset(self.app.name)
             target = self.head()
-            events = 0
-            while True:
-                n = self._step()
-                events += n
-                position = self.position()
-                if progress is not None and n:
-                    progress(position, target)
-                if n == 0 or position >= target:
-                    break
-        return RebuildReport(events, position, time.perf_counter() - started)
+            reached = 0
+
+            def pages() -> Iterator[tuple[list[tuple[int, Any]], Tracking]]:
+                nonlocal reached
+                to_domain_event = self.app.mapper.to_domain_event
+                while reached < target:
+                    notifications = self.app.recorder.select_notifications(
+                        start=reached, limit=self.page_size, stop=target, topics=self.topics,
+                        inclusive_of_start=False)
+                    full = len(notifications) == self.page_size
+                    reached = notifications[-1].id if full else target
+                    yield ([(n.id, to_domain_event(n)) for n in notifications],
+                           Tracking(self.app.name, reached))
+                    if progress is not None:
+                        progress(reached, target)
+
+            self.view.replace(self.app.name, pages())
+        return RebuildReport(reached, reached, time.perf_counter() - started)

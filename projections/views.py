@@ -21,7 +21,7 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg import Cursor
@@ -46,6 +46,10 @@ from projections.models import (
 from projections.query import DEFAULT_LIMIT, MAX_LIMIT, check_query, coerce
 
 _SQLITE_CHUNK = 500  # keys per `IN (...)`, well under SQLite's variable limit
+_SQLITE_MOVE_TRACKING = (
+    "INSERT INTO tracking (application_name, notification_id) VALUES (?, ?) "
+    "ON CONFLICT (application_name) DO UPDATE SET notification_id = excluded.notification_id "
+    "WHERE notification_id = ? RETURNING notification_id")
 
 Positioned = tuple[int, Any]  # (log position, domain event)
 
@@ -63,12 +67,29 @@ class RowView:
 
     model: type[RowModel]
 
-    def apply_page(self, page: Sequence[Positioned], tracking: Tracking) -> int:
-        """Fold the (position, event) pairs, record `tracking`, in one transaction; rows changed."""
+    def apply_page(self, page: Sequence[Positioned], tracking: Tracking,
+                   expected: int | None = None) -> int:
+        """Fold the (position, event) pairs, record `tracking`, in one transaction; rows changed.
+
+        With `expected`, the page applies only if the recorded position is still `expected`
+        (0: none recorded): otherwise IntegrityError, and nothing changes. A runner passes the
+        position its page starts from, so a rebuild that committed meanwhile is never
+        overlaid with a page it already contains.
+        """
         raise NotImplementedError
 
     def reset(self, application_name: str) -> None:
         """Drop every row and the tracking position (for a rebuild), in one transaction."""
+        raise NotImplementedError
+
+    def replace(self, application_name: str,
+                pages: Iterable[tuple[Sequence[Positioned], Tracking]]) -> int:
+        """Drop every row and the tracking, then apply `pages`, all in ONE transaction.
+
+        Readers see the old rows until it commits; a runner following the log meanwhile
+        waits on the tracking row, then finds its page already applied and moves on.
+        Returns the rows written.
+        """
         raise NotImplementedError
 
     def get(self, key: Any) -> Row | None:
@@ -176,32 +197,50 @@ class SQLiteRowView(SQLiteTrackingRecorder, RowView):
         ]
         return statements
 
-    def apply_page(self, page: Sequence[Positioned], tracking: Tracking) -> int:
+    def apply_page(self, page: Sequence[Positioned], tracking: Tracking,
+                   expected: int | None = None) -> int:
         """Fold the (position, event) pairs, record `tracking`, in one transaction; rows changed."""
-        key_type = self._types[self.model.key]
         with self.datastore.transaction(commit=True) as c:
+            return self._apply(c, page, tracking, expected)
+
+    def _apply(self, c: SQLiteCursor, page: Sequence[Positioned], tracking: Tracking,
+               expected: int | None = None) -> int:
+        key_type = self._types[self.model.key]
+        if expected is None:
             self._insert_tracking(c, tracking)
-            keys = self._keys(page)
-            loaded: dict[Any, Row] = {}
-            for i in range(0, len(keys), _SQLITE_CHUNK):
-                chunk = [_to_sqlite(key_type, k) for k in keys[i:i + _SQLITE_CHUNK]]
-                c.execute(f"{self._select} WHERE {self.model.key} IN "
-                          f"({', '.join('?' * len(chunk))})", chunk)
-                for raw in c.fetchall():
-                    row = self._decode(raw)
-                    loaded[row[self.model.key]] = row
-            changed = self._fold(loaded, page)
-            if changed:
-                c.executemany(self._upsert, [
-                    [_to_sqlite(col.type, row[col.name]) for col in self.model.columns]
-                    for row in changed.values()])
+        else:
+            c.execute(_SQLITE_MOVE_TRACKING, (tracking.application_name,
+                                              tracking.notification_id, expected))
+            if c.fetchone() is None:
+                raise IntegrityError(f"{self.model.name}: position {expected} moved on before "
+                                     f"{tracking.notification_id} was recorded")
+        keys = self._keys(page)
+        loaded: dict[Any, Row] = {}
+        for i in range(0, len(keys), _SQLITE_CHUNK):
+            chunk = [_to_sqlite(key_type, k) for k in keys[i:i + _SQLITE_CHUNK]]
+            c.execute(f"{self._select} WHERE {self.model.key} IN "
+                      f"({', '.join('?' * len(chunk))})", chunk)
+            for raw in c.fetchall():
+                row = self._decode(raw)
+                loaded[row[self.model.key]] = row
+        changed = self._fold(loaded, page)
+        if changed:
+            c.executemany(self._upsert, [
+                [_to_sqlite(col.type, row[col.name]) for col in self.model.columns]
+                for row in changed.values()])
         return len(changed)
 
     def reset(self, application_name: str) -> None:
         """Drop every row and the tracking position, in one transaction."""
+        self.replace(application_name, ())
+
+    def replace(self, application_name: str,
+                pages: Iterable[tuple[Sequence[Positioned], Tracking]]) -> int:
+        """Drop every row and the tracking, then apply `pages`, all in one transaction."""
         with self.datastore.transaction(commit=True) as c:
             c.execute(f"DELETE FROM {self.table}")
             c.execute("DELETE FROM tracking WHERE application_name = ?", (application_name,))
+            return sum(self._apply(c, page, tracking) for page, tracking in pages)
 
     def get(self, key: Any) -> Row | None:
         """The row with this key, or None."""
@@ -296,31 +335,57 @@ class PostgresRowView(PostgresTrackingRecorder, RowView):
             SQL(", ").join(SQL("{0} = EXCLUDED.{0}").format(Identifier(n))
                            for n in names if n != model.key))
         self._delete_rows = SQL("DELETE FROM {}.{}").format(schema, table)
+        self._move_tracking = SQL(
+            "INSERT INTO {0}.{1} AS t (application_name, notification_id) VALUES (%s, %s) "
+            "ON CONFLICT (application_name) DO UPDATE SET notification_id = "
+            "EXCLUDED.notification_id WHERE t.notification_id = %s RETURNING notification_id"
+        ).format(schema, Identifier(self.tracking_table_name))
         self._delete_tracking = SQL("DELETE FROM {}.{} WHERE application_name = %s").format(
             schema, Identifier(self.tracking_table_name))
 
-    def apply_page(self, page: Sequence[Positioned], tracking: Tracking) -> int:
+    def apply_page(self, page: Sequence[Positioned], tracking: Tracking,
+                   expected: int | None = None) -> int:
         """Fold the (position, event) pairs, record `tracking`, in one transaction; rows changed."""
         with self.datastore.transaction(commit=True) as curs:
+            return self._apply(curs, page, tracking, expected)
+
+    def _apply(self, curs: Cursor[DictRow], page: Sequence[Positioned],
+               tracking: Tracking, expected: int | None = None) -> int:
+        if expected is None:
             self._insert_tracking(curs, tracking)
-            keys = self._keys(page)
-            loaded: dict[Any, Row] = {}
-            if keys:
-                curs.execute(self._load, (keys,), prepare=True, binary=True)
-                for row in curs.fetchall():
-                    loaded[row[self.model.key]] = dict(row)
-            changed = self._fold(loaded, page)
-            if changed:
-                rows = list(changed.values())
-                curs.execute(self._upsert, [_pg_values(rows, c) for c in self.model.columns],
-                             prepare=True, binary=True)
+        else:
+            # Waits for a rebuild holding the row, then compares with what it committed.
+            curs.execute(self._move_tracking, (tracking.application_name,
+                                               tracking.notification_id, expected),
+                         prepare=True)
+            if curs.fetchone() is None:
+                raise IntegrityError(f"{self.model.name}: position {expected} moved on before "
+                                     f"{tracking.notification_id} was recorded")
+        keys = self._keys(page)
+        loaded: dict[Any, Row] = {}
+        if keys:
+            curs.execute(self._load, (keys,), prepare=True, binary=True)
+            for row in curs.fetchall():
+                loaded[row[self.model.key]] = dict(row)
+        changed = self._fold(loaded, page)
+        if changed:
+            rows = list(changed.values())
+            curs.execute(self._upsert, [_pg_values(rows, c) for c in self.model.columns],
+                         prepare=True, binary=True)
         return len(changed)
 
     def reset(self, application_name: str) -> None:
         """Drop every row and the tracking position, in one transaction."""
+        self.replace(application_name, ())
+
+    def replace(self, application_name: str,
+                pages: Iterable[tuple[Sequence[Positioned], Tracking]]) -> int:
+        """Drop every row and the tracking, then apply `pages`, all in one transaction."""
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(self._delete_rows)
+            # The tracking row first: a runner that wants it waits here from the start.
             curs.execute(self._delete_tracking, (application_name,))
+            curs.execute(self._delete_rows)
+            return sum(self._apply(curs, page, tracking) for page, tracking in pages)
 
     def get(self, key: Any) -> Row | None:
         """The row with this key, or None."""

@@ -16,7 +16,7 @@ class TestPostgresProjections(ProjectionContract):
     def settings(self, pg_dsn: str) -> Settings:
         return Settings(store="postgres", postgres_dsn=pg_dsn)
 
-    def test_rebuild_throughput(self, settings: Settings, app: KernelApplication,
+    def test_rebuild_of_a_large_log(self, settings: Settings, app: KernelApplication,
                                 views: dict[str, RowView]) -> None:
         bulk_vms(app, 6000, per_save=500)  # 30,000 events
         audit = open_view(AuditModel, settings)  # one row per event: the heaviest writer
@@ -26,10 +26,7 @@ class TestPostgresProjections(ProjectionContract):
                 runner.run_once()  # warm up connections and prepared statements
                 report = runner.rebuild()
                 assert report.events == 30_000
-                print(f"\nrebuild {view.model.name}: {report.events} events in "
-                      f"{report.seconds:.2f}s = {report.events_per_second:,.0f} events/s")
-                # goal 30k; loose so a busy CI box passes
-                assert report.events_per_second > 10_000
+                # Speed is measured by bench/stream.py, never asserted here.
                 assert len(view.all_rows()) == rows
         finally:
             audit.close()

@@ -4,14 +4,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from eventsourcing.persistence import IntegrityError, Tracking
 
+from aggregates.operation import Operation
+from aggregates.plan import Plan
 from kernel.settings import Settings
 from kernel.store.application import KernelApplication, PlatformApplication, open_application
 from kernel.store.migrate import migrate
@@ -22,15 +26,18 @@ from projections.views import RowView, open_view
 from .scenario import (
     HOST_1,
     HOST_2,
+    NOW,
     bulk_vms,
     expected_operation,
     expected_vm,
     new_vm,
     scripted_run,
+    step,
     subset,
 )
 
 REPO = Path(__file__).resolve().parents[3]
+OK_RESULT = msgspec.Raw(b"{}")
 
 
 class ProjectionContract:
@@ -175,6 +182,85 @@ class ProjectionContract:
         assert seen[-1] == (head, head)
         assert [p for p, _ in seen] == sorted(p for p, _ in seen)
         assert len(seen) >= 2
+
+    def test_a_page_read_before_a_rebuild_is_refused_after_it(
+            self, settings: Settings, app: KernelApplication,
+            views: dict[str, RowView]) -> None:
+        # A runner in another process read a page from position p; a rebuild committed
+        # meanwhile, already containing that page: applying it now would count it twice.
+        progressing, = (o for o in scripted_run(app)[1] if o.kind == "deploy" and o.started_at)
+        runner = self.runner(app, views, OperationModel)
+        runner.run_once()
+        p = runner.position()
+        progressing.record_success(progressing.forward_steps()[1].step_id, 1, OK_RESULT, NOW)
+        app.save(progressing)
+        page = [(n.id, app.mapper.to_domain_event(n))
+                for n in app.recorder.select_notifications(start=p, limit=10,
+                                                           inclusive_of_start=False)]
+        other = open_view(OperationModel, settings)
+        try:
+            ProjectionRunner(app, other).rebuild()
+        finally:
+            other.close()
+        before = views["operations"].all_rows()
+        with pytest.raises(IntegrityError):
+            views["operations"].apply_page(page, Tracking(app.name, page[-1][0]), expected=p)
+        assert views["operations"].all_rows() == before
+        row = views["operations"].get(progressing.id)
+        assert row is not None and row["steps_succeeded"] == 2 and row["steps_in_flight"] == 0
+
+    def test_rebuild_while_a_runner_follows_and_writers_write(
+            self, settings: Settings, app: KernelApplication,
+            views: dict[str, RowView]) -> None:
+        bulk_vms(app, 200)
+        # A follower that lags (it polls slowly, in small pages) reads pages that straddle
+        # the rebuild's target.
+        follower = self.runner(app, views, OperationModel, page_size=7, poll_interval=0.03)
+        follower.run_once()
+        rebuilder_view = open_view(OperationModel, settings)
+        rebuilder = ProjectionRunner(app, rebuilder_view, page_size=50)
+        stop = threading.Event()
+
+        def write() -> None:
+            # Operations keep being dispatched, then finished in a later save: a page applied
+            # twice would count a success twice.
+            while not stop.is_set():
+                ops = []
+                for _ in range(10):
+                    s = step()
+                    op = Operation.accept(kind="deploy", plan=Plan(steps=(s,)), now=NOW)
+                    op.start(NOW)
+                    op.dispatch(s.step_id, NOW)
+                    ops.append((op, s))
+                app.save(*(op for op, _ in ops))
+                time.sleep(0.002)
+                for op, s in ops:
+                    op.record_success(s.step_id, 1, OK_RESULT, NOW)
+                app.save(*(op for op, _ in ops))
+
+        writer = threading.Thread(target=write)
+        try:
+            with follower:
+                writer.start()
+                for _ in range(3):
+                    # a slow progress callback keeps the rebuild's transaction open
+                    rebuilder.rebuild(lambda *_: time.sleep(0.005))
+                    time.sleep(0.05)
+                stop.set()
+                writer.join()
+                follower.wait(runner_head := follower.head(), timeout=30)
+            assert follower.position() == runner_head
+            live = views["operations"].all_rows()
+            assert len(live) == sum(1 for _ in app.recorder.select_notifications(
+                start=None, limit=100_000, topics=("operation.Accepted",)))
+            assert all((r["steps_succeeded"], r["steps_in_flight"]) == (1, 0) for r in live)
+            rebuilder.rebuild()
+            assert rebuilder_view.all_rows() == live
+        finally:
+            stop.set()
+            if writer.is_alive():
+                writer.join()
+            rebuilder_view.close()
 
     def test_lag_and_wait(self, app: KernelApplication, views: dict[str, RowView]) -> None:
         runner = self.runner(app, views, VmModel)
