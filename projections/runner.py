@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from queue import Full, Queue
+from typing import Any, TypeVar
 
 from eventsourcing.persistence import IntegrityError, Tracking
 
@@ -28,6 +29,7 @@ from projections.views import RowView
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 5000
+T = TypeVar("T")
 MAX_BACKOFF = 5.0
 Progress = Callable[[int, int], None]
 
@@ -221,19 +223,58 @@ class ProjectionRunner:
             target = self.head()
             reached = 0
 
+            def read() -> Iterator[tuple[list[tuple[int, Any]], Tracking]]:
+                position = 0
+                to_domain_event = self.app.mapper.to_domain_event
+                while position < target:
+                    notifications = self.app.recorder.select_notifications(
+                        start=position, limit=self.page_size, stop=target,
+                        topics=self.topics, inclusive_of_start=False)
+                    full = len(notifications) == self.page_size
+                    position = notifications[-1].id if full else target
+                    yield ([(n.id, to_domain_event(n)) for n in notifications],
+                           Tracking(self.app.name, position))
+
             def pages() -> Iterator[tuple[list[tuple[int, Any]], Tracking]]:
                 nonlocal reached
-                to_domain_event = self.app.mapper.to_domain_event
-                while reached < target:
-                    notifications = self.app.recorder.select_notifications(
-                        start=reached, limit=self.page_size, stop=target, topics=self.topics,
-                        inclusive_of_start=False)
-                    full = len(notifications) == self.page_size
-                    reached = notifications[-1].id if full else target
-                    yield ([(n.id, to_domain_event(n)) for n in notifications],
-                           Tracking(self.app.name, reached))
+                for page, tracking in _prefetched(read()):
+                    yield page, tracking
+                    reached = tracking.notification_id
                     if progress is not None:
                         progress(reached, target)
 
             self.view.replace(self.app.name, pages())
         return RebuildReport(reached, reached, time.perf_counter() - started)
+
+
+def _prefetched(pages: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """`pages`, read ahead in a thread: the log read and decode overlap the view's writes."""
+    done = object()
+    queue: Queue[Any] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for page in pages:
+                while not stop.is_set():
+                    try:
+                        queue.put(page, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            queue.put(e)
+
+    thread = threading.Thread(target=produce, name="rebuild-read", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()

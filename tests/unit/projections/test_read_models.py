@@ -316,3 +316,33 @@ def test_a_page_is_applied_once_with_its_positions(
     row = audit.get(notifications[0].id)
     assert row is not None and row["originator_id"] == host.id
     assert isinstance(row["originator_id"], UUID)
+
+
+def test_prefetched_pages_keep_order_raise_read_errors_and_stop_early() -> None:
+    from projections.runner import _prefetched
+
+    assert list(_prefetched(iter(range(50)))) == list(range(50))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise RuntimeError("the log read failed")
+
+    got: list[int] = []
+    with pytest.raises(RuntimeError, match="the log read failed"):
+        for page in _prefetched(failing()):
+            got.append(page)
+    assert got == [1]
+
+    produced: list[int] = []
+
+    def endless() -> Iterator[int]:
+        n = 0
+        while True:
+            produced.append(n)
+            yield n
+            n += 1
+
+    for page in _prefetched(endless()):
+        if page == 3:
+            break  # the reader thread is stopped and joined, not left running
+    assert len(produced) <= 3 + 1 + 2 + 1  # what was consumed, in the queue, and in hand
