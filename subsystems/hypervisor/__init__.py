@@ -1,0 +1,1 @@
+"""The libvirt hypervisor subsystem: the only package that imports libvirt."""
