@@ -25,6 +25,7 @@ attempt, a report after the deadline was counted) changes nothing: the methods r
 """
 
 from collections.abc import Iterable
+from dataclasses import field
 from datetime import datetime, timedelta
 from enum import Enum
 from uuid import UUID
@@ -69,6 +70,9 @@ TERMINAL_STATES: frozenset[OperationState] = frozenset(
 _NOT_STARTED: frozenset[OperationState] = frozenset({_S.ACCEPTED, _S.WAITING})
 
 
+NO_BOUND_ARGS = msgspec.Raw(b"null")
+
+
 class Operation(PlatformAggregate):
     """A cloud operation (deploy a VM, say): a plan of steps run, retried and rolled back."""
 
@@ -111,6 +115,9 @@ class Operation(PlatformAggregate):
         attempt: int
         at: datetime
         deadline_at: datetime
+        # The arguments this attempt was sent with, when the kernel bound them at dispatch
+        # from the entities' state (JSON null: the plan's own arguments).
+        args: msgspec.Raw = field(default_factory=lambda: NO_BOUND_ARGS)
 
     class StepSucceeded(Event):
         """An attempt of a step succeeded."""
@@ -236,21 +243,30 @@ class Operation(PlatformAggregate):
 
     # ------------------------------------------------------------------ dispatch
 
-    def dispatch(self, step_id: UUID, now: datetime) -> StepDispatch:
-        """Record that the next attempt of a ready step is handed to its subsystem."""
+    def dispatch(self, step_id: UUID, now: datetime,
+                 args: msgspec.Raw | None = None) -> StepDispatch:
+        """Record that the next attempt of a ready step is handed to its subsystem, with
+        `args` bound at dispatch instead of the plan's, if given."""
         run = self.step(step_id)
         now = _aware(now)
         if not self._is_ready(run, now):
             raise self._refuse(f"dispatch step {step_id} ({self._why_not_ready(run, now)})")
+        if args is not None:
+            if not isinstance(args, msgspec.Raw):
+                raise ValidationError(f"step {step_id}: args must be msgspec.Raw JSON")
+            require_json(f"step {step_id}", "args", args)
         self._step_dispatched(step_id, run.phase, run.next_attempt, now,
-                              now + timedelta(seconds=run.deadline_seconds))
+                              now + timedelta(seconds=run.deadline_seconds),
+                              NO_BOUND_ARGS if args is None else args)
         return self._dispatch_of(run)
 
     @event(StepDispatched)
     def _step_dispatched(self, step_id: UUID, phase: Phase, attempt: int, at: datetime,
-                         deadline_at: datetime) -> None:
+                         deadline_at: datetime, args: msgspec.Raw = NO_BOUND_ARGS) -> None:
         run = self.runs[step_id]
-        run.attempts.append(Attempt(number=attempt, dispatched_at=at, deadline_at=deadline_at))
+        bound = None if bytes(args) == bytes(NO_BOUND_ARGS) else args
+        run.attempts.append(Attempt(number=attempt, dispatched_at=at, deadline_at=deadline_at,
+                                    args=bound))
         run.status, run.retry_at = StepStatus.IN_FLIGHT, None
 
     # ------------------------------------------------------------------ results
@@ -500,7 +516,8 @@ class Operation(PlatformAggregate):
         last = run.attempts[-1]
         return StepDispatch(operation_id=self.id, step_id=run.step_id, phase=run.phase,
                             attempt=last.number, deadline_at=last.deadline_at,
-                            subsystem=run.subsystem, action=run.action, args=run.args,
+                            subsystem=run.subsystem, action=run.action,
+                            args=run.args if last.args is None else last.args,
                             compensates=run.compensates)
 
 

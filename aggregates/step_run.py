@@ -50,6 +50,7 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     message: str = ""
     retryable: bool = False
     retry_at: datetime | None = None
+    args: msgspec.Raw | None = None  # bound at dispatch; None: the plan's arguments
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True):

@@ -14,6 +14,7 @@ from uuid import UUID
 import msgspec
 from eventsourcing.persistence import Tracking
 
+from aggregates.operation import NO_BOUND_ARGS
 from aggregates.plan import Plan, compensation_id
 from aggregates.step_run import Phase
 from kernel.contracts import StepMessage
@@ -53,6 +54,9 @@ class DispatchFeed:
                 self._remember(op_id, event.plan)
                 continue
             subsystem, action, args = self._route(op_id, event.step_id)
+            bound = getattr(event, "args", NO_BOUND_ARGS)  # bound by the kernel at dispatch
+            if bytes(bound) != bytes(NO_BOUND_ARGS):
+                args = bound
             messages.append(StepMessage(
                 step_id=event.step_id, operation_id=op_id, attempt=event.attempt,
                 subsystem=subsystem, action=action, args=args, deadline_at=event.deadline_at,

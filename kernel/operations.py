@@ -16,7 +16,7 @@ import functools
 import heapq
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,11 +28,12 @@ from eventsourcing.persistence import IntegrityError
 
 from aggregates.base import audit_context
 from aggregates.entity_queue import EntityQueue, admit, release_all
-from aggregates.errors import ConflictError, NotFoundError
+from aggregates.errors import ConflictError, KernelError, NotFoundError
 from aggregates.operation import Operation
 from aggregates.plan import Plan
 from kernel.commands import Command, CommandOutcome, CommandService
 from kernel.contracts import StepOutcome
+from kernel.effects import NO_EFFECTS, Effects, accept_success, bound_args, record_failure, settle
 from kernel.store.application import KernelApplication
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,11 @@ class CancelOperation(Command, frozen=True, kw_only=True, tag="operation.cancel"
 
     operation_id: UUID
     reason: str = "cancelled by request"
+
+
+# A cloud command's factory: changes the command's entities through the unit of work and
+# returns the operation to run on them, and the command's result.
+OperationFactory = Callable[["UnitOfWork", Any, datetime], tuple[StartOperation, Any]]
 
 
 class OperationAccepted(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,8 +164,10 @@ class OperationEngine:
 
     def __init__(self, app: KernelApplication, *, refuse_when_busy: bool = False,
                  clock: Clock = utcnow, on_saved: Callable[[], None] | None = None,
-                 group_commit: bool = True):
+                 group_commit: bool = True, effects: Effects = NO_EFFECTS,
+                 operation_commands: Mapping[type[Command], OperationFactory] | None = None):
         self.app, self.clock, self.refuse_when_busy = app, clock, refuse_when_busy
+        self.effects = effects
         self.on_saved = on_saved
         # False saves each outcome on its own: the naive design the benchmark compares with.
         self.group_commit = group_commit
@@ -169,9 +177,12 @@ class OperationEngine:
         # The heap has its own lock: the event loop asks `next_timer` every tick and must not
         # wait for a batch that holds `_lock` through its commit.
         self._timer_lock = threading.Lock()
-        self.commands = CommandService(app, {StartOperation: self._handle_start,
-                                             StartOperations: self._handle_start_many,
-                                             CancelOperation: self._handle_cancel})
+        handlers: dict[type[Command], Any] = {
+            StartOperation: self._handle_start, StartOperations: self._handle_start_many,
+            CancelOperation: self._handle_cancel}
+        for type_, factory in (operation_commands or {}).items():
+            handlers[type_] = functools.partial(self._handle_factory, factory)
+        self.commands = CommandService(app, handlers)
 
     # ------------------------------------------------------------------ commands
 
@@ -238,6 +249,19 @@ class OperationEngine:
             self._admit(uow, op, now)
             accepted.append(OperationAccepted(operation_id=op.id, state=op.state.value))
         return uow.changed(), accepted
+
+    def _handle_factory(self, factory: "OperationFactory", app: KernelApplication,
+                        command: Command) -> tuple[Sequence[Aggregate], Any]:
+        # A cloud command (deploy a VM...): the factory changes its entities and says which
+        # operation to run, all saved in one transaction.
+        uow = self._uow = UnitOfWork(app, {})
+        now = self.clock()
+        spec, result = factory(uow, command, now)
+        op = Operation.accept(kind=spec.kind, plan=spec.plan, now=now,
+                              entity_ids=spec.entity_ids, id=spec.operation_id)
+        uow.add(op)
+        self._admit(uow, op, now)
+        return uow.changed(), result
 
     def _handle_cancel(self, app: KernelApplication,
                        command: CancelOperation) -> tuple[Sequence[Aggregate], Any]:
@@ -326,16 +350,25 @@ class OperationEngine:
             was_finished = op.is_finished
             with audit_context(actor=f"subsystem:{out.subsystem}", correlation_id=op.id,
                                causation_id=f"step:{out.msg_id}"):
-                if out.ok:
-                    changed = op.record_success(out.step_id, out.attempt, out.result, now)
-                else:
-                    changed = op.record_failure(out.step_id, out.attempt,
-                                                out.error_code or "error", out.message,
-                                                out.retryable, now)
+                changed = self._record(uow, op, out, now)
                 if changed:
                     applied += 1
                     self._advance(uow, op, now, was_finished)
         return applied
+
+    def _record(self, uow: UnitOfWork, op: Operation, out: StepOutcome, now: datetime) -> bool:
+        """Record an outcome and its effect on the entities; False if it is stale."""
+        run = op.step(out.step_id)
+        if not run.is_current(out.attempt):
+            return False  # a duplicate or late report: no effect either
+        code, message, retryable = out.error_code or "error", out.message, out.retryable
+        if out.ok:
+            refusal = accept_success(self.effects, uow, op, run, out.attempt, out.result, now)
+            if refusal is None:
+                return op.record_success(out.step_id, out.attempt, out.result, now)
+            code, message, retryable = refusal.code, str(refusal), refusal.retryable
+        record_failure(self.effects, uow, op, run, out.attempt, code, message, now)
+        return op.record_failure(out.step_id, out.attempt, code, message, retryable, now)
 
     def _apply_one(self, outcome: StepOutcome, uow: UnitOfWork, now: datetime) -> int:
         return self._apply(uow, [outcome], now)
@@ -367,14 +400,36 @@ class OperationEngine:
     def _advance(self, uow: UnitOfWork, op: Operation, now: datetime, was_finished: bool) -> None:
         """Dispatch what is ready; when the operation ends, hand its entities to the next."""
         with audit_context(correlation_id=op.id, causation_id=f"operation:{op.id}"):
-            if not op.is_finished:
-                for ready in op.ready_steps(now):
-                    op.dispatch(ready.step_id, now)
+            while not op.is_finished and (ready := op.ready_steps(now)):
+                for step in ready:
+                    self._dispatch(uow, op, step.step_id, step.attempt, now)
             if op.is_finished and not was_finished:
+                for spec in settle(self.effects, uow, op, now):
+                    follow_up = Operation.accept(kind=spec.kind, plan=spec.plan, now=now,
+                                                 entity_ids=spec.entity_ids,
+                                                 id=spec.operation_id)
+                    uow.add(follow_up)
+                    # queued behind this one on the same entities, released just below
+                    self._admit(uow, follow_up, now)
                 for next_id in release_all(_Queues(uow), op.id, op.entity_ids):
                     waiting = uow.get(next_id)
                     if isinstance(waiting, Operation) and not waiting.is_finished:
                         self._admit(uow, waiting, now)
+
+    def _dispatch(self, uow: UnitOfWork, op: Operation, step_id: UUID, attempt: int,
+                  now: datetime) -> None:
+        """Dispatch an attempt with its bound arguments; if they cannot be bound, the
+        attempt fails at once, for good (the entities are not as the plan needs them)."""
+        run = op.step(step_id)
+        try:
+            args = bound_args(self.effects, uow, op, run, attempt, now)
+        except KernelError as e:
+            op.dispatch(step_id, now)
+            record_failure(self.effects, uow, op, run, attempt, e.code, str(e), now)
+            op.record_failure(step_id, attempt, e.code, f"cannot bind arguments: {e}", False,
+                              now)
+            return
+        op.dispatch(step_id, now, args)
 
     def watch_deadlines(self, deadlines: Iterable[tuple[UUID, datetime]]) -> None:
         """Wake up at these operations' step deadlines (a spare wake-up changes nothing)."""
