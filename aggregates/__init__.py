@@ -6,6 +6,7 @@ from aggregates.cluster import Cluster
 from aggregates.entity_queue import EntityQueue
 from aggregates.host import Host
 from aggregates.image_store import ImageStore
+from aggregates.mac_pool import MacPool
 from aggregates.network import Network
 from aggregates.nic import Nic
 from aggregates.offering import DiskOffering, ServiceOffering
@@ -14,6 +15,7 @@ from aggregates.pod import Pod
 from aggregates.snapshot import Snapshot
 from aggregates.storage_pool import PrimaryStoragePool
 from aggregates.template import Template
+from aggregates.vlan_pool import VlanPool
 from aggregates.vm import VirtualMachine
 from aggregates.volume import Volume
 from aggregates.zone import Zone
@@ -36,6 +38,8 @@ ALL_AGGREGATES: tuple[type[PlatformAggregate], ...] = (
     Backup,
     Operation,
     EntityQueue,
+    VlanPool,
+    MacPool,
 )
 
 __all__ = [
@@ -46,6 +50,7 @@ __all__ = [
     "EntityQueue",
     "Host",
     "ImageStore",
+    "MacPool",
     "Network",
     "Nic",
     "Operation",
@@ -56,6 +61,7 @@ __all__ = [
     "Snapshot",
     "Template",
     "VirtualMachine",
+    "VlanPool",
     "Volume",
     "Zone",
 ]

@@ -8,7 +8,9 @@ network that was never implemented may be destroyed directly.
 The network owns address uniqueness: an address is handed to at most one NIC, always inside
 the CIDR, never the network, broadcast or gateway address, and never in a reserved range.
 An Isolated network gets its VLAN when implemented and gives it back on shutdown; a Shared
-network's VLAN is fixed when it is created.
+network's VLAN is fixed when it is created. Its firewall, port forwarding and static NAT rules
+(`aggregates.network_rules`) are platform state too; `rules_revision` counts their changes, so
+a network element can tell a newer rule set from an older one.
 """
 
 from enum import Enum
@@ -19,6 +21,7 @@ from eventsourcing.domain import event
 
 from aggregates.base import PlatformAggregate, natural_id
 from aggregates.errors import CapacityError, DomainRuleError, ValidationError
+from aggregates.network_rules import NetworkRule, checked_rule
 from aggregates.validation import ipv4_address, ipv4_network, require_name
 
 
@@ -106,6 +109,18 @@ class Network(PlatformAggregate):
         TOPIC = "network.IpReleased"
         ip: str
 
+    class RuleAdded(Event):
+        """A firewall, port forwarding or static NAT rule was added."""
+
+        TOPIC = "network.RuleAdded"
+        rule: NetworkRule
+
+    class RuleRemoved(Event):
+        """A rule was removed."""
+
+        TOPIC = "network.RuleRemoved"
+        rule_id: UUID
+
     @staticmethod
     def create_id(zone_id: UUID, name: str) -> UUID:
         """Networks are known by zone and name."""
@@ -121,6 +136,8 @@ class Network(PlatformAggregate):
         self.state = NetworkState.ALLOCATED
         self.allocated_ips: dict[str, UUID] = {}
         self.last_error = ""
+        self.rules: dict[UUID, NetworkRule] = {}
+        self.rules_revision = 0
 
     @classmethod
     def create(cls, *, name: str, zone_id: UUID, cidr: str, gateway: str,
@@ -278,6 +295,32 @@ class Network(PlatformAggregate):
     @event(IpReleased)
     def _ip_released(self, ip: str) -> None:
         del self.allocated_ips[ip]
+
+    # rules
+
+    def add_rule(self, rule: NetworkRule) -> NetworkRule:
+        """Add a rule (validated against the CIDR and the other rules); return it normalized."""
+        self._require(_ADDRESSABLE, "add a rule")
+        normalized = checked_rule(f"network {self.name}", rule, self.network, self.gateway,
+                                  self.rules.values())
+        self._rule_added(normalized)
+        return normalized
+
+    @event(RuleAdded)
+    def _rule_added(self, rule: NetworkRule) -> None:
+        self.rules[rule.rule_id] = rule
+        self.rules_revision += 1
+
+    def remove_rule(self, rule_id: UUID) -> None:
+        """Remove a rule; an unknown rule id is refused."""
+        if rule_id not in self.rules:
+            raise DomainRuleError(f"network {self.name}: no rule {rule_id}")
+        self._rule_removed(rule_id)
+
+    @event(RuleRemoved)
+    def _rule_removed(self, rule_id: UUID) -> None:
+        del self.rules[rule_id]
+        self.rules_revision += 1
 
     def _excluded_ranges(self) -> list[tuple[int, int]]:
         gateway = int(IPv4Address(self.gateway))

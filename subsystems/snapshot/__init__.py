@@ -1,0 +1,1 @@
+"""The snapshot subsystem: volume snapshots as checksummed copies, and revert."""

@@ -1,0 +1,1 @@
+"""The storage subsystem: libvirt storage pools and volumes, and template downloads."""
