@@ -11,7 +11,7 @@ latter, and `power_drift` tells the reconciler when they disagree.
     Running --migrate--> Migrating --migrated / migration_failed--> Running
     Allocated/Stopped/Error --destroy--> Destroyed --recover--> Stopped
     Destroyed/Error --expunge--> Expunging --expunged--> Expunged
-    Allocated/Starting/Stopping/Migrating/Expunging --fail--> Error
+    Allocated/Starting/Stopped/Stopping/Migrating/Expunging --fail--> Error
 """
 
 from enum import Enum
@@ -159,6 +159,39 @@ class VirtualMachine(PlatformAggregate):
         power_state: PowerState
         host_id: UUID | None
 
+    class HostAvoided(Event):
+        """A host the VM must not be placed on again (a refused claim, a failed start)."""
+
+        TOPIC = "vm.HostAvoided"
+        host_id: UUID
+        reason: str
+
+    class DiskAttached(Event):
+        """A volume is one of the VM's disks, at a device slot (0: the root disk)."""
+
+        TOPIC = "vm.DiskAttached"
+        volume_id: UUID
+        device_id: int
+
+    class DiskDetached(Event):
+        """A volume is no longer one of the VM's disks."""
+
+        TOPIC = "vm.DiskDetached"
+        volume_id: UUID
+
+    class NicPlugged(Event):
+        """A NIC is one of the VM's network interfaces, at a device slot (0: the default)."""
+
+        TOPIC = "vm.NicPlugged"
+        nic_id: UUID
+        device_id: int
+
+    class NicUnplugged(Event):
+        """A NIC is no longer one of the VM's network interfaces."""
+
+        TOPIC = "vm.NicUnplugged"
+        nic_id: UUID
+
     @event(Allocated)
     def __init__(self, name: str, account: str, zone_id: UUID, service_offering_id: UUID,
                  template_id: UUID, ha_enabled: bool) -> None:
@@ -172,6 +205,9 @@ class VirtualMachine(PlatformAggregate):
         self.power_state = PowerState.UNKNOWN
         self.power_host_id: UUID | None = None
         self.last_error = ""
+        self.avoid_hosts: tuple[UUID, ...] = ()
+        self.disks: dict[int, UUID] = {}  # device id -> volume id
+        self.nics: dict[int, UUID] = {}  # device id -> nic id
 
     @classmethod
     def allocate(cls, *, name: str, account: str, zone_id: UUID, service_offering_id: UUID,
@@ -323,14 +359,83 @@ class VirtualMachine(PlatformAggregate):
 
     def fail(self, reason: str) -> None:
         """Record that an operation left the VM in Error."""
-        self._require({_S.ALLOCATED, _S.STARTING, _S.STOPPING, _S.MIGRATING, _S.EXPUNGING},
-                      "fail")
+        # Stopped too: a deploy that failed on every host it tried (CloudStack's
+        # Stopped --OperationFailedToError--> Error).
+        self._require({_S.ALLOCATED, _S.STARTING, _S.STOPPED, _S.STOPPING, _S.MIGRATING,
+                       _S.EXPUNGING}, "fail")
         self._failed(reason)
 
     @event(Failed)
     def _failed(self, reason: str) -> None:
         self.state, self.last_error = VmState.ERROR, reason
         self.destination_host_id = None
+
+    # disks
+
+    @property
+    def root_volume_id(self) -> UUID | None:
+        """The root disk's volume, once attached."""
+        return self.disks.get(0)
+
+    def attach_disk(self, volume_id: UUID, device_id: int) -> None:
+        """Record a volume as the disk at `device_id`; the same again records nothing."""
+        if self.disks.get(device_id) == volume_id:
+            return
+        if device_id in self.disks:
+            raise DomainRuleError(f"vm {self.name}: device {device_id} holds volume "
+                                  f"{self.disks[device_id]}")
+        if volume_id in self.disks.values():
+            raise DomainRuleError(f"vm {self.name}: volume {volume_id} is attached already")
+        self._disk_attached(volume_id, device_id)
+
+    @event(DiskAttached)
+    def _disk_attached(self, volume_id: UUID, device_id: int) -> None:
+        self.disks = {**self.disks, device_id: volume_id}
+
+    def detach_disk(self, volume_id: UUID) -> None:
+        """Record that a volume is no longer a disk; one that is not records nothing."""
+        if volume_id in self.disks.values():
+            self._disk_detached(volume_id)
+
+    @event(DiskDetached)
+    def _disk_detached(self, volume_id: UUID) -> None:
+        self.disks = {d: v for d, v in self.disks.items() if v != volume_id}
+
+    # nics
+
+    def plug_nic(self, nic_id: UUID, device_id: int) -> None:
+        """Record a NIC at `device_id`; the same again records nothing."""
+        if self.nics.get(device_id) == nic_id:
+            return
+        if device_id in self.nics or nic_id in self.nics.values():
+            raise DomainRuleError(f"vm {self.name}: nic {nic_id} or device {device_id} is "
+                                  "taken")
+        self._nic_plugged(nic_id, device_id)
+
+    @event(NicPlugged)
+    def _nic_plugged(self, nic_id: UUID, device_id: int) -> None:
+        self.nics = {**self.nics, device_id: nic_id}
+
+    def unplug_nic(self, nic_id: UUID) -> None:
+        """Record that a NIC is gone; one that is not plugged records nothing."""
+        if nic_id in self.nics.values():
+            self._nic_unplugged(nic_id)
+
+    @event(NicUnplugged)
+    def _nic_unplugged(self, nic_id: UUID) -> None:
+        self.nics = {d: n for d, n in self.nics.items() if n != nic_id}
+
+    # placement
+
+    def avoid_host(self, host_id: UUID, reason: str) -> None:
+        """Keep the VM off this host in later placements; a host already avoided records
+        nothing."""
+        if host_id not in self.avoid_hosts:
+            self._host_avoided(host_id, reason)
+
+    @event(HostAvoided)
+    def _host_avoided(self, host_id: UUID, reason: str) -> None:
+        self.avoid_hosts = (*self.avoid_hosts, host_id)
 
     # observed power
 

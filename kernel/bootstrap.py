@@ -44,11 +44,14 @@ def open_platform(settings: Settings) -> Platform:
 
 def open_engine(settings: Settings) -> tuple[Platform, "OperationEngine", "DispatchFeed"]:
     """The platform with its operation engine and dispatch feed."""
+    from kernel.cloud.catalog import CLOUD_COMMANDS, cloud_effects
     from kernel.dispatch_feed import DispatchFeed
     from kernel.operations import OperationEngine
 
     platform = open_platform(settings)
-    engine = OperationEngine(platform.app, refuse_when_busy=settings.busy_entities == "refuse")
+    engine = OperationEngine(platform.app, refuse_when_busy=settings.busy_entities == "refuse",
+                             effects=cloud_effects(platform.app),
+                             operation_commands=CLOUD_COMMANDS)
     return platform, engine, DispatchFeed(platform.app)
 
 

@@ -21,7 +21,7 @@ It may return new operations to accept (a deploy retried on another host).
 """
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -42,13 +42,19 @@ R = TypeVar("R")
 
 
 class Refusal(KernelError):
-    """An effect refused a step's outcome; `retryable` says whether another attempt may fit."""
+    """An effect refused a step's outcome; `retryable` says whether another attempt may fit.
+
+    `then`, if given, records what the refusal itself teaches (a host to avoid) on a fresh
+    scope: the refused effect's own changes are dropped, these are kept.
+    """
 
     code = "refused"
 
-    def __init__(self, message: str, *, retryable: bool, code: str | None = None) -> None:
+    def __init__(self, message: str, *, retryable: bool, code: str | None = None,
+                 then: "Callable[[EffectScope], None] | None" = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.then = then
         if code:
             self.code = code
 
@@ -109,6 +115,18 @@ class StepContext:
     def plan_args(self, type_: type[A]) -> A:
         """The arguments in the plan, decoded."""
         return msgspec.json.decode(self.run.args, type=type_)
+
+    def bound_args(self, type_: type[A]) -> A:
+        """The arguments this attempt was dispatched with (bound, else the plan's)."""
+        last = self.run.attempts[-1] if self.run.attempts else None
+        raw = self.run.args if last is None or last.args is None else last.args
+        return msgspec.json.decode(raw, type=type_)
+
+    def forward_result(self, type_: type[R]) -> R:
+        """For a compensation: the result of the forward step it undoes."""
+        if self.run.compensates is None:
+            raise NotFoundError(f"step {self.run.step_id} is not a compensation")
+        return self.result_of(self.run.compensates, type_)
 
     def result_of(self, step_id: UUID, type_: type[R]) -> R:
         """The result of an earlier step of the same operation that succeeded."""
@@ -210,6 +228,10 @@ def accept_success(effects: Effects, uow: "UnitOfWork", op: Operation, run: Step
     try:
         effect.succeeded(scope, ctx, result)
     except Refusal as e:
+        if e.then is not None:
+            lesson = EffectScope(uow)
+            e.then(lesson)
+            lesson.merge()
         return e
     except KernelError as e:  # a domain rule refused it: another attempt cannot do better
         return Refusal(str(e), retryable=False, code=e.code)

@@ -295,13 +295,16 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
     from kernel.bootstrap import command_catalog
     from kernel.event_feed import EventFeed
     from projections.catalog import MODELS
+    from subsystems.networkguru.follower import guru_config
     from subsystems.registry import load_registry
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    registry = load_registry(configs={"counter": {"path": str(settings.data_dir / "counter.db")}})
+    registry = load_registry(configs={"counter": {"path": str(settings.data_dir / "counter.db")},
+                                      "networkguru": guru_config(settings),
+                                      "planner": {"settings": settings}})
     servers = settings.nats_servers
     workers = [Worker(p.subsystem, servers=servers) for p in registry.plugins]
     runner = KernelRunner(engine, feed, servers)

@@ -21,7 +21,9 @@ from kernel.commands import Command
 from kernel.event_feed import subject_of
 
 # A new command module is added here, and nowhere else.
-COMMAND_MODULES: tuple[str, ...] = ("kernel.operations", "kernel.inventory.loader")
+COMMAND_MODULES: tuple[str, ...] = ("kernel.operations", "kernel.inventory.loader",
+                                     "kernel.cloud.vms", "kernel.cloud.templates",
+                                     "kernel.cloud.networks")
 # The stored JSON of an event omits these: they have their own columns and NATS headers.
 _ORIGINATOR_FIELDS = frozenset({"originator_id", "originator_version"})
 

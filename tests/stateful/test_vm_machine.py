@@ -29,7 +29,8 @@ TABLE: dict[str, tuple[frozenset[VmState], VmState]] = {
     "recover": (frozenset({S.DESTROYED}), S.STOPPED),
     "expunge": (frozenset({S.DESTROYED, S.ERROR}), S.EXPUNGING),
     "expunged": (frozenset({S.EXPUNGING}), S.EXPUNGED),
-    "fail": (frozenset({S.ALLOCATED, S.STARTING, S.STOPPING, S.MIGRATING, S.EXPUNGING}),
+    "fail": (frozenset({S.ALLOCATED, S.STARTING, S.STOPPED, S.STOPPING, S.MIGRATING,
+                        S.EXPUNGING}),
              S.ERROR),
 }
 ON_HOST = {S.STARTING, S.RUNNING, S.STOPPING, S.MIGRATING}

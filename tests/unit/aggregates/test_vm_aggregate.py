@@ -32,7 +32,8 @@ ACTIONS: dict[str, tuple[Callable[[VirtualMachine], None], str, set[VmState], Vm
     "expunge": (lambda vm: vm.expunge(), "expunge", {S.DESTROYED, S.ERROR}, S.EXPUNGING),
     "expunged": (lambda vm: vm.expunged(), "complete expunge", {S.EXPUNGING}, S.EXPUNGED),
     "fail": (lambda vm: vm.fail("boom"), "fail",
-             {S.ALLOCATED, S.STARTING, S.STOPPING, S.MIGRATING, S.EXPUNGING}, S.ERROR),
+             {S.ALLOCATED, S.STARTING, S.STOPPED, S.STOPPING, S.MIGRATING, S.EXPUNGING},
+             S.ERROR),
 }
 
 PATHS: dict[VmState, list[str]] = {

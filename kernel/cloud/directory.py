@@ -1,0 +1,32 @@
+"""What the kernel looks up by kind rather than by id: the primary storage pools."""
+
+import threading
+from uuid import UUID
+
+from kernel.store.application import KernelApplication
+
+POOL_TOPIC = "storage_pool.Created"
+
+
+class Directory:
+    """Ids of the entities of a kind, kept current from the log (a topic-filtered read of
+    what was appended since the last look)."""
+
+    def __init__(self, app: KernelApplication, topic: str = POOL_TOPIC) -> None:
+        self.app, self.topic = app, topic
+        self._position = 0
+        self._ids: list[UUID] = []
+        self._lock = threading.Lock()
+
+    def ids(self) -> tuple[UUID, ...]:
+        """Every id created so far, in log order."""
+        with self._lock:
+            head = self.app.recorder.max_notification_id() or 0
+            while self._position < head:
+                notes = self.app.recorder.select_notifications(
+                    start=self._position, limit=1000, stop=head, topics=(self.topic,),
+                    inclusive_of_start=False)
+                self._ids.extend(UUID(str(n.originator_id)) for n in notes)
+                # only what was appended since: the next look starts at the head seen now
+                self._position = notes[-1].id if len(notes) == 1000 else head
+            return tuple(self._ids)
