@@ -12,15 +12,14 @@ A subsystem decides and performs; the kernel records. For each step kind
   retries or compensates as for any failed step.
 * apply a failure: record what a failed attempt means for the entities (a host to avoid).
 
-Effects run on an `EffectScope`: copies of the aggregates they touch. A refused effect leaves
-the batch's aggregates exactly as they were, and an accepted one replaces them in the batch.
+Effects run on an `EffectScope` and validate before they change anything, so a refused effect
+leaves the batch's aggregates exactly as they were (the scope checks it).
 
 `OperationEffects.finished` runs when an operation ends (Succeeded, RolledBack, Failed,
 Cancelled), in the same transaction, to settle its entities (a VM that could not be deployed).
 It may return new operations to accept (a deploy retried on another host).
 """
 
-import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +28,7 @@ from uuid import UUID
 
 import msgspec
 from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError
 
 from aggregates.errors import KernelError, NotFoundError
 from aggregates.operation import Operation
@@ -60,37 +60,59 @@ class Refusal(KernelError):
 
 
 class EffectScope:
-    """Copies of the aggregates an effect reads and changes; merged into the batch on success."""
+    """The aggregates an effect reads and changes, and the new ones it makes.
+
+    Effects change the batch's own aggregates (copying them was most of a deploy's kernel
+    time: a host's or a pool's claims grow with every VM). So an effect validates before it
+    changes anything: every aggregate method refuses before recording, and an effect that
+    changes two aggregates checks both first. If an effect refuses after changing one, the
+    batch cannot be trusted: `EffectMutatedError` stops it, and it runs again on fresh copies.
+    New aggregates (`add`) join the batch only when the effect is accepted.
+    """
 
     def __init__(self, uow: "UnitOfWork") -> None:
         self.uow = uow
-        self._copies: dict[UUID, Aggregate] = {}
+        self._seen: dict[UUID, tuple[Aggregate, int]] = {}
+        self._new: dict[UUID, Aggregate] = {}
 
     def get(self, aggregate_id: UUID, kind: type[A] | None = None) -> A:
-        """A private copy of the aggregate (NotFoundError if missing, or not of `kind`)."""
-        found = self._copies.get(aggregate_id)
+        """The aggregate, to change (NotFoundError if missing, or not of `kind`)."""
+        found = self._new.get(aggregate_id)
         if found is None:
-            found = copy.deepcopy(self.uow.get(aggregate_id))
-            self._copies[aggregate_id] = found
+            found = self.uow.get(aggregate_id)
+            if aggregate_id not in self._seen:
+                self._seen[aggregate_id] = (found, len(found.pending_events))
         if kind is not None and not isinstance(found, kind):
             raise NotFoundError(f"no {kind.__name__} {aggregate_id}")
         return found  # type: ignore[return-value]
 
     def peek(self, aggregate_id: UUID, kind: type[A] | None = None) -> A:
-        """The aggregate as the batch has it, read-only (no copy): for binding arguments."""
-        found = self._copies.get(aggregate_id) or self.uow.get(aggregate_id)
+        """The aggregate, only to read (for binding arguments)."""
+        found = self._new.get(aggregate_id) or self.uow.get(aggregate_id)
         if kind is not None and not isinstance(found, kind):
             raise NotFoundError(f"no {kind.__name__} {aggregate_id}")
         return found  # type: ignore[return-value]
 
     def add(self, aggregate: Aggregate) -> None:
         """A new aggregate, saved with the batch if the effect is accepted."""
-        self._copies[aggregate.id] = aggregate
+        self._new[aggregate.id] = aggregate
 
     def merge(self) -> None:
-        """Make the copies the batch's aggregates."""
-        for aggregate in self._copies.values():
+        """The effect was accepted: its new aggregates join the batch."""
+        for aggregate in self._new.values():
             self.uow.add(aggregate)
+
+    def check_unchanged(self, why: BaseException) -> None:
+        """After a refusal: raise EffectMutatedError if anything was changed first."""
+        changed = [a for a, n in self._seen.values() if len(a.pending_events) != n]
+        if changed:
+            raise EffectMutatedError(
+                f"an effect refused ({why}) after changing {[str(a.id) for a in changed]}; "
+                "effects must validate before they change anything") from why
+
+
+class EffectMutatedError(IntegrityError):
+    """An effect changed an aggregate and then refused: the batch is applied again afresh."""
 
 
 @dataclass(frozen=True)
@@ -194,12 +216,22 @@ class Effects:
 
 
 NO_EFFECTS = Effects()
+
+
 _encoder = msgspec.json.Encoder()
 
 
 def encode(args: Any) -> msgspec.Raw:
     """Bound arguments as the JSON the worker decodes."""
     return msgspec.Raw(_encoder.encode(args))
+
+
+def step_effect(effects: Effects, op: Operation, run: StepRun) -> Effect | None:
+    """A step's effect: one declared for its operation kind (`<op kind>:<subsystem>.<action>`,
+    for a step kind that means something else there) first, else the step kind's own."""
+    kind = f"{run.subsystem}.{run.action}"
+    scoped = effects.steps.get(f"{op.kind}:{kind}")
+    return scoped if scoped is not None else effects.steps.get(kind)
 
 
 # --------------------------------------------------------------------------- applying effects
@@ -210,7 +242,7 @@ def encode(args: Any) -> msgspec.Raw:
 def bound_args(effects: Effects, uow: "UnitOfWork", op: Operation, run: StepRun,
                attempt: int, now: datetime) -> msgspec.Raw | None:
     """The arguments to dispatch `run` with (None: the plan's); KernelError if unbindable."""
-    effect = effects.steps.get(f"{run.subsystem}.{run.action}")
+    effect = step_effect(effects, op, run)
     if effect is None:
         return None
     bound = effect.bind(EffectScope(uow), StepContext(op, run, attempt, now))
@@ -220,7 +252,7 @@ def bound_args(effects: Effects, uow: "UnitOfWork", op: Operation, run: StepRun,
 def accept_success(effects: Effects, uow: "UnitOfWork", op: Operation, run: StepRun,
                    attempt: int, result: msgspec.Raw, now: datetime) -> Refusal | None:
     """Record a success's effect; the refusal instead (the batch unchanged) if refused."""
-    effect = effects.steps.get(f"{run.subsystem}.{run.action}")
+    effect = step_effect(effects, op, run)
     if effect is None:
         return None
     scope = EffectScope(uow)
@@ -228,12 +260,14 @@ def accept_success(effects: Effects, uow: "UnitOfWork", op: Operation, run: Step
     try:
         effect.succeeded(scope, ctx, result)
     except Refusal as e:
+        scope.check_unchanged(e)
         if e.then is not None:
             lesson = EffectScope(uow)
             e.then(lesson)
             lesson.merge()
         return e
     except KernelError as e:  # a domain rule refused it: another attempt cannot do better
+        scope.check_unchanged(e)
         return Refusal(str(e), retryable=False, code=e.code)
     scope.merge()
     return None
@@ -242,7 +276,7 @@ def accept_success(effects: Effects, uow: "UnitOfWork", op: Operation, run: Step
 def record_failure(effects: Effects, uow: "UnitOfWork", op: Operation, run: StepRun,
                    attempt: int, error_code: str, message: str, now: datetime) -> None:
     """Record a failed attempt's effect on the entities."""
-    effect = effects.steps.get(f"{run.subsystem}.{run.action}")
+    effect = step_effect(effects, op, run)
     if effect is None:
         return
     scope = EffectScope(uow)

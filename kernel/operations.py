@@ -23,6 +23,7 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
+from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
@@ -85,19 +86,37 @@ class OperationAccepted(msgspec.Struct, frozen=True, kw_only=True):
 class UnitOfWork:
     """The aggregates one batch reads and changes; saved together, or not at all."""
 
-    def __init__(self, app: KernelApplication, cache: MutableMapping[UUID, Aggregate]):
+    def __init__(self, app: KernelApplication, cache: MutableMapping[UUID, Aggregate],
+                 shared: MutableMapping[UUID, Aggregate] | None = None):
         self.app, self.cache = app, cache
+        self.shared = shared  # the engine's saved aggregates, for `read`
         self.touched: dict[UUID, Aggregate] = {}
 
     def get(self, aggregate_id: UUID) -> Any:
         """The aggregate, from memory or the store; NotFoundError if it does not exist."""
         agg = self.touched.get(aggregate_id) or self.cache.get(aggregate_id)
         if agg is None:
-            if aggregate_id not in self.app.repository:
-                raise NotFoundError(f"no entity {aggregate_id}")
-            agg = self.app.repository.get(aggregate_id)
+            agg = self._load(aggregate_id)
         self.touched[aggregate_id] = agg
         return agg
+
+    def read(self, aggregate_id: UUID) -> Any:
+        """An aggregate this work only reads (an offering, a template): the engine's saved
+        copy if it has one, else the store's; never to be changed."""
+        agg = self.touched.get(aggregate_id)
+        if agg is None and self.shared is not None:
+            agg = self.shared.get(aggregate_id)
+        if agg is None:
+            agg = self._load(aggregate_id)
+            if self.shared is not None:
+                self.shared[aggregate_id] = agg
+        return agg
+
+    def _load(self, aggregate_id: UUID) -> Any:
+        try:
+            return self.app.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            raise NotFoundError(f"no entity {aggregate_id}") from None
 
     def find(self, aggregate_id: UUID) -> Any | None:
         """The aggregate, or None if it does not exist."""
@@ -254,7 +273,7 @@ class OperationEngine:
                         command: Command) -> tuple[Sequence[Aggregate], Any]:
         # A cloud command (deploy a VM...): the factory changes its entities and says which
         # operation to run, all saved in one transaction.
-        uow = self._uow = UnitOfWork(app, {})
+        uow = self._uow = UnitOfWork(app, {}, shared=self.cache)
         now = self.clock()
         spec, result = factory(uow, command, now)
         op = Operation.accept(kind=spec.kind, plan=spec.plan, now=now,
@@ -450,7 +469,12 @@ class OperationEngine:
             for _attempt in range(BATCH_RETRIES):
                 uow = UnitOfWork(self.app, self.cache)
                 now = self.clock()
-                applied = work(uow, now)
+                try:
+                    applied = work(uow, now)
+                except BaseException:
+                    # Whatever the batch changed in memory must not outlive it.
+                    self._forget(uow)
+                    raise
                 changed = uow.changed()
                 if not changed:
                     self._remember(uow)

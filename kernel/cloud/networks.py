@@ -162,6 +162,9 @@ class ImplementEffect(BaseEffect):
     def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
         got = msgspec.json.decode(result, type=VlanAssigned)
         network = scope.get(got.network_id, Network)
+        if network.state is not NetworkState.IMPLEMENTING:
+            raise Refusal(f"network {network.name} is {network.state.value}, not "
+                          "Implementing", retryable=False, code="invalid_transition")
         if got.pooled and got.vlan is not None:
             try:
                 scope.get(VlanPool.create_id(got.zone_id), VlanPool).allocate(network.id,

@@ -93,9 +93,18 @@ class AllocateNicEffect(BaseEffect):
         pool_id = MacPool.create_id(got.zone_id)
         if pools.find(pool_id) is None:
             scope.add(MacPool.create(zone_id=got.zone_id))
+        pool = scope.get(pool_id, MacPool)
+        network = scope.get(ref.network_id, Network)
+        # Both checks before either change: a refusal must leave both untouched.
+        if pool.holder_of(got.mac) not in (None, ref.nic_id) or (
+                network.nic_ip(ref.nic_id) != got.ip and not network.is_assignable(got.ip)):
+            raise Refusal(f"{got.mac} or {got.ip} was taken meanwhile", retryable=True,
+                          code="taken")
         try:
-            scope.get(pool_id, MacPool).allocate(ref.nic_id, got.mac)
-            scope.get(ref.network_id, Network).allocate_ip(ref.nic_id, got.ip)
+            if pool.mac_of(ref.nic_id) is None:
+                pool.allocate(ref.nic_id, got.mac)
+            if network.nic_ip(ref.nic_id) is None:
+                network.allocate_ip(ref.nic_id, got.ip)
         except DomainRuleError as e:  # taken meanwhile: the guru proposes again
             raise Refusal(str(e), retryable=True, code="taken") from e
         if pools.find(ref.nic_id) is None:

@@ -81,6 +81,10 @@ class PlanEffect(BaseEffect):
     def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
         args = ctx.bound_args(PlanPlacement)
         placement = msgspec.json.decode(result, type=Placement)
+        vm = scope.get(args.vm_id, VirtualMachine)
+        if vm.state not in (VmState.ALLOCATED, VmState.STOPPED):
+            raise Refusal(f"vm {vm.name} is {vm.state.value}: it cannot be placed",
+                          retryable=False, code="invalid_transition")
         host = scope.get(placement.host_id, Host)
         try:
             host.claim(placement_claim_id(ctx.operation.id), args.vm_id, args.cpu_cores,
@@ -92,7 +96,7 @@ class PlanEffect(BaseEffect):
 
             raise Refusal(f"{e} (placement refused on {host.name})", retryable=True,
                           code=HOST_FULL, then=avoid) from e
-        scope.get(args.vm_id, VirtualMachine).start(host.id)
+        vm.start(host.id)
 
 
 class CreatePoolEffect(BaseEffect):

@@ -28,6 +28,7 @@ its volumes expunged).
 """
 
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
@@ -243,11 +244,11 @@ def new_root_volume(vm: VirtualMachine, template: Template, size_bytes: int | No
 def deploy_factory(uow: UnitOfWork, command: DeployVm,
                    now: datetime) -> tuple[StartOperation, VmAccepted]:
     """vm.deploy: allocate the VM and its root volume, and the deploy operation."""
-    offering = uow.get(command.service_offering_id)
+    offering = _read(uow, command.service_offering_id)
     if not isinstance(offering, ServiceOffering) or not offering.active:
         raise ValidationError(f"service_offering_id: {command.service_offering_id} is not an "
                               "active service offering")
-    template = uow.get(command.template_id)
+    template = _read(uow, command.template_id)
     if not isinstance(template, Template):
         raise ValidationError(f"template_id: {command.template_id} is not a template")
     if template.state is not TemplateState.READY or template.image_store_id is None:
@@ -263,7 +264,7 @@ def deploy_factory(uow: UnitOfWork, command: DeployVm,
                                  ha_enabled=command.ha_enabled, id=command.vm_id)
     volume = new_root_volume(vm, template, command.root_size_bytes)
     for network_id in command.network_ids:
-        network = uow.find(network_id)
+        network = _read(uow, network_id)
         if not isinstance(network, Network) or network.zone_id != command.zone_id:
             raise ValidationError(f"network_ids: {network_id} is not a network of zone "
                                   f"{command.zone_id}")
@@ -282,6 +283,14 @@ def deploy_factory(uow: UnitOfWork, command: DeployVm,
                                            command.network_ids),
                           entity_ids=(vm.id, volume.id))
     return spec, VmAccepted(operation_id=operation_id, vm_id=vm.id, volume_id=volume.id)
+
+
+def _read(uow: UnitOfWork, aggregate_id: UUID) -> Any:
+    """An aggregate the command only reads, or None."""
+    try:
+        return uow.read(aggregate_id)
+    except NotFoundError:
+        return None
 
 
 def _existing_vm(uow: UnitOfWork, vm_id: UUID) -> VirtualMachine:

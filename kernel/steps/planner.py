@@ -58,10 +58,6 @@ class FilterCounts(msgspec.Struct, frozen=True, kw_only=True):
     cpu: int = 0  # too few free cores (after over-provisioning) or too slow cores
     memory: int = 0  # too little free memory (after over-provisioning)
 
-    def total(self) -> int:
-        """Hosts filtered out, all reasons together."""
-        return sum(getattr(self, f) for f in self.__struct_fields__)
-
 
 class Placement(msgspec.Struct, frozen=True, kw_only=True):
     """The proposed host, where it is, and what the planner looked at to choose it.

@@ -2,29 +2,24 @@
 PostgreSQL, and libvirt's test driver. libvirt's own view is checked through its API."""
 
 import asyncio
-import hashlib
+import ipaddress
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 from xml.etree import ElementTree as ET
 
 import libvirt
-import msgspec
 import pytest
+from support.cloud import running_cloud, write_inventory
 
 from aggregates.host import Host
 from aggregates.network import Network
 from aggregates.nic import Nic
-from aggregates.operation import Operation, OperationState
+from aggregates.operation import OperationState
 from aggregates.template import Template, TemplateState
 from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import Volume, VolumeState
-from gateways.stream.kernel_runner import KernelRunner
-from gateways.stream.worker import Worker
-from kernel.bootstrap import open_engine
 from kernel.cloud.networks import CreateNetworkCommand, ImplementNetworkCommand
 from kernel.cloud.templates import DownloadTemplateCommand
 from kernel.cloud.vms import DeployVm, DestroyVm, StopVm
@@ -33,120 +28,6 @@ from kernel.settings import Settings
 from kernel.steps.network import libvirt_network_name
 from kernel.store.migrate import migrate
 from subsystems.hypervisor.connections import connection
-from subsystems.networkguru.follower import guru_config
-from subsystems.registry import load_registry
-
-PLUGINS = ("planner", "storage", "hypervisor", "networkguru", "networkelement")
-
-
-def write_inventory(tmp: Path, host_uris: list[str]) -> Path:
-    """Two hosts, a file pool, a file image store and a checksummed file template."""
-    source = tmp / "source" / "tiny.qcow2"
-    source.parent.mkdir(parents=True)
-    source.write_bytes(b"QFI\xfb" + b"\0" * 65532)
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    hosts = "".join(f'''
-[[hosts]]
-name = "kvm-{i}"
-cluster = "c1"
-uri = "{uri}"
-cpu_cores = 4
-cpu_mhz = 2000
-memory_mib = 8192
-''' for i, uri in enumerate(host_uris))
-    path = tmp / "inventory.toml"
-    path.write_text(f'''
-[[zones]]
-name = "z1"
-network_type = "Advanced"
-dns = ["192.0.2.53"]
-guest_cidr = "10.1.0.0/16"
-[[pods]]
-name = "p1"
-zone = "z1"
-gateway = "10.0.0.1"
-cidr = "10.0.0.0/24"
-start_ip = "10.0.0.10"
-end_ip = "10.0.0.200"
-[[clusters]]
-name = "c1"
-pod = "p1"
-hypervisor = "KVM"
-{hosts}
-[[storage_pools]]
-name = "primary"
-cluster = "c1"
-uri = "file://{tmp / 'pool'}"
-capacity_gib = 100
-[[image_stores]]
-name = "images"
-zone = "z1"
-url = "file://{tmp / 'images'}"
-protocol = "nfs"
-[[templates]]
-name = "tiny"
-zone = "z1"
-url = "file://{source}"
-format = "QCOW2"
-os_type = "Other Linux (64-bit)"
-checksum = "{{SHA-256}}{digest}"
-[[service_offerings]]
-name = "small"
-cpu_cores = 2
-cpu_mhz = 1000
-memory_mib = 2048
-''')
-    return path
-
-
-class Cloud:
-    """The running kernel with its workers; blocking calls go to threads."""
-
-    def __init__(self, engine: Any, settings: Settings) -> None:
-        self.engine, self.settings, self.app = engine, settings, engine.app
-
-    async def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kw)
-
-    async def command(self, command: Any) -> dict[str, Any]:
-        out = await self.call(self.engine.execute, command, idempotency_key=f"k-{uuid4()}")
-        return msgspec.json.decode(out.result)  # type: ignore[no-any-return]
-
-    async def get(self, aggregate_id: UUID) -> Any:
-        return await self.call(self.app.repository.get, aggregate_id)
-
-    async def finished(self, operation_id: str, timeout: float = 30) -> Operation:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            op: Operation = await self.get(UUID(operation_id))
-            if op.is_finished:
-                return op
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"operation {operation_id} did not finish: {op.state}")
-
-    def ids(self, topic: str) -> list[UUID]:
-        return [UUID(str(n.originator_id)) for n in self.app.recorder.select_notifications(
-            start=None, limit=10_000, topics=(topic,))]
-
-
-@asynccontextmanager
-async def running_cloud(settings: Settings) -> AsyncIterator[Cloud]:
-    platform, engine, feed = await asyncio.to_thread(open_engine, settings)
-    configs = {"planner": {"settings": settings}, "networkguru": guru_config(settings)}
-    registry = load_registry(PLUGINS, configs)
-    stop = asyncio.Event()
-    workers = [Worker(registry.plugin(name).subsystem, servers=list(settings.nats_urls),
-                      concurrency=4, fetch_timeout=0.25) for name in PLUGINS]
-    runner = KernelRunner(engine, feed, list(settings.nats_urls))
-    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
-    tasks.append(asyncio.create_task(runner.run(stop)))
-    try:
-        await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in workers)), 30)
-        yield Cloud(engine, settings)
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
-        platform.close()
 
 
 def domain_xml(uri: str, vm_id: UUID) -> ET.Element:
@@ -219,7 +100,10 @@ def test_deploy_stop_and_destroy_through_real_workers(
             nic: Nic = await cloud.get(nic_id)
             network = await cloud.get(network_id)
             assert nic.ip is not None and network.nic_ip(nic.id) == nic.ip
-            assert not ("10.1.1.2" <= nic.ip <= "10.1.1.9") and nic.ip != network.gateway
+            address = ipaddress.ip_address(nic.ip)
+            assert not (ipaddress.ip_address("10.1.1.2") <= address
+                        <= ipaddress.ip_address("10.1.1.9"))
+            assert nic.ip != network.gateway
             [iface] = xml.iterfind("devices/interface")
             assert iface.find("mac").get("address") == nic.mac  # type: ignore[union-attr]
             assert iface.find("source").get("network") == \

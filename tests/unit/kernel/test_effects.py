@@ -13,7 +13,14 @@ from aggregates.operation import Operation, OperationState
 from aggregates.plan import Compensation, Plan, PlannedStep, RetryPolicy
 from kernel.contracts import StepMessage, StepOutcome
 from kernel.dispatch_feed import DispatchFeed
-from kernel.effects import BaseEffect, Effects, EffectScope, Refusal, StepContext
+from kernel.effects import (
+    BaseEffect,
+    EffectMutatedError,
+    Effects,
+    EffectScope,
+    Refusal,
+    StepContext,
+)
 from kernel.operations import OperationEngine, StartOperation
 from kernel.store.testing import scratch_application
 
@@ -245,3 +252,26 @@ def test_effects_declared_twice_are_refused() -> None:
     with pytest.raises(ValueError, match=r"test\.claim"):
         _ = Effects(steps={"test.claim": ClaimEffect()}) | Effects(
             steps={"test.claim": ClaimEffect()})
+
+
+def test_an_effect_that_changes_then_refuses_never_saves_its_change() -> None:
+    class Sloppy(BaseEffect):
+        def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
+            host = scope.get(ctx.plan_args(ClaimArgs).host_id, Host)
+            host.claim(uuid4(), uuid4(), 1, 1)  # changed ...
+            raise Refusal("... then refused", retryable=True)
+
+    app = scratch_application()
+    engine = OperationEngine(app, clock=lambda: NOW,
+                             effects=Effects(steps={"test.claim": Sloppy()}))
+    try:
+        host = new_host(engine)
+        feed = DispatchFeed(app)
+        submit(engine, claim_step(host, 1))
+        [message] = dispatched(feed)
+        with pytest.raises(EffectMutatedError):
+            engine.apply_outcomes([outcome(message, Claimed(claim_id=uuid4()))])
+        assert app.repository.get(host.id).claims == {}
+        assert host.id not in engine.cache  # the changed copy is forgotten
+    finally:
+        app.close()

@@ -1,0 +1,122 @@
+"""VM deploys end to end, placement latency, and the test driver's own limit, from one run.
+
+Usage:
+    .venv/bin/python bench/deploy.py [--deploys 1000] [--hosts 8] [--nics]
+
+It starts a throwaway PostgreSQL and a nats-server, loads a fleet of libvirt test-driver
+hosts, downloads a template, then runs the kernel with real planner, storage and hypervisor
+workers (and networkguru / networkelement with --nics) in this process, and prints:
+  * deploys/s end to end (all deploys submitted at once, until the last is Running), with
+    p50/p99 deploy latency (accepted -> finished, from the operations' own timestamps);
+  * placement latency at 1k, 10k and 25k hosts (FirstFit over the planner's index);
+  * beside them, the limit: the test driver's define+start rate from a bare libvirt loop.
+"""
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+from aggregates.operation import Operation, OperationState  # noqa: E402
+from gateways.stream.embedded import EmbeddedNatsServer  # noqa: E402
+from kernel.cloud.vms import DeployVm  # noqa: E402
+from kernel.settings import Settings  # noqa: E402
+from kernel.store.migrate import migrate  # noqa: E402
+
+
+async def deploy_run(settings: Settings, inventory: Path, deploys: int,
+                     nics: bool) -> tuple[float, list[float], int]:
+    """Deploys/s, the latencies in ms, and how many deploys failed."""
+    from support.cloud import prepare, running_cloud
+
+    async with running_cloud(settings) as cloud:
+        ids = await prepare(cloud, inventory, network=nics, cidr="10.1.0.0/17")
+        networks = (ids.network_id,) if nics and ids.network_id else ()
+        start = time.perf_counter()
+        accepted = await asyncio.gather(*(cloud.command(DeployVm(
+            name=f"vm-{i}", account=f"acct-{i % 10}", zone_id=ids.zone_id,
+            service_offering_id=ids.offering_id, template_id=ids.template_id,
+            network_ids=networks)) for i in range(deploys)))
+        ops: list[Operation] = []
+        for a in accepted:
+            ops.append(await cloud.finished(a["operation_id"], timeout=600))
+        elapsed = time.perf_counter() - start
+        latencies = [(op.finished_at - op.accepted_at).total_seconds() * 1000
+                     for op in ops if op.finished_at is not None]
+        failed = sum(op.state is not OperationState.SUCCEEDED for op in ops)
+        return deploys / elapsed, latencies, failed
+
+
+def placement_latency(sizes: list[int]) -> list[tuple[int, float, float]]:
+    """p50/p99 ms of FirstFit placements at each fleet size (bench/placement.py's model)."""
+    import random
+
+    from placement import Inventory, fast, measure, pct, requests
+
+    out = []
+    for n in sizes:
+        rng = random.Random(7)
+        inv = Inventory(n, 1, rng)
+        times = measure(inv, requests(inv, "FirstFit", 1000, rng), fast)
+        out.append((n, pct(times, .5), pct(times, .99)))
+    return out
+
+
+def main() -> int:
+    """Run every case and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--deploys", type=int, default=1000)
+    parser.add_argument("--hosts", type=int, default=8)
+    parser.add_argument("--nics", action="store_true", help="one NIC per VM (guru, element)")
+    args = parser.parse_args()
+    from fixtures import write_test_host
+    from fixtures.postgres import PostgresServer, create_database, with_dbname
+    from support.cloud import write_inventory
+
+    from subsystems.hypervisor.bench import bare_define_start_rate
+
+    tmp = Path(tempfile.mkdtemp(prefix="ck-deploy-"))
+    pg = PostgresServer()
+    nats_server = EmbeddedNatsServer(tmp / "nats")
+    try:
+        pg.start()
+        url = nats_server.start()
+        dsn = with_dbname(pg.dsn, create_database(pg.dsn, prefix="bench_"))
+        settings = Settings(store="postgres", postgres_dsn=dsn, nats_urls=(url,),
+                            data_dir=tmp / "data", postgres_pool_size=4)
+        migrate(settings)
+        uris = [write_test_host(tmp / "hosts" / f"kvm-{i}.xml", cpus=512, memory_mib=2**21)
+                for i in range(args.hosts)]
+        inventory = write_inventory(tmp, uris, host_cores=512, host_memory_mib=2**21,
+                                    vm_cores=1, vm_memory_mib=512)
+        rate, latencies, failed = asyncio.run(deploy_run(settings, inventory, args.deploys,
+                                                         args.nics))
+        bare = bare_define_start_rate(write_test_host(tmp / "hosts" / "bare.xml", cpus=512,
+                                                      memory_mib=2**21), 1000)
+        placements = placement_latency([1000, 10000, 25000])
+    finally:
+        nats_server.stop()
+        pg.destroy()
+    qs = statistics.quantiles(latencies, n=100)
+    nic_note = "with one NIC each" if args.nics else "no NICs"
+    print(f"VM deploys end to end on PostgreSQL + nats-server + libvirt test driver "
+          f"({args.deploys} at once, {args.hosts} hosts, {nic_note}, one process, 2 cores)")
+    print(f"{'deploys':<40}{rate:>10,.0f} /s   ({failed} failed)")
+    print(f"{'deploy latency':<40}  p50 {qs[49]:,.0f} ms, p99 {qs[98]:,.0f} ms")
+    print(f"{'  limit: bare libvirt define+start':<40}{bare.per_second:>10,.0f} /s")
+    for n, p50, p99 in placements:
+        print(f"{f'placement among {n:,} hosts (FirstFit)':<40}  p50 {p50:.3f} ms, "
+              f"p99 {p99:.3f} ms")
+    print("goals: >= 300 deploys/s; placement among 25k hosts <= 10 ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

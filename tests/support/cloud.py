@@ -1,0 +1,177 @@
+"""A running cloud for tests: the kernel with real workers, over a written inventory."""
+
+import asyncio
+import hashlib
+import ipaddress
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import msgspec
+
+from aggregates.operation import Operation
+from gateways.stream.kernel_runner import KernelRunner
+from gateways.stream.worker import Worker
+from kernel.bootstrap import open_engine
+from kernel.settings import Settings
+from subsystems.networkguru.follower import guru_config
+from subsystems.registry import load_registry
+
+PLUGINS = ("planner", "storage", "hypervisor", "networkguru", "networkelement")
+
+
+def write_inventory(tmp: Path, host_uris: list[str], *, host_cores: int = 4,
+                    host_memory_mib: int = 8192, vm_cores: int = 2,
+                    vm_memory_mib: int = 2048) -> Path:
+    """Two hosts, a file pool, a file image store and a checksummed file template."""
+    source = tmp / "source" / "tiny.qcow2"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"QFI\xfb" + b"\0" * 65532)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    hosts = "".join(f'''
+[[hosts]]
+name = "kvm-{i}"
+cluster = "c1"
+uri = "{uri}"
+cpu_cores = {host_cores}
+cpu_mhz = 2000
+memory_mib = {host_memory_mib}
+''' for i, uri in enumerate(host_uris))
+    path = tmp / "inventory.toml"
+    path.write_text(f'''
+[[zones]]
+name = "z1"
+network_type = "Advanced"
+dns = ["192.0.2.53"]
+guest_cidr = "10.1.0.0/16"
+[[pods]]
+name = "p1"
+zone = "z1"
+gateway = "10.0.0.1"
+cidr = "10.0.0.0/24"
+start_ip = "10.0.0.10"
+end_ip = "10.0.0.200"
+[[clusters]]
+name = "c1"
+pod = "p1"
+hypervisor = "KVM"
+{hosts}
+[[storage_pools]]
+name = "primary"
+cluster = "c1"
+uri = "file://{tmp / 'pool'}"
+capacity_gib = 100
+[[image_stores]]
+name = "images"
+zone = "z1"
+url = "file://{tmp / 'images'}"
+protocol = "nfs"
+[[templates]]
+name = "tiny"
+zone = "z1"
+url = "file://{source}"
+format = "QCOW2"
+os_type = "Other Linux (64-bit)"
+checksum = "{{SHA-256}}{digest}"
+[[service_offerings]]
+name = "small"
+cpu_cores = {vm_cores}
+cpu_mhz = 1000
+memory_mib = {vm_memory_mib}
+''')
+    return path
+
+
+class Cloud:
+    """The running kernel with its workers; blocking calls go to threads."""
+
+    def __init__(self, engine: Any, settings: Settings) -> None:
+        self.engine, self.settings, self.app = engine, settings, engine.app
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kw)
+
+    async def command(self, command: Any) -> dict[str, Any]:
+        out = await self.call(self.engine.execute, command, idempotency_key=f"k-{uuid4()}")
+        return msgspec.json.decode(out.result)  # type: ignore[no-any-return]
+
+    async def get(self, aggregate_id: UUID) -> Any:
+        return await self.call(self.app.repository.get, aggregate_id)
+
+    async def finished(self, operation_id: str, timeout: float = 30) -> Operation:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            op: Operation = await self.get(UUID(operation_id))
+            if op.is_finished:
+                return op
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"operation {operation_id} did not finish: {op.state}")
+
+    def ids(self, topic: str) -> list[UUID]:
+        return [UUID(str(n.originator_id)) for n in self.app.recorder.select_notifications(
+            start=None, limit=10_000, topics=(topic,))]
+
+
+@asynccontextmanager
+async def running_cloud(settings: Settings) -> AsyncIterator[Cloud]:
+    platform, engine, feed = await asyncio.to_thread(open_engine, settings)
+    configs = {"planner": {"settings": settings}, "networkguru": guru_config(settings)}
+    registry = load_registry(PLUGINS, configs)
+    stop = asyncio.Event()
+    workers = [Worker(registry.plugin(name).subsystem, servers=list(settings.nats_urls),
+                      concurrency=4, fetch_timeout=0.25) for name in PLUGINS]
+    runner = KernelRunner(engine, feed, list(settings.nats_urls))
+    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+    tasks.append(asyncio.create_task(runner.run(stop)))
+    try:
+        await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in workers)), 30)
+        yield Cloud(engine, settings)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        platform.close()
+
+
+class Prepared:
+    """The ids a prepared cloud has: zone, offering, ready template, implemented network."""
+
+    def __init__(self, zone_id: UUID, offering_id: UUID, template_id: UUID,
+                 network_id: UUID | None) -> None:
+        self.zone_id, self.offering_id = zone_id, offering_id
+        self.template_id, self.network_id = template_id, network_id
+
+
+async def prepare(cloud: Cloud, inventory: Path, *, network: bool = True,
+                  cidr: str = "10.1.1.0/24") -> Prepared:
+    """Load the inventory, download the template, create and implement a network."""
+    from kernel.bootstrap import open_platform
+    from kernel.cloud.networks import CreateNetworkCommand, ImplementNetworkCommand
+    from kernel.cloud.templates import DownloadTemplateCommand
+    from kernel.inventory.loader import load_inventory_file
+
+    platform = await cloud.call(open_platform, cloud.settings)
+    try:
+        await cloud.call(load_inventory_file, platform.commands, inventory)
+    finally:
+        platform.close()
+    [template_id] = cloud.ids("template.Registered")
+    [store_id] = cloud.ids("image_store.Added")
+    [zone_id] = cloud.ids("zone.Created")
+    [offering_id] = cloud.ids("service_offering.Created")
+    download = await cloud.command(DownloadTemplateCommand(template_id=template_id,
+                                                           image_store_id=store_id))
+    await cloud.finished(download["operation_id"])
+    network_id = None
+    first = ipaddress.ip_network(cidr).network_address
+    if network:
+        created = await cloud.command(CreateNetworkCommand(
+            zone_id=zone_id, name="guests", cidr=cidr,
+            reserved_ranges=((str(first + 1), str(first + 8)),)))
+        await cloud.finished(created["operation_id"])
+        network_id = UUID(created["network_id"])
+        implemented = await cloud.command(ImplementNetworkCommand(network_id=network_id))
+        await cloud.finished(implemented["operation_id"])
+    return Prepared(zone_id, offering_id, template_id, network_id)
