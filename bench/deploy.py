@@ -31,11 +31,11 @@ from kernel.store.migrate import migrate  # noqa: E402
 
 
 async def deploy_run(settings: Settings, inventory: Path, deploys: int,
-                     nics: bool) -> tuple[float, list[float], int]:
+                     nics: bool, in_process: bool) -> tuple[float, list[float], int]:
     """Deploys/s, the latencies in ms, and how many deploys failed."""
     from support.cloud import prepare, running_cloud
 
-    async with running_cloud(settings) as cloud:
+    async with running_cloud(settings, worker_processes=not in_process) as cloud:
         ids = await prepare(cloud, inventory, network=nics, cidr="10.1.0.0/17")
         networks = (ids.network_id,) if nics and ids.network_id else ()
         start = time.perf_counter()
@@ -74,6 +74,8 @@ def main() -> int:
     parser.add_argument("--deploys", type=int, default=1000)
     parser.add_argument("--hosts", type=int, default=8)
     parser.add_argument("--nics", action="store_true", help="one NIC per VM (guru, element)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="workers in the kernel's process (default: one process each)")
     args = parser.parse_args()
     from fixtures import write_test_host
     from fixtures.postgres import PostgresServer, create_database, with_dbname
@@ -96,7 +98,7 @@ def main() -> int:
         inventory = write_inventory(tmp, uris, host_cores=512, host_memory_mib=2**21,
                                     vm_cores=1, vm_memory_mib=512)
         rate, latencies, failed = asyncio.run(deploy_run(settings, inventory, args.deploys,
-                                                         args.nics))
+                                                         args.nics, args.in_process))
         bare = bare_define_start_rate(write_test_host(tmp / "hosts" / "bare.xml", cpus=512,
                                                       memory_mib=2**21), 1000)
         placements = placement_latency([1000, 10000, 25000])
@@ -105,8 +107,9 @@ def main() -> int:
         pg.destroy()
     qs = statistics.quantiles(latencies, n=100)
     nic_note = "with one NIC each" if args.nics else "no NICs"
+    where = "workers in the kernel's process" if args.in_process else "a process per worker"
     print(f"VM deploys end to end on PostgreSQL + nats-server + libvirt test driver "
-          f"({args.deploys} at once, {args.hosts} hosts, {nic_note}, one process, 2 cores)")
+          f"({args.deploys} at once, {args.hosts} hosts, {nic_note}, {where}, 2 cores)")
     print(f"{'deploys':<40}{rate:>10,.0f} /s   ({failed} failed)")
     print(f"{'deploy latency':<40}  p50 {qs[49]:,.0f} ms, p99 {qs[98]:,.0f} ms")
     print(f"{'  limit: bare libvirt define+start':<40}{bare.per_second:>10,.0f} /s")

@@ -145,6 +145,9 @@ class _Queues(MutableMapping[UUID, EntityQueue]):
         self.uow = uow
 
     def __getitem__(self, entity_id: UUID) -> EntityQueue:
+        entity = self.uow.touched.get(entity_id)
+        if entity is not None and entity.version == len(entity.pending_events):
+            raise KeyError(entity_id)  # created in this very batch: it has no queue yet
         queue = self.uow.find(EntityQueue.create_id(entity_id))
         if queue is None:
             raise KeyError(entity_id)

@@ -3,6 +3,12 @@
 import asyncio
 import hashlib
 import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +25,8 @@ from kernel.bootstrap import open_engine
 from kernel.settings import Settings
 from subsystems.networkguru.follower import guru_config
 from subsystems.registry import load_registry
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PLUGINS = ("planner", "storage", "hypervisor", "networkguru", "networkelement")
 
@@ -116,23 +124,68 @@ class Cloud:
 
 
 @asynccontextmanager
-async def running_cloud(settings: Settings) -> AsyncIterator[Cloud]:
+async def running_cloud(settings: Settings, *,
+                        worker_processes: bool = False) -> AsyncIterator[Cloud]:
+    """The kernel in this process; the workers too, or each in its own `cloudkernel worker`
+    process (as in production: then each has its own interpreter and libvirt connections)."""
     platform, engine, feed = await asyncio.to_thread(open_engine, settings)
-    configs = {"planner": {"settings": settings}, "networkguru": guru_config(settings)}
-    registry = load_registry(PLUGINS, configs)
+    configs: dict[str, Any] = {"planner": {"settings": settings},
+                               "networkguru": guru_config(settings)}
     stop = asyncio.Event()
-    workers = [Worker(registry.plugin(name).subsystem, servers=list(settings.nats_urls),
-                      concurrency=4, fetch_timeout=0.25) for name in PLUGINS]
+    workers: list[Worker] = []
+    processes: list[subprocess.Popen[str]] = []
+    if worker_processes:
+        configs["planner"] = {"settings": {"store": settings.store,
+                                           "postgres_dsn": settings.postgres_dsn,
+                                           "data_dir": str(settings.data_dir)}}
+        processes = [_worker_process(name, configs.get(name, {}), settings) for name in PLUGINS]
+    else:
+        registry = load_registry(PLUGINS, configs)
+        workers = [Worker(registry.plugin(name).subsystem, servers=list(settings.nats_urls),
+                          concurrency=4, fetch_timeout=0.25) for name in PLUGINS]
     runner = KernelRunner(engine, feed, list(settings.nats_urls))
     tasks = [asyncio.create_task(w.run(stop)) for w in workers]
     tasks.append(asyncio.create_task(runner.run(stop)))
     try:
         await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in workers)), 30)
+        for proc in processes:
+            await asyncio.to_thread(_wait_ready, proc)
         yield Cloud(engine, settings)
     finally:
         stop.set()
+        for proc in processes:
+            proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        for proc in processes:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
         platform.close()
+
+
+def _worker_process(name: str, config: dict[str, Any],
+                    settings: Settings) -> "subprocess.Popen[str]":
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("CLOUDKERNEL_CONFIG", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateways.cli.main", "worker", "--subsystem", name,
+         "--concurrency", "4", "--config-json", json.dumps(config),
+         *(arg for url in settings.nats_urls for arg in ("--nats-url", url))],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_ready(proc: "subprocess.Popen[str]") -> None:
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if " serves " in line:
+            threading.Thread(target=lambda: proc.stdout and proc.stdout.read(),
+                             daemon=True).start()  # keep its pipe drained
+            return
+    raise AssertionError("worker process did not start:\n" + "".join(seen))
 
 
 class Prepared:
