@@ -100,6 +100,60 @@ class CommandService:
             f"command {tag} lost {CONFLICT_RETRIES} races for the same entities; retry it"
         )
 
+    def execute_many(self, items: Sequence[tuple[Command, str, str]]) -> list[CommandOutcome]:
+        """Run several commands (command, idempotency key, actor) and save them together, in one
+        transaction with all their idempotency records (group commit).
+
+        All or nothing: if any command is refused, or the save loses a race, this raises and
+        saves nothing; the caller then runs them one by one. Replays answer as in `execute`.
+        Handlers run one after another and may share aggregates (the engine gives them one
+        unit of work), so each command's events are those its handler added.
+        """
+        outcomes: list[CommandOutcome | None] = [None] * len(items)
+        pending: list[tuple[int, str, bytes, str]] = []
+        keys: set[str] = set()
+        for i, (command, key, _actor) in enumerate(items):
+            _check_key(key)
+            if type(command) not in self.handlers:
+                raise ValidationError(f"no handler for command {type(command).__name__}")
+            if key in keys:
+                raise ConflictError(f"idempotency key {key!r} twice in one batch")
+            keys.add(key)
+            tag = str(type(command).__struct_config__.tag)
+            payload_fp = fingerprint(_encoder.encode(command))
+            outcomes[i] = self._replay(key, payload_fp, tag)
+            if outcomes[i] is None:
+                pending.append((i, key, payload_fp, tag))
+        changed: dict[Any, Aggregate] = {}
+        seen: dict[Any, int] = {}  # events of each aggregate already owned by a command
+        owned: dict[int, list[tuple[Any, int]]] = {}
+        records: list[IdempotencyRecord] = []
+        results: dict[int, bytes] = {}
+        for i, key, payload_fp, tag in pending:
+            command, _key, actor = items[i]
+            with audit_context(actor=actor, correlation_id=natural_id("command", key),
+                               causation_id=f"command:{tag}:{key}"):
+                aggregates, result = self.handlers[type(command)](self.app, command)
+            mine: list[tuple[Any, int]] = []
+            for agg in aggregates:
+                changed[agg.id] = agg
+                events = agg.pending_events[seen.get(agg.id, 0):]
+                mine += [(e.originator_id, e.originator_version) for e in events]
+                seen[agg.id] = len(agg.pending_events)
+            owned[i] = mine
+            results[i] = _encoder.encode(result)
+            stored = _encoder.encode({"command": tag, "result": msgspec.Raw(results[i])})
+            records.append(IdempotencyRecord(key, payload_fp, stored))
+        if pending:
+            recordings = self.app.save(*changed.values(), idempotency=records)
+            position = {(r.domain_event.originator_id, r.domain_event.originator_version):
+                        r.notification.id for r in recordings}
+            for i, key, _fp, tag in pending:
+                outcomes[i] = CommandOutcome(
+                    command=tag, idempotency_key=key, result=msgspec.Raw(results[i]),
+                    positions=tuple(sorted(position[e] for e in owned[i])))
+        return [o for o in outcomes if o is not None]
+
     def _replay(self, key: str, payload_fp: bytes, tag: str) -> CommandOutcome | None:
         record = self.app.lookup_idempotency(key)
         if record is None:

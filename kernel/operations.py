@@ -16,6 +16,7 @@ import functools
 import heapq
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from kernel.store.application import KernelApplication
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 BATCH_RETRIES = 5
+MAX_COMMAND_BATCH = 64
 TERMINAL_TOPICS = ("operation.Succeeded", "operation.RolledBack", "operation.Failed",
                    "operation.Cancelled")
 
@@ -91,6 +93,9 @@ class UnitOfWork:
         self.app, self.cache = app, cache
         self.shared = shared  # the engine's saved aggregates, for `read`
         self.touched: dict[UUID, Aggregate] = {}
+        # Ids this work just made up (random, never seen): their entity queues cannot exist,
+        # so admission does not look them up in the store.
+        self.fresh: set[UUID] = set()
 
     def get(self, aggregate_id: UUID) -> Any:
         """The aggregate, from memory or the store; NotFoundError if it does not exist."""
@@ -145,9 +150,8 @@ class _Queues(MutableMapping[UUID, EntityQueue]):
         self.uow = uow
 
     def __getitem__(self, entity_id: UUID) -> EntityQueue:
-        entity = self.uow.touched.get(entity_id)
-        if entity is not None and entity.version == len(entity.pending_events):
-            raise KeyError(entity_id)  # created in this very batch: it has no queue yet
+        if entity_id in self.uow.fresh:
+            raise KeyError(entity_id)  # a new random id: no queue can exist for it yet
         queue = self.uow.find(EntityQueue.create_id(entity_id))
         if queue is None:
             raise KeyError(entity_id)
@@ -173,6 +177,29 @@ class ApplyReport:
     applied: int = 0
     ignored: int = 0
     positions: tuple[int, ...] = ()
+
+
+class _Request:
+    """A command waiting for its turn in the engine, and then its outcome."""
+
+    def __init__(self, command: Command, key: str, actor: str) -> None:
+        self.command, self.key, self.actor = command, key, actor
+        self.done = threading.Event()
+        self._outcome: CommandOutcome | None = None
+        self._error: BaseException | None = None
+
+    def finish(self, outcome: CommandOutcome | None, error: BaseException | None) -> None:
+        """Hand the outcome (or the error) to the waiting caller."""
+        self._outcome, self._error = outcome, error
+        self.done.set()
+
+    def outcome(self) -> CommandOutcome:
+        """The command's outcome; raises its error."""
+        self.done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._outcome is not None
+        return self._outcome
 
 
 @dataclass(order=True)
@@ -205,6 +232,8 @@ class OperationEngine:
         for type_, factory in (operation_commands or {}).items():
             handlers[type_] = functools.partial(self._handle_factory, factory)
         self.commands = CommandService(app, handlers)
+        self._requests: deque[_Request] = deque()
+        self._batch_uow: UnitOfWork | None = None
 
     # ------------------------------------------------------------------ commands
 
@@ -233,9 +262,49 @@ class OperationEngine:
 
     def execute(self, command: Command, *, idempotency_key: str,
                 actor: str = "system") -> CommandOutcome:
-        """Run any of the engine's commands as decoded from the wire (admin API, NATS)."""
+        """Run any of the engine's commands as decoded from the wire (admin API, NATS).
+
+        Group commit: commands that arrive while the engine is busy wait together, and the
+        next thread to get the engine runs them all and saves them in one transaction.
+        """
+        request = _Request(command, idempotency_key, actor)
+        self._requests.append(request)
         with self._lock:
-            return self._command(command, idempotency_key, actor)
+            if not request.done.is_set():
+                batch: list[_Request] = []
+                while self._requests and len(batch) < MAX_COMMAND_BATCH:
+                    batch.append(self._requests.popleft())
+                self._run_requests(batch)
+        return request.outcome()
+
+    def _run_requests(self, batch: list["_Request"]) -> None:
+        if len(batch) > 1:
+            self._batch_uow = UnitOfWork(self.app, {}, shared=self.cache)
+            try:
+                outcomes = self.commands.execute_many(
+                    [(r.command, r.key, r.actor) for r in batch])
+            except Exception:
+                # One of them is refused, or the save lost a race: each on its own, below.
+                self._forget(self._batch_uow)
+            else:
+                self._remember(self._batch_uow)
+                for request, outcome in zip(batch, outcomes, strict=True):
+                    request.finish(outcome, None)
+                return
+            finally:
+                self._batch_uow = None
+        for request in batch:
+            try:
+                request.finish(self._command(request.command, request.key, request.actor),
+                               None)
+            except Exception as e:
+                request.finish(None, e)
+
+    def _command_uow(self, app: KernelApplication) -> UnitOfWork:
+        """The unit of work of a command's handler: the batch's, when commands are batched."""
+        if self._batch_uow is not None:
+            return self._batch_uow
+        return UnitOfWork(app, {}, shared=self.cache)
 
     def _command(self, command: Command, key: str, actor: str) -> CommandOutcome:
         self._uow = UnitOfWork(self.app, self.cache)
@@ -251,7 +320,7 @@ class OperationEngine:
                       command: StartOperation) -> tuple[Sequence[Aggregate], Any]:
         # Fresh copies, not the cache: after a lost race the command service runs the handler
         # again, and must not meet the objects the failed attempt already changed.
-        uow = self._uow = UnitOfWork(app, {})
+        uow = self._uow = self._command_uow(app)
         now = self.clock()
         op = Operation.accept(kind=command.kind, plan=command.plan, now=now,
                               entity_ids=command.entity_ids, id=command.operation_id)
@@ -261,7 +330,7 @@ class OperationEngine:
 
     def _handle_start_many(self, app: KernelApplication,
                            command: StartOperations) -> tuple[Sequence[Aggregate], Any]:
-        uow = self._uow = UnitOfWork(app, {})
+        uow = self._uow = self._command_uow(app)
         now = self.clock()
         accepted = []
         for spec in command.operations:
@@ -276,7 +345,7 @@ class OperationEngine:
                         command: Command) -> tuple[Sequence[Aggregate], Any]:
         # A cloud command (deploy a VM...): the factory changes its entities and says which
         # operation to run, all saved in one transaction.
-        uow = self._uow = UnitOfWork(app, {}, shared=self.cache)
+        uow = self._uow = self._command_uow(app)
         now = self.clock()
         spec, result = factory(uow, command, now)
         op = Operation.accept(kind=spec.kind, plan=spec.plan, now=now,
@@ -287,7 +356,7 @@ class OperationEngine:
 
     def _handle_cancel(self, app: KernelApplication,
                        command: CancelOperation) -> tuple[Sequence[Aggregate], Any]:
-        uow = self._uow = UnitOfWork(app, {})
+        uow = self._uow = self._command_uow(app)
         now = self.clock()
         op: Operation = uow.get(command.operation_id)
         if not isinstance(op, Operation):

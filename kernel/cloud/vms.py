@@ -275,6 +275,9 @@ def deploy_factory(uow: UnitOfWork, command: DeployVm,
         raise ValidationError("network_ids: a network is named twice")
     uow.add(vm)
     uow.add(volume)
+    uow.fresh.add(volume.id)
+    if command.vm_id is None:
+        uow.fresh.add(vm.id)
     operation_id = uuid4()
     spec = StartOperation(kind="vm.deploy", operation_id=operation_id,
                           plan=deploy_plan(vm, volume, offering, command.planner,

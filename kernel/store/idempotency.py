@@ -1,7 +1,8 @@
 """Idempotency records: a command's key, the fingerprint of its payload, and its first result."""
 
 import hashlib
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import msgspec
 
@@ -12,6 +13,16 @@ class IdempotencyRecord(msgspec.Struct, frozen=True):
     key: str
     fingerprint: bytes
     result: bytes
+
+
+def records_of(kwargs: Mapping[str, Any]) -> list[IdempotencyRecord]:
+    """The idempotency records a save was given: none, one, or a batch of commands' records."""
+    given = kwargs.get("idempotency")
+    if given is None:
+        return []
+    if isinstance(given, IdempotencyRecord):
+        return [given]
+    return list(given)
 
 
 def fingerprint(payload: bytes) -> bytes:

@@ -29,7 +29,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier, Literal
 
-from kernel.store.idempotency import IdempotencyRecord
+from kernel.store.idempotency import IdempotencyRecord, records_of
 
 COPY_THRESHOLD = 16
 
@@ -116,9 +116,8 @@ class PostgresKernelRecorder(PostgresProcessRecorder):
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
-        record: IdempotencyRecord | None = kwargs.get("idempotency")
-        if record is not None:
-            # A reused key violates the primary key and the whole transaction rolls back.
+        # A reused key violates the primary key and the whole transaction rolls back.
+        for record in records_of(kwargs):
             curs.execute(self._insert_idempotency, (record.key, record.fingerprint, record.result))
         super()._insert_events(curs, stored_events, **kwargs)
 

@@ -6,7 +6,7 @@ from typing import Any
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
 
-from kernel.store.idempotency import IdempotencyRecord
+from kernel.store.idempotency import IdempotencyRecord, records_of
 
 IDEMPOTENCY_TABLE = "idempotency_keys"
 
@@ -26,9 +26,8 @@ class SQLiteKernelRecorder(SQLiteProcessRecorder):
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        record: IdempotencyRecord | None = kwargs.get("idempotency")
-        if record is not None:
-            # A second use of the key violates the primary key, so the whole save rolls back.
+        # A second use of a key violates the primary key, so the whole save rolls back.
+        for record in records_of(kwargs):
             c.execute(
                 f"INSERT INTO {IDEMPOTENCY_TABLE} (key, fingerprint, result) VALUES (?,?,?)",
                 (record.key, record.fingerprint, record.result),

@@ -8,11 +8,13 @@ import msgspec
 import pytest
 
 from aggregates.entity_queue import EntityQueue
+from aggregates.errors import NotFoundError
 from aggregates.operation import Operation, OperationState
 from aggregates.plan import Compensation, Plan, PlannedStep, RetryPolicy
+from kernel.commands import CommandOutcome
 from kernel.contracts import StepMessage, StepOutcome
 from kernel.dispatch_feed import DispatchFeed
-from kernel.operations import OperationEngine
+from kernel.operations import CancelOperation, OperationEngine, StartOperation
 from kernel.store.testing import scratch_application
 
 ARGS = msgspec.Raw(b'{"n":1}')
@@ -305,3 +307,80 @@ def test_next_timer_does_not_wait_for_a_batch(engine: OperationEngine) -> None:
     assert engine.next_timer() is not None
     assert time.monotonic() - started < 0.2
     t.join()
+
+
+def test_concurrent_commands_are_committed_together_and_each_gets_its_outcome(
+        engine: OperationEngine) -> None:
+    import threading
+
+    saves: list[int] = []
+    real_save = engine.app.save
+
+    def counting_save(*objs: object, **kwargs: object) -> object:
+        records = kwargs.get("idempotency")
+        saves.append(len(records) if isinstance(records, list) else 1)
+        return real_save(*objs, **kwargs)
+
+    engine.app.save = counting_save  # type: ignore[method-assign]
+    entity = uuid4()
+    outcomes: dict[int, object] = {}
+    commands = {i: (CancelOperation(operation_id=uuid4()) if i == 7 else
+                    StartOperation(kind="test.op", plan=Plan(steps=(step(),)),
+                                   entity_ids=(entity,))) for i in range(12)}
+
+    def run(i: int) -> None:
+        try:
+            outcomes[i] = engine.execute(commands[i], idempotency_key=f"key-{i}")
+        except Exception as e:
+            outcomes[i] = e
+
+    with engine._lock:  # hold the engine so that the commands queue up behind it
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        while len(engine._requests) < 12:
+            threading.Event().wait(0.001)
+    for t in threads:
+        t.join()
+    assert isinstance(outcomes[7], NotFoundError)  # refused alone, the others still ran
+    accepted = [msgspec.json.decode(o.result)["operation_id"] for i, o in outcomes.items()
+                if i != 7 and isinstance(o, CommandOutcome)]
+    assert len(set(accepted)) == 11
+    ops = [op(engine, UUID(a)) for a in accepted]
+    # one entity: exactly one runs, the others wait in its queue, in one consistent state
+    assert sorted(o.state.value for o in ops).count("Running") == 1
+    # the batch failed on the refused command and was run one by one; a replay then
+    # answers from the ledger without writing
+    replay = engine.execute(commands[0], idempotency_key="key-0")
+    assert replay.replayed
+    assert all(n == 1 for n in saves)  # the failed batch saved nothing
+
+
+def test_a_batch_of_good_commands_is_one_transaction(engine: OperationEngine) -> None:
+    import threading
+
+    saves: list[int] = []
+    real_save = engine.app.save
+
+    def counting_save(*objs: object, **kwargs: object) -> object:
+        records = kwargs.get("idempotency")
+        saves.append(len(records) if isinstance(records, list) else 1)
+        return real_save(*objs, **kwargs)
+
+    engine.app.save = counting_save  # type: ignore[method-assign]
+    results: list[CommandOutcome] = []
+    with engine._lock:
+        threads = [threading.Thread(target=lambda i=i: results.append(engine.execute(
+            StartOperation(kind="test.op", plan=Plan(steps=(step(),))),
+            idempotency_key=f"good-{i}"))) for i in range(10)]
+        for t in threads:
+            t.start()
+        while len(engine._requests) < 10:
+            threading.Event().wait(0.001)
+    for t in threads:
+        t.join()
+    assert saves == [10]
+    assert len(results) == 10 and all(r.positions for r in results)
+    # each command's positions are its own events, not the whole batch's
+    all_positions = [p for r in results for p in r.positions]
+    assert len(all_positions) == len(set(all_positions))
