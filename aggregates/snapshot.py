@@ -16,6 +16,7 @@ from uuid import UUID
 from eventsourcing.domain import event
 
 from aggregates.base import PlatformAggregate
+from aggregates.errors import ValidationError
 from aggregates.validation import require_name, require_positive
 
 
@@ -66,6 +67,12 @@ class Snapshot(PlatformAggregate):
         TOPIC = "snapshot.CreatedOnPrimary"
         path: str
 
+    class ChecksumRecorded(Event):
+        """The snapshot's content has this sha256 (what a revert verifies against)."""
+
+        TOPIC = "snapshot.ChecksumRecorded"
+        sha256: str
+
     class BackupRequested(Event):
         """The snapshot is being copied to an image store."""
 
@@ -100,6 +107,7 @@ class Snapshot(PlatformAggregate):
         self.image_store_id: UUID | None = None
         self.backup_path: str | None = None
         self.size_bytes: int | None = None
+        self.sha256: str | None = None
         self.last_error = ""
 
     @classmethod
@@ -132,6 +140,18 @@ class Snapshot(PlatformAggregate):
     @event(CreatedOnPrimary)
     def _created_on_primary(self, path: str) -> None:
         self.state, self.primary_path = SnapshotState.CREATED_ON_PRIMARY, path
+
+    def record_checksum(self, sha256: str) -> None:
+        """Record the sha256 of the snapshot's content, once it exists."""
+        self._require({_S.CREATED_ON_PRIMARY, _S.BACKING_UP, _S.BACKED_UP}, "record a checksum")
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256.lower()):
+            raise ValidationError(f"snapshot {self.name}: sha256 must be 64 hex digits, "
+                                  f"got {sha256!r}")
+        self._checksum_recorded(sha256.lower())
+
+    @event(ChecksumRecorded)
+    def _checksum_recorded(self, sha256: str) -> None:
+        self.sha256 = sha256
 
     def back_up(self, image_store_id: UUID) -> None:
         """Begin copying the snapshot to an image store."""

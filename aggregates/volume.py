@@ -12,6 +12,8 @@ already chosen it. Every operation is a Requested state left by success or failu
     Destroy --expunge--> Expunging --expunged--> Expunged;  Expunging --expunge_failed--> Destroy
 
 Device 0 is the ROOT disk's; data disks use 1 and up, except 3 (the CD-ROM slot).
+`locate` records the host whose libvirt pool holds the volume (the one it was created on):
+where a pool is not shared between hosts, that is the only host that can reach it.
 """
 
 from enum import Enum
@@ -166,6 +168,18 @@ class Volume(PlatformAggregate):
         TOPIC = "volume.SnapshotFailed"
         reason: str
 
+    class Located(Event):
+        """The volume's storage is reached through this host's libvirt pool."""
+
+        TOPIC = "volume.Located"
+        host_id: UUID
+
+    class Reverted(Event):
+        """The volume's content was replaced by a snapshot's."""
+
+        TOPIC = "volume.Reverted"
+        snapshot_id: UUID
+
     class Destroyed(Event):
         """The volume was destroyed; it can be recovered until expunged."""
 
@@ -207,6 +221,7 @@ class Volume(PlatformAggregate):
         self.requested_size_bytes: int | None = None
         self.destination_pool_id: UUID | None = None
         self.snapshot_id: UUID | None = None
+        self.host_id: UUID | None = None
         self.last_error = ""
 
     @classmethod
@@ -410,6 +425,26 @@ class Volume(PlatformAggregate):
     @event(SnapshotFailed)
     def _snapshot_failed(self, reason: str) -> None:
         self.state, self.snapshot_id, self.last_error = VolumeState.READY, None, reason
+
+    def reverted(self, snapshot_id: UUID) -> None:
+        """Record that a snapshot's content was put back into the volume."""
+        self._require({_S.READY}, "revert")
+        self._reverted(snapshot_id)
+
+    @event(Reverted)
+    def _reverted(self, snapshot_id: UUID) -> None:
+        self.last_error = ""
+
+    # location
+
+    def locate(self, host_id: UUID) -> None:
+        """Record the host whose pool holds the volume; the same host again records nothing."""
+        if host_id != self.host_id:
+            self._located(host_id)
+
+    @event(Located)
+    def _located(self, host_id: UUID) -> None:
+        self.host_id = host_id
 
     # destroy, recover, expunge
 

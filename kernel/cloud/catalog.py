@@ -7,6 +7,7 @@ from kernel.cloud.networks import NETWORK_COMMANDS, NETWORK_EFFECTS
 from kernel.cloud.nics import NIC_EFFECTS
 from kernel.cloud.templates import TEMPLATE_EFFECTS, DownloadTemplateCommand, download_factory
 from kernel.cloud.vm_effects import vm_effects
+from kernel.cloud.vm_moves import VM_MOVE_COMMANDS, VM_MOVE_EFFECTS
 from kernel.cloud.vms import (
     DeployVm,
     DestroyVm,
@@ -17,6 +18,9 @@ from kernel.cloud.vms import (
     start_factory,
     stop_factory,
 )
+from kernel.cloud.volume_copies import COPY_COMMANDS, COPY_EFFECTS
+from kernel.cloud.volume_effects import VOLUME_EFFECTS
+from kernel.cloud.volumes import VOLUME_COMMANDS
 from kernel.effects import Effects
 from kernel.store.application import KernelApplication
 
@@ -27,9 +31,13 @@ CLOUD_COMMANDS: dict[type[Any], Any] = {
     DestroyVm: destroy_factory,
     DownloadTemplateCommand: download_factory,
     **NETWORK_COMMANDS,
+    **VOLUME_COMMANDS,
+    **COPY_COMMANDS,
+    **VM_MOVE_COMMANDS,
 }
 
 
 def cloud_effects(app: KernelApplication) -> Effects:
     """Every cloud operation's effects, over this application's entities."""
-    return vm_effects(Directory(app)) | TEMPLATE_EFFECTS | NIC_EFFECTS | NETWORK_EFFECTS
+    return vm_effects(Directory(app)) | TEMPLATE_EFFECTS | NIC_EFFECTS | NETWORK_EFFECTS \
+        | VOLUME_EFFECTS | COPY_EFFECTS | VM_MOVE_EFFECTS

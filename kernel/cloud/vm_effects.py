@@ -28,6 +28,7 @@ from kernel.cloud.vms import (
     store_directory,
     template_file,
 )
+from kernel.cloud.volumes import storage_host
 from kernel.effects import BaseEffect, Effects, EffectScope, Refusal, StepContext
 from kernel.operations import StartOperation
 from kernel.steps.hypervisor import (
@@ -158,10 +159,9 @@ class DeleteVolumeEffect(BaseEffect):
     """storage.delete_volume (a compensation, or destroy): the volume is gone from its pool."""
 
     def bind(self, scope: EffectScope, ctx: StepContext) -> msgspec.Struct | None:
-        ref = _ref(ctx)
-        vm = scope.peek(ref.vm_id, VirtualMachine)
         volume = scope.peek(_volume_id(ctx), Volume)
-        return DeleteVolume(volume=_volume_ref(scope, _host_of(scope, vm), volume))
+        # The host whose pool holds it (after a migration, not the VM's new host).
+        return DeleteVolume(volume=_volume_ref(scope, storage_host(scope, volume), volume))
 
     def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
         retire_volume(scope, _volume_id(ctx))

@@ -28,7 +28,8 @@ from subsystems.registry import load_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 
-PLUGINS = ("planner", "storage", "hypervisor", "networkguru", "networkelement")
+PLUGINS = ("planner", "storage", "hypervisor", "networkguru", "networkelement", "snapshot",
+           "backup")
 
 
 def write_inventory(tmp: Path, host_uris: list[str], *, host_cores: int = 4,

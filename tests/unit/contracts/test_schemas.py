@@ -24,6 +24,7 @@ from aggregates.volume import Volume, VolumeType
 from gateways.contracts.catalog import public_commands, public_events
 from gateways.contracts.documents import DEFAULT_DIR, render
 from kernel.bootstrap import PLATFORM_HANDLERS, SAMPLE_INVENTORY
+from kernel.cloud.catalog import CLOUD_COMMANDS
 from kernel.commands import Command, CommandService
 from kernel.contracts import StepOutcome
 from kernel.dispatch_feed import DispatchFeed
@@ -75,15 +76,18 @@ def test_events_are_found_by_topic_without_bases_or_unused_created_copies() -> N
 
 def test_commands_come_from_the_command_modules_only() -> None:
     tags = [c.tag for c in public_commands()]
-    assert tags == ["inventory.load", "operation.cancel", "operation.start",
-                    "operation.start_many"]
+    cloud = sorted(str(t.__struct_config__.tag) for t in CLOUD_COMMANDS)
+    assert tags == sorted(["inventory.load", "operation.cancel", "operation.start",
+                           "operation.start_many", *cloud])
+    assert "vm.deploy" in tags and "network.create" in tags
     assert PrivateCommand.__struct_config__.tag not in tags
 
 
 def test_the_documented_commands_are_the_ones_the_intake_serves() -> None:
     app = scratch_application()
     try:
-        served = {**PLATFORM_HANDLERS, **OperationEngine(app).commands.handlers}
+        engine = OperationEngine(app, operation_commands=CLOUD_COMMANDS)
+        served = {**PLATFORM_HANDLERS, **engine.commands.handlers}
     finally:
         app.close()
     assert {c.cls for c in public_commands()} == set(served)

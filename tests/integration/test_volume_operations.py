@@ -1,0 +1,149 @@
+"""Volume operations and VM migration end to end: the kernel, real workers (planner, storage,
+hypervisor, snapshot, backup, network) over NATS, PostgreSQL, and libvirt's test driver.
+What each step did is checked in libvirt's own view and on the files it made."""
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+from xml.etree import ElementTree as ET
+
+import libvirt
+from support.cloud import Cloud, prepare, running_cloud, write_inventory
+
+from aggregates.backup import Backup, BackupState
+from aggregates.host import Host
+from aggregates.nic import Nic
+from aggregates.operation import OperationState
+from aggregates.snapshot import Snapshot, SnapshotState
+from aggregates.vm import VirtualMachine, VmState
+from aggregates.volume import Volume, VolumeState
+from kernel.cloud.vm_moves import MigrateVm
+from kernel.cloud.vms import DeployVm
+from kernel.cloud.volume_copies import BackupVmCommand, SnapshotVolumeCommand
+from kernel.cloud.volumes import (
+    AttachVolumeCommand,
+    CreateVolumeCommand,
+    DetachVolumeCommand,
+    ResizeVolumeCommand,
+)
+from kernel.settings import Settings
+from kernel.steps.network import libvirt_network_name
+from kernel.store.migrate import migrate
+from subsystems.hypervisor.connections import connection
+
+MIB = 1024**2
+
+
+def persistent_disks(uri: str, vm_id: UUID) -> list[str | None]:
+    """The disk files of the domain's persistent (inactive) definition, as libvirt has it."""
+    dom = connection(uri).lookupByUUIDString(str(vm_id))
+    xml = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    return [d.get("file") for d in xml.iterfind("devices/disk/source")]
+
+
+def domain_ids(uri: str) -> set[str]:
+    return {d.UUIDString() for d in connection(uri).listAllDomains()}
+
+
+async def succeeded(cloud: Cloud, accepted: dict[str, Any]) -> None:
+    op = await cloud.finished(accepted["operation_id"])
+    assert op.state is OperationState.SUCCEEDED, (op.kind, op.failure)
+
+
+def test_data_volume_life_and_migration_through_real_workers(
+        tmp_path: Path, pg_dsn: str, nats_url: str,
+        libvirt_host_factory: Callable[..., str]) -> None:
+    uris = [libvirt_host_factory(f"kvm-{i}", cpus=4, memory_mib=8192) for i in range(2)]
+    settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
+                        data_dir=tmp_path / "data")
+    migrate(settings)
+    inventory = write_inventory(tmp_path, uris)
+
+    async def scenario() -> None:
+        async with running_cloud(settings) as cloud:
+            ids = await prepare(cloud, inventory)
+            assert ids.network_id is not None
+            deployed = await cloud.command(DeployVm(
+                name="web-1", account="alice", zone_id=ids.zone_id,
+                service_offering_id=ids.offering_id, template_id=ids.template_id,
+                network_ids=(ids.network_id,)))
+            await succeeded(cloud, deployed)
+            vm: VirtualMachine = await cloud.get(UUID(deployed["vm_id"]))
+            source: Host = await cloud.get(vm.host_id)
+
+            # create a data volume on the pool, then attach it: the domain's persistent
+            # definition names its file
+            created = await cloud.command(CreateVolumeCommand(
+                name="data-1", account="alice", zone_id=ids.zone_id, size_bytes=MIB))
+            await succeeded(cloud, created)
+            volume: Volume = await cloud.get(UUID(created["volume_id"]))
+            assert volume.state is VolumeState.READY and volume.path is not None
+            assert Path(volume.path).parent == tmp_path / "pool"
+            assert Path(volume.path).stat().st_size == MIB
+            await succeeded(cloud, await cloud.command(
+                AttachVolumeCommand(volume_id=volume.id, vm_id=vm.id)))
+            vm = await cloud.get(vm.id)
+            assert vm.disks[1] == volume.id
+            assert volume.path in persistent_disks(source.uri, vm.id)
+
+            # snapshot it: a verified copy beside the pool
+            Path(volume.path).write_bytes(b"data-1 content".ljust(MIB, b"\0"))
+            snapped = await cloud.command(SnapshotVolumeCommand(volume_id=volume.id))
+            await succeeded(cloud, snapped)
+            snapshot: Snapshot = await cloud.get(UUID(snapped["snapshot_id"]))
+            assert snapshot.state is SnapshotState.CREATED_ON_PRIMARY
+            assert snapshot.primary_path is not None
+            copy = Path(snapshot.primary_path)
+            assert copy.parent == tmp_path / "pool-snapshots"
+            assert snapshot.sha256 == hashlib.sha256(copy.read_bytes()).hexdigest() == \
+                hashlib.sha256(Path(volume.path).read_bytes()).hexdigest()
+
+            # detach it: gone from the definition; then grow it
+            await succeeded(cloud, await cloud.command(DetachVolumeCommand(volume_id=volume.id)))
+            assert volume.path not in persistent_disks(source.uri, vm.id)
+            assert (await cloud.get(vm.id)).disks == {0: vm.root_volume_id}
+            await succeeded(cloud, await cloud.command(
+                ResizeVolumeCommand(volume_id=volume.id, size_bytes=2 * MIB)))
+            volume = await cloud.get(volume.id)
+            assert (volume.state, volume.size_bytes, volume.vm_id) == \
+                (VolumeState.READY, 2 * MIB, None)
+            assert volume.path is not None
+            assert Path(volume.path).stat().st_size == 2 * MIB
+            assert Path(volume.path).read_bytes().startswith(b"data-1 content")
+            assert volume.pool_id is not None
+            pool = await cloud.get(volume.pool_id)
+            assert pool.claims[next(c for c, (v, _) in pool.claims.items()
+                                    if v == volume.id)] == (volume.id, 2 * MIB)
+
+            # migrate the running VM: it runs on the other host, and is gone from this one
+            moved = await cloud.command(MigrateVm(vm_id=vm.id))
+            await succeeded(cloud, moved)
+            vm = await cloud.get(vm.id)
+            target: Host = await cloud.get(vm.host_id)
+            assert vm.state is VmState.RUNNING and target.id != source.id
+            dom = connection(target.uri).lookupByUUIDString(str(vm.id))
+            assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+            assert str(vm.id) not in domain_ids(source.uri)
+            # its NIC's network and DHCP entry were made on the target first
+            [nic_id] = vm.nics.values()
+            nic: Nic = await cloud.get(nic_id)
+            lv_net = connection(target.uri).networkLookupByName(
+                libvirt_network_name(ids.network_id))
+            assert lv_net.isActive()
+            assert (nic.mac, nic.ip) in [(h.get("mac"), h.get("ip")) for h in ET.fromstring(
+                lv_net.XMLDesc()).iterfind(".//dhcp/host")]
+            assert (await cloud.get(source.id)).claims == {}
+            assert [c[0] for c in (await cloud.get(target.id)).claims.values()] == [vm.id]
+
+            # its root volume is still found through the host whose pool holds it
+            backed = await cloud.command(BackupVmCommand(vm_id=vm.id,
+                                                         target_dir=str(tmp_path / "backups")))
+            await succeeded(cloud, backed)
+            backup: Backup = await cloud.get(UUID(backed["backup_id"]))
+            assert backup.state is BackupState.BACKED_UP
+            assert (tmp_path / "backups" / str(backup.id) / "manifest.json").is_file()
+
+    asyncio.run(scenario())
