@@ -449,7 +449,7 @@ class Operation(PlatformAggregate):
         now = _aware(now)
         return tuple(ReadyStep(step_id=run.step_id, phase=run.phase, attempt=run.next_attempt,
                                subsystem=run.subsystem, action=run.action)
-                     for run in self._candidates() if _due(run, now))
+                     for run in self._candidates() if self._due(run, now))
 
     def in_flight(self) -> tuple[StepDispatch, ...]:
         """Every dispatched attempt that has not reported yet (what to publish again)."""
@@ -467,7 +467,19 @@ class Operation(PlatformAggregate):
                  if run.status is StepStatus.IN_FLIGHT]
         times += [run.retry_at for run in self._candidates()
                   if run.retry_at is not None and run.status is StepStatus.RETRY_WAIT]
+        times += [at for run in self._candidates()
+                  if (at := self._start_at(run)) is not None and run.status is StepStatus.PENDING]
         return min(times, default=None)
+
+    def _start_at(self, run: StepRun) -> datetime | None:
+        """When a delayed step may first be dispatched (None: no delay)."""
+        if not run.start_after_seconds or self.started_at is None:
+            return None
+        return self.started_at + timedelta(seconds=run.start_after_seconds)
+
+    def _due(self, run: StepRun, now: datetime) -> bool:
+        start_at = self._start_at(run)
+        return _due(run, now) and (start_at is None or start_at <= now)
 
     def compensations_due(self) -> tuple[UUID, ...]:
         """Forward steps to undo, latest completed first (the order compensations run)."""
@@ -495,9 +507,12 @@ class Operation(PlatformAggregate):
         return None
 
     def _is_ready(self, run: StepRun, now: datetime) -> bool:
-        return _due(run, now) and any(c is run for c in self._candidates())
+        return self._due(run, now) and any(c is run for c in self._candidates())
 
     def _why_not_ready(self, run: StepRun, now: datetime) -> str:
+        start_at = self._start_at(run)
+        if start_at is not None and start_at > now:
+            return f"it waits until {start_at.isoformat()}"
         if run.status is StepStatus.RETRY_WAIT and run.retry_at and run.retry_at > now:
             return f"retry waits until {run.retry_at.isoformat()}"
         if run.status is not StepStatus.PENDING and run.status is not StepStatus.RETRY_WAIT:

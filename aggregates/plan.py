@@ -26,6 +26,7 @@ T = TypeVar("T")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_ATTEMPTS_LIMIT = 1000
 DEFAULT_DEADLINE_SECONDS = 300.0
+MAX_START_AFTER_SECONDS = 30 * 24 * 3600.0  # a month
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,6 +103,8 @@ class PlannedStep(msgspec.Struct, frozen=True, kw_only=True):
     retry: RetryPolicy = DEFAULT_RETRY
     deadline_seconds: float = DEFAULT_DEADLINE_SECONDS
     compensation: Compensation | None = None
+    # Not dispatched before this many seconds after the operation started (an expunge delay).
+    start_after_seconds: float = 0.0
 
     @classmethod
     def of(cls, args: msgspec.Struct, *, step_id: UUID | None = None,
@@ -173,6 +176,9 @@ def validate_plan(plan: Plan) -> None:
         ids.add(step.step_id)
         _check_unit(where, step.subsystem, step.action, step.args, step.retry,
                     step.deadline_seconds)
+        if not 0 <= step.start_after_seconds <= MAX_START_AFTER_SECONDS:
+            raise ValidationError(f"{where}: start_after_seconds must be 0 to "
+                                  f"{MAX_START_AFTER_SECONDS}, got {step.start_after_seconds}")
         if len(set(step.depends_on)) != len(step.depends_on):
             raise ValidationError(f"{where}: depends_on names a step twice")
         if step.step_id in step.depends_on:

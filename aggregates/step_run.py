@@ -109,6 +109,7 @@ class StepRun:
     attempts: list[Attempt] = field(default_factory=list)
     retry_at: datetime | None = None
     result: msgspec.Raw | None = None
+    start_after_seconds: float = 0.0  # after the operation started; forward steps only
 
     @classmethod
     def forward(cls, step: PlannedStep) -> "StepRun":
@@ -116,7 +117,8 @@ class StepRun:
         return cls(step_id=step.step_id, phase=Phase.FORWARD, subsystem=step.subsystem,
                    action=step.action, args=step.args, retry=step.retry,
                    deadline_seconds=step.deadline_seconds, depends_on=step.depends_on,
-                   compensation_id=step.compensation_id)
+                   compensation_id=step.compensation_id,
+                   start_after_seconds=step.start_after_seconds)
 
     @classmethod
     def compensating(cls, step: PlannedStep) -> "StepRun":

@@ -75,7 +75,8 @@ class CancelOperation(Command, frozen=True, kw_only=True, tag="operation.cancel"
 
 # A cloud command's factory: changes the command's entities through the unit of work and
 # returns the operation to run on them, and the command's result.
-OperationFactory = Callable[["UnitOfWork", Any, datetime], tuple[StartOperation, Any]]
+OperationFactory = Callable[["UnitOfWork", Any, datetime],
+                            tuple[StartOperation | None, Any]]
 
 
 class OperationAccepted(msgspec.Struct, frozen=True, kw_only=True):
@@ -348,6 +349,8 @@ class OperationEngine:
         uow = self._uow = self._command_uow(app)
         now = self.clock()
         spec, result = factory(uow, command, now)
+        if spec is None:  # the command changed its entities, and nothing needs a step
+            return uow.changed(), result
         op = Operation.accept(kind=spec.kind, plan=spec.plan, now=now,
                               entity_ids=spec.entity_ids, id=spec.operation_id)
         uow.add(op)

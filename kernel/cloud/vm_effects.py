@@ -21,6 +21,7 @@ from kernel.cloud.vms import (
     VmRef,
     choose_pool,
     deploy_plan,
+    expunge_operation,
     new_root_volume,
     placement_claim_id,
     pool_claim_id,
@@ -262,7 +263,8 @@ def why_failed(op: Operation) -> tuple[str, str]:
 def operation_ref(op: Operation) -> VmRef:
     """The VM (and root volume) of a VM operation, from its bound steps' plan arguments."""
     for run in op.forward_steps():
-        if run.subsystem in ("hypervisor", "storage"):
+        if run.subsystem in ("hypervisor", "storage", "networkelement", "networkguru"):
+            # A NicRef names its VM too (VmRef reads only the fields it has).
             return msgspec.json.decode(run.args, type=VmRef)
     raise NotFoundError(f"operation {op.id} ({op.kind}) names no vm")
 
@@ -341,11 +343,12 @@ class StopEnded:
 
 
 class DestroyEnded:
-    """vm.destroy ended: the VM is Destroyed, its claim and root volume gone."""
+    """vm.destroy ended: the VM is Destroyed, off its host; its expunge follows, delayed."""
 
     def finished(self, scope: EffectScope, op: Operation,
                  now: datetime) -> list[StartOperation]:
-        vm = scope.get(operation_ref(op).vm_id, VirtualMachine)
+        ref = operation_ref(op)
+        vm = scope.get(ref.vm_id, VirtualMachine)
         if op.state is not OperationState.SUCCEEDED:
             if vm.state is VmState.STOPPING:
                 vm.stop_failed(why_failed(op)[1])
@@ -354,7 +357,22 @@ class DestroyEnded:
         if vm.state is VmState.STOPPING:
             vm.stopped()
         vm.destroy()
-        return []
+        if ref.expunge_delay_seconds is None:
+            return []
+        spec = expunge_operation(scope.uow, vm, ref.expunge_delay_seconds)
+        return [] if spec is None else [spec]
+
+
+class ExpungeEnded:
+    """vm.expunge ended: the VM is Expunged (its storage and addresses are gone)."""
+
+    def finished(self, scope: EffectScope, op: Operation,
+                 now: datetime) -> list[StartOperation]:
+        vm = scope.get(operation_ref(op).vm_id, VirtualMachine)
+        if op.state is OperationState.SUCCEEDED and vm.state is VmState.DESTROYED:
+            vm.expunge()
+            vm.expunged()
+        return []  # otherwise it stays Destroyed, and may be expunged again
 
 
 def vm_effects(pools: Directory) -> Effects:
@@ -371,5 +389,6 @@ def vm_effects(pools: Directory) -> Effects:
             "hypervisor.stop": StopEffect(),
         },
         operations={"vm.deploy": DeployEnded(), "vm.start": StartEnded(),
-                    "vm.stop": StopEnded(), "vm.destroy": DestroyEnded()},
+                    "vm.stop": StopEnded(), "vm.destroy": DestroyEnded(),
+                    "vm.expunge": ExpungeEnded()},
     )

@@ -40,7 +40,13 @@ from aggregates.image_store import ImageStore
 from aggregates.network import Network, NetworkState
 from aggregates.nic import Nic
 from aggregates.offering import ServiceOffering
-from aggregates.plan import Compensation, Plan, PlannedStep, RetryPolicy
+from aggregates.plan import (
+    MAX_START_AFTER_SECONDS,
+    Compensation,
+    Plan,
+    PlannedStep,
+    RetryPolicy,
+)
 from aggregates.storage_pool import PrimaryStoragePool, StoragePoolState
 from aggregates.template import Template, TemplateState
 from aggregates.vm import VirtualMachine, VmState
@@ -92,16 +98,18 @@ class StopVm(Command, frozen=True, kw_only=True, tag="vm.stop"):
 
 
 class DestroyVm(Command, frozen=True, kw_only=True, tag="vm.destroy"):
-    """Stop a VM if it runs, remove its domain and root volume; the VM is Destroyed."""
+    """Power a VM off and remove its domain (Destroyed); then, after the expunge delay, give
+    back its addresses and delete its root volume (Expunged)."""
 
     vm_id: UUID
     expunge: bool = True
+    expunge_delay_seconds: float = 0.0
 
 
 class VmAccepted(msgspec.Struct, frozen=True, kw_only=True):
     """What a VM command started: the operation, the VM and its root volume."""
 
-    operation_id: UUID
+    operation_id: UUID | None  # None: nothing to do on any host
     vm_id: UUID
     volume_id: UUID | None = None
 
@@ -114,6 +122,7 @@ class VmRef(msgspec.Struct, frozen=True, kw_only=True):
     volume_id: UUID | None = None
     force_after_seconds: float = 60.0
     network_ids: tuple[UUID, ...] = ()
+    expunge_delay_seconds: float | None = None  # vm.destroy: expunge after this (None: never)
 
 
 # --------------------------------------------------------------------------- ids and lookups
@@ -352,28 +361,54 @@ def stop_factory(uow: UnitOfWork, command: StopVm,
 
 
 def destroy_factory(uow: UnitOfWork, command: DestroyVm,
-                    now: datetime) -> tuple[StartOperation, VmAccepted]:
-    """vm.destroy: power off and undefine if on a host, delete the root volume."""
+                    now: datetime) -> tuple[StartOperation | None, VmAccepted]:
+    """vm.destroy: power off and undefine a running VM, then expunge after the delay; a VM
+    on no host is Destroyed at once, and its expunge is the operation."""
     vm = _existing_vm(uow, command.vm_id)
     if vm.state not in (VmState.RUNNING, VmState.STOPPED, VmState.ALLOCATED, VmState.ERROR):
         raise ValidationError(f"vm {vm.name} is {vm.state.value}: it cannot be destroyed now")
-    ref = VmRef(vm_id=vm.id, volume_id=vm.root_volume_id, force_after_seconds=0.0)
-    steps: list[PlannedStep] = []
+    if not 0 <= command.expunge_delay_seconds <= MAX_START_AFTER_SECONDS:
+        raise ValidationError(f"expunge_delay_seconds: 0 to {MAX_START_AFTER_SECONDS}, got "
+                              f"{command.expunge_delay_seconds}")
+    delay = command.expunge_delay_seconds if command.expunge else None
+    entities = (vm.id,) if vm.root_volume_id is None else (vm.id, vm.root_volume_id)
+    operation_id = uuid4()
+    accepted = VmAccepted(operation_id=operation_id, vm_id=vm.id, volume_id=vm.root_volume_id)
     if vm.state is VmState.RUNNING:
         vm.stop(forced=True)
+        ref = VmRef(vm_id=vm.id, volume_id=vm.root_volume_id, force_after_seconds=0.0,
+                    expunge_delay_seconds=delay)
         stop = _bound("hypervisor", "stop", ref)
-        steps += [stop, _bound("hypervisor", "undefine", ref, depends_on=(stop.step_id,))]
-    steps += nic_release_steps(uow, vm, tuple(s.step_id for s in steps))
+        undefine = _bound("hypervisor", "undefine", ref, depends_on=(stop.step_id,))
+        return (StartOperation(kind="vm.destroy", operation_id=operation_id,
+                               plan=Plan(steps=(stop, undefine)), entity_ids=entities),
+                accepted)
+    vm.destroy()
+    spec = expunge_operation(uow, vm, delay, operation_id) if delay is not None else None
+    if spec is None:
+        return None, msgspec.structs.replace(accepted, operation_id=None)
+    return spec, accepted
+
+
+def expunge_operation(uow: "UnitOfWork", vm: VirtualMachine, delay: float | None,
+                      operation_id: UUID | None = None) -> StartOperation | None:
+    """The vm.expunge operation of a Destroyed VM: its NICs' entries and addresses back, its
+    root volume deleted, not before `delay` seconds; None (and the VM Expunged now) when it
+    holds nothing."""
+    ref = VmRef(vm_id=vm.id, volume_id=vm.root_volume_id)
+    steps = nic_release_steps(uow, vm, ())
     if vm.root_volume_id is not None:
         steps.append(_bound("storage", "delete_volume", ref,
                             depends_on=tuple(s.step_id for s in steps)))
-    operation_id = uuid4()
+    if not steps:
+        vm.expunge()
+        vm.expunged()
+        return None
+    steps = [msgspec.structs.replace(s, start_after_seconds=delay or 0.0)
+             if not s.depends_on else s for s in steps]
     entities = (vm.id,) if vm.root_volume_id is None else (vm.id, vm.root_volume_id)
-    if not steps:  # nothing on any host: a no-op step keeps every change an operation
-        steps.append(_bound("hypervisor", "undefine", ref))
-    return (StartOperation(kind="vm.destroy", operation_id=operation_id,
-                           plan=Plan(steps=tuple(steps)), entity_ids=entities),
-            VmAccepted(operation_id=operation_id, vm_id=vm.id, volume_id=vm.root_volume_id))
+    return StartOperation(kind="vm.expunge", operation_id=operation_id or uuid4(),
+                          plan=Plan(steps=tuple(steps)), entity_ids=entities)
 
 
 def host_nic_steps(uow: UnitOfWork, vm: VirtualMachine,

@@ -129,7 +129,11 @@ def test_deploy_stop_and_destroy_through_real_workers(
             destroyed = await cloud.command(DestroyVm(vm_id=vm.id))
             assert (await cloud.finished(destroyed["operation_id"])).state is \
                 OperationState.SUCCEEDED
-            assert (await cloud.get(vm.id)).state is VmState.DESTROYED
+            for _ in range(100):  # the expunge follows the destroy (no delay)
+                if (await cloud.get(vm.id)).state is VmState.EXPUNGED:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await cloud.get(vm.id)).state is VmState.EXPUNGED
             assert (await cloud.get(volume.id)).state is VolumeState.EXPUNGED
             assert (await cloud.get(network_id)).allocated_ips == {}
             assert (await cloud.get(nic_id)).state.value == "Released"

@@ -6,7 +6,7 @@ no capacity claim, pool claim, volume or domain behind.
 """
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -141,7 +141,8 @@ class Cloud:
             messages, position = self.feed.read(self.feed.position())
             self.feed.commit(position)
             if not messages:
-                self.engine.clock = lambda: datetime(2100, 1, 1, tzinfo=UTC)
+                later = self.engine.clock() + timedelta(days=1)  # retries and delays are due
+                self.engine.clock = lambda later=later: later  # type: ignore[misc]
                 if not self.engine.fire_due_timers():
                     return
                 continue
@@ -308,7 +309,7 @@ def test_stop_start_and_destroy(cloud: Cloud) -> None:
     cloud.run()
     vm = cloud.get(vm_id)
     volume: Volume = cloud.get(UUID(accepted["volume_id"]))
-    assert vm.state is VmState.DESTROYED
+    assert vm.state is VmState.EXPUNGED
     assert volume.state is VolumeState.EXPUNGED
     assert cloud.claims() == {} and cloud.pool_claims() == 0
     assert cloud.domains == {} and cloud.volumes == set()
@@ -334,3 +335,43 @@ def test_bad_deploys_are_refused_and_write_nothing(cloud: Cloud) -> None:
             call()
     assert cloud.app.recorder.max_notification_id() == head
     assert isinstance(cloud.get(offering), ServiceOffering)
+
+
+def test_destroy_expunges_only_after_the_delay(cloud: Cloud) -> None:
+    accepted = deploy(cloud)
+    cloud.run()
+    vm_id, volume_id = UUID(accepted["vm_id"]), UUID(accepted["volume_id"])
+    destroyed_at = cloud.engine.clock()
+    cloud.command(DestroyVm(vm_id=vm_id, expunge_delay_seconds=3600))
+    # answer what is dispatched now, without letting the clock move
+    for _ in range(10):
+        messages, position = cloud.feed.read(cloud.feed.position())
+        cloud.feed.commit(position)
+        if not messages:
+            break
+        cloud.engine.apply_outcomes([cloud.answer(m) for m in messages])
+    assert cloud.engine.fire_due_timers() == 0
+    vm: VirtualMachine = cloud.get(vm_id)
+    assert vm.state is VmState.DESTROYED and vm.host_id is None
+    assert cloud.claims() == {} and cloud.domains == {}
+    assert cloud.get(volume_id).state is VolumeState.READY  # kept until the delay passes
+    expunge: Operation = cloud.get(cloud.ids("operation.Accepted")[-1])
+    assert expunge.kind == "vm.expunge" and expunge.state.value == "Running"
+    assert expunge.next_wakeup() == destroyed_at + timedelta(seconds=3600)
+    cloud.run()  # the clock jumps a day ahead: the expunge runs
+    assert cloud.get(vm_id).state is VmState.EXPUNGED
+    assert cloud.get(volume_id).state is VolumeState.EXPUNGED
+    assert cloud.pool_claims() == 0 and cloud.volumes == set()
+
+
+def test_destroying_a_stopped_vm_destroys_it_at_once_and_expunges_it(cloud: Cloud) -> None:
+    accepted = deploy(cloud)
+    cloud.run()
+    vm_id = UUID(accepted["vm_id"])
+    cloud.command(StopVm(vm_id=vm_id))
+    cloud.run()
+    destroyed = cloud.command(DestroyVm(vm_id=vm_id, expunge=False))
+    assert destroyed["operation_id"] is None
+    vm: VirtualMachine = cloud.get(vm_id)
+    assert vm.state is VmState.DESTROYED
+    assert cloud.get(UUID(accepted["volume_id"])).state is VolumeState.READY
