@@ -55,7 +55,9 @@ def test_200_concurrent_deploys_never_over_commit_nor_share_an_address(
             states = Counter(vm.state for vm in vms)
             assert set(states) <= {VmState.RUNNING, VmState.ERROR}, states
             running = [vm for vm in vms if vm.state is VmState.RUNNING]
-            assert len(running) == HOSTS * HOST_CORES // VM_CORES, states
+            why = Counter(vm.last_error.split(":")[0][:120] for vm in vms
+                          if vm.state is VmState.ERROR)
+            assert len(running) == HOSTS * HOST_CORES // VM_CORES, (states, why)
 
             # No host over-committed: the claims fit, one per running VM, and libvirt agrees.
             for host_id in cloud.ids("host.Registered"):
