@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -207,3 +208,67 @@ def test_an_unreachable_nats_cluster_is_named(tmp_path: Path) -> None:
                                "CLOUDKERNEL_NATS_URLS": url}, timeout=60)
     assert proc.returncode == 2
     assert f"setting nats_urls: cannot connect to {url}" in proc.stderr
+
+
+def test_up_deploys_a_vm_from_signed_nats_commands(
+        tmp_path: Path, libvirt_host_factory: Callable[..., str]) -> None:
+    # The whole platform as one process: commands over NATS, the kernel, every worker, and
+    # the read models, on the embedded default.
+    from support.cloud import write_inventory
+
+    uris = [libvirt_host_factory(f"kvm-{i}") for i in range(2)]
+    inventory = write_inventory(tmp_path, uris)
+    port = free_port()
+    proc = start_up(tmp_path, CLOUDKERNEL_NATS_PORT=str(port),
+                    CLOUDKERNEL_INVENTORY_FILE=str(inventory))
+    url = f"nats://127.0.0.1:{port}"
+    try:
+        log = wait_until_up(proc)
+        key_id = re.search(r"key id: (ck_[0-9a-f]+)", log)
+        secret = re.search(r"secret: ([0-9a-f]{64})", log)
+        assert key_id and secret, log
+
+        def send(command: str, body: dict[str, object]) -> dict[str, object]:
+            sent = subprocess.run(
+                [sys.executable, str(ROOT / "examples" / "integrator" / "send_command.py"),
+                 command, json.dumps(body), "--url", url, "--key-id", key_id[1],
+                 "--secret", secret[1], "--idempotency-key", f"{command}-{uuid.uuid4()}"],
+                capture_output=True, text=True, timeout=60)
+            assert sent.returncode == 0, sent
+            return json.loads(sent.stdout)  # type: ignore[no-any-return]
+
+        settings = Settings(data_dir=tmp_path / "data")
+        app = open_application(PlatformApplication, settings)
+        try:
+            def ids(topic: str) -> list[str]:
+                return [str(n.originator_id) for n in app.recorder.select_notifications(
+                    start=None, limit=1000, topics=(topic,))]
+
+            def finished(op_id: object) -> str:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    op = app.repository.get(uuid.UUID(str(op_id)))
+                    if op.is_finished:
+                        return str(op.state.value)
+                    time.sleep(0.1)
+                return "unfinished"
+
+            [template], [store], [zone], [offering] = (
+                ids("template.Registered"), ids("image_store.Added"), ids("zone.Created"),
+                ids("service_offering.Created"))
+            download = send("template.download", {"template_id": template,
+                                                  "image_store_id": store})
+            assert finished(download["result"]["operation_id"]) == "Succeeded"  # type: ignore[index]
+            deployed = send("vm.deploy", {"name": "web-1", "account": "alice", "zone_id": zone,
+                                          "service_offering_id": offering,
+                                          "template_id": template})
+            result = deployed["result"]
+            assert finished(result["operation_id"]) == "Succeeded", log  # type: ignore[index]
+            vm = app.repository.get(uuid.UUID(result["vm_id"]))  # type: ignore[index]
+            assert vm.state.value == "Running"
+        finally:
+            app.close()
+        assert projection_caught_up(tmp_path, "vms")
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
