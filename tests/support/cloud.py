@@ -172,7 +172,7 @@ def _worker_process(name: str, config: dict[str, Any],
     env.pop("CLOUDKERNEL_CONFIG", None)
     return subprocess.Popen(
         [sys.executable, "-m", "gateways.cli.main", "worker", "--subsystem", name,
-         "--concurrency", "4", "--config-json", json.dumps(config),
+         "--concurrency", "8", "--config-json", json.dumps(config),
          *(arg for url in settings.nats_urls for arg in ("--nats-url", url))],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
