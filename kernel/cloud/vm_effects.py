@@ -35,6 +35,7 @@ from kernel.operations import StartOperation
 from kernel.steps.hypervisor import (
     DefineDomain,
     DiskSpec,
+    DomainDefined,
     NicSpec,
     StartDomain,
     StopDomain,
@@ -211,7 +212,17 @@ class DefineEffect(BaseEffect):
         return DefineDomain(vm_id=vm.id, name=vm.name, host_uri=host.uri,
                             cpu_cores=offering.cpu_cores, cpu_mhz=offering.cpu_mhz,
                             memory_mib=offering.memory_mib, disks=tuple(disks),
-                            nics=tuple(nics))
+                            nics=tuple(nics), start=_ref(ctx).start_domain)
+
+    def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
+        if msgspec.json.decode(result, type=DomainDefined).started:
+            scope.get(_ref(ctx).vm_id, VirtualMachine).started()
+
+    def failed(self, scope: EffectScope, ctx: StepContext, error_code: str,
+               message: str) -> None:
+        vm = scope.get(_ref(ctx).vm_id, VirtualMachine)
+        if vm.host_id is not None:
+            vm.avoid_host(vm.host_id, f"define failed: {error_code}: {message}")
 
 
 class UndefineEffect(BaseEffect):

@@ -93,6 +93,7 @@ class DefineDomain(_Args, frozen=True, kw_only=True, tag="hypervisor.define"):
     nics: tuple[NicSpec, ...] = ()
     console: ConsoleSpec = msgspec.field(default_factory=ConsoleSpec)
     arch: str = "x86_64"
+    start: bool = False  # then start it too: a deploy saves a round trip
 
 
 class UndefineDomain(_Args, frozen=True, kw_only=True, tag="hypervisor.undefine"):
@@ -179,6 +180,7 @@ class DomainDefined(msgspec.Struct, frozen=True, kw_only=True):
     host_uri: str
     domain_type: str
     created: bool
+    started: bool = False  # asked to start, and it runs
 
 
 class DomainUndefined(msgspec.Struct, frozen=True, kw_only=True):

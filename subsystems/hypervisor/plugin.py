@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from aggregates.errors import ConfigError
 from kernel.steps.hypervisor import (
     AttachDisk,
@@ -62,8 +64,13 @@ class Hypervisor(SubsystemBase):
 
     @action("define")
     def define(self, ctx: StepContext, args: DefineDomain) -> DomainDefined:
-        """Define the VM's domain (UUID = vm_id); an existing one is left as it is."""
-        return domains.define(connection(args.host_uri), args)
+        """Define the VM's domain (UUID = vm_id; an existing one is left as it is), and start
+        it if asked."""
+        defined = domains.define(connection(args.host_uri), args)
+        if not args.start:
+            return defined
+        domains.start(connection(args.host_uri), args.vm_id)  # already running: nothing to do
+        return msgspec.structs.replace(defined, started=True)
 
     @action("undefine")
     def undefine(self, ctx: StepContext, args: UndefineDomain) -> DomainUndefined:

@@ -117,7 +117,7 @@ class Cloud:
             dd = msgspec.json.decode(m.args, type=DefineDomain)
             self.domains[dd.vm_id] = dd.host_uri
             result = DomainDefined(vm_id=dd.vm_id, name=dd.name, host_uri=dd.host_uri,
-                                   domain_type="test", created=True)
+                                   domain_type="test", created=True, started=dd.start)
         elif kind == "hypervisor.undefine":
             u = msgspec.json.decode(m.args, type=UndefineDomain)
             result = DomainUndefined(vm_id=u.vm_id, existed=self.domains.pop(u.vm_id, None)
@@ -192,8 +192,7 @@ def test_a_deploy_runs_every_step_and_records_each_on_the_entities(cloud: Cloud)
     op: Operation = cloud.get(UUID(accepted["operation_id"]))
     assert op.state is OperationState.SUCCEEDED
     assert [f"{m.subsystem}.{m.action}" for m in cloud.seen] == [
-        "planner.plan", "storage.create_pool", "storage.create_volume", "hypervisor.define",
-        "hypervisor.start"]
+        "planner.plan", "storage.create_pool", "storage.create_volume", "hypervisor.define"]
     assert vm.state is VmState.RUNNING and vm.host_id is not None
     host: Host = cloud.get(vm.host_id)
     assert [c[0] for c in host.claims.values()] == [vm.id]
@@ -228,7 +227,7 @@ def test_a_deploy_failing_before_the_hypervisor_leaves_nothing_and_fails_the_vm(
     assert cloud.domains == {} and cloud.volumes == set()
 
 
-@pytest.mark.parametrize("kind", ["hypervisor.define", "hypervisor.start"])
+@pytest.mark.parametrize("kind", ["hypervisor.define"])
 def test_a_deploy_failing_at_the_hypervisor_retries_on_another_host(
         cloud: Cloud, kind: str) -> None:
     cloud.fail[kind] = 1  # the first deploy fails there (for good); the next host works
@@ -248,7 +247,7 @@ def test_a_deploy_failing_at_the_hypervisor_retries_on_another_host(
 
 def test_a_deploy_that_fails_on_every_host_ends_in_error_with_nothing_left(
         cloud: Cloud) -> None:
-    cloud.fail["hypervisor.start"] = 99
+    cloud.fail["hypervisor.define"] = 99
     accepted = deploy(cloud)
     cloud.run()
     vm: VirtualMachine = cloud.get(UUID(accepted["vm_id"]))
