@@ -125,12 +125,25 @@ class CreatePoolEffect(BaseEffect):
 
 
 class CreateVolumeEffect(BaseEffect):
-    """storage.create_volume: from the template's file; records the volume Ready, attached."""
+    """storage.create_volume: from the template's file, on a pool of the VM's host (chosen
+    here, and made sure of by the same step); records the volume Ready, attached."""
+
+    def __init__(self, pools: Directory) -> None:
+        self.pools = pools
 
     def bind(self, scope: EffectScope, ctx: StepContext) -> msgspec.Struct | None:
         ref = _ref(ctx)
         vm = scope.peek(ref.vm_id, VirtualMachine)
         volume = scope.peek(_volume_id(ctx), Volume)
+        host = _host_of(scope, vm)
+        pool_path_ = None
+        if volume.pool_id is None:  # a deploy: choose the pool now
+            pool = choose_pool(scope, host, volume.size_bytes, self.pools.ids())
+            pool_path_ = pool_path(pool)
+            target = VolumeRef(host_uri=host.uri, pool=pool.pool_name,
+                               name=f"{volume.id}.qcow2")
+        else:
+            target = _volume_ref(scope, host, volume)
         template_path = None
         if volume.template_id is not None:
             template = scope.peek(volume.template_id, Template)
@@ -138,19 +151,26 @@ class CreateVolumeEffect(BaseEffect):
                 raise NotFoundError(f"template {template.name} is in no image store")
             store = scope.peek(template.image_store_id, ImageStore)
             template_path = f"{store_directory(store)}/{template_file(template)}"
-        return CreateVolume(volume=_volume_ref(scope, _host_of(scope, vm), volume),
-                            capacity_bytes=volume.size_bytes, template_path=template_path)
+        return CreateVolume(volume=target, capacity_bytes=volume.size_bytes,
+                            template_path=template_path, pool_path=pool_path_)
 
     def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
         info = msgspec.json.decode(result, type=VolumeInfo)
         ref = _ref(ctx)
         volume = scope.get(_volume_id(ctx), Volume)
-        assert volume.pool_id is not None
-        pool = scope.get(volume.pool_id, PrimaryStoragePool)
-        try:
+        pool_id = volume.pool_id or next(
+            p for p in self.pools.ids()
+            if scope.peek(p, PrimaryStoragePool).pool_name == info.volume.pool)
+        pool = scope.get(pool_id, PrimaryStoragePool)
+        if volume.state not in (VolumeState.ALLOCATED, VolumeState.CREATING):
+            raise Refusal(f"volume {volume.name} is {volume.state.value}", retryable=False,
+                          code="invalid_transition")
+        try:  # the claim first: it refuses before anything is changed
             pool.claim(pool_claim_id(volume.id), volume.id, volume.size_bytes)
         except CapacityError as e:
             raise Refusal(str(e), retryable=False, code="pool_full") from e
+        if volume.state is VolumeState.ALLOCATED:
+            volume.create(pool.id)
         volume.created(info.path)
         volume.attach(ref.vm_id, 0)
         volume.attached()
@@ -392,7 +412,7 @@ def vm_effects(pools: Directory) -> Effects:
         steps={
             "planner.plan": PlanEffect(),
             "storage.create_pool": CreatePoolEffect(pools),
-            "storage.create_volume": CreateVolumeEffect(),
+            "storage.create_volume": CreateVolumeEffect(pools),
             "storage.delete_volume": DeleteVolumeEffect(),
             "hypervisor.define": DefineEffect(),
             "hypervisor.undefine": UndefineEffect(),

@@ -2,15 +2,15 @@
 
 Deploy (`vm.deploy`):
 
-    planner.plan ─> storage.create_pool ─> storage.create_volume ─> hypervisor.define (+start)
+    planner.plan ─> storage.create_volume (+pool) ─> hypervisor.define (+start)
 
 * `planner.plan` proposes a host; its effect claims the capacity on the Host aggregate (a
   full host refuses: the attempt fails, the host is added to the VM's avoid list, and the next
   attempt plans again without it) and moves the VM to Starting on that host.
-* `storage.create_pool` makes sure the chosen primary pool exists on the host; its effect
-  records the pool on the root volume (Creating).
-* `storage.create_volume` creates the root volume from the template; its effect claims the
-  pool's capacity and records the volume Ready and attached (compensation: delete it).
+* `storage.create_volume` makes sure the chosen primary pool (of the host's cluster, or
+  zone-wide) exists on the host and creates the root volume on it from the template; its
+  effect claims the pool's capacity and records the volume Ready and attached (compensation:
+  delete it).
 * `hypervisor.define` defines the domain from the offering, volume and NICs, with arguments
   bound from the entities, and starts it (compensation: undefine it, powering it off); its
   effect records the VM Running.
@@ -227,14 +227,14 @@ def deploy_plan(vm: VirtualMachine, volume: Volume, offering: ServiceOffering,
     """plan -> pool -> root volume -> define -> start, and the NICs' steps before define."""
     ref = VmRef(vm_id=vm.id, volume_id=volume.id, network_ids=network_ids, start_domain=True)
     plan = placement_step(vm, offering, planner, affinity, anti_affinity)
-    pool = _bound("storage", "create_pool", ref, depends_on=(plan.step_id,))
-    create = _bound("storage", "create_volume", ref, depends_on=(pool.step_id,),
+    # One storage step makes sure of the pool on the host and creates the volume on it.
+    create = _bound("storage", "create_volume", ref, depends_on=(plan.step_id,),
                     compensation=_undo("storage", "delete_volume", ref))
     nics, nics_ready = nic_steps(vm.id, network_ids, plan.step_id)
     # One step defines and starts the domain: a round trip less per deploy.
     define = _bound("hypervisor", "define", ref, depends_on=(create.step_id, *nics_ready),
                     compensation=_undo("hypervisor", "undefine", ref))
-    return Plan(steps=(plan, pool, create, *nics, define))
+    return Plan(steps=(plan, create, *nics, define))
 
 
 def new_root_volume(vm: VirtualMachine, template: Template, size_bytes: int | None) -> Volume:

@@ -65,6 +65,9 @@ class CreateVolume(msgspec.Struct, frozen=True, kw_only=True, tag="storage.creat
     capacity_bytes: Bytes
     format: Literal["raw", "qcow2"] = "qcow2"
     template_path: str | None = None
+    # Make sure the volume's dir pool exists at this path first (as create_pool does): a
+    # deploy saves a round trip.
+    pool_path: str | None = None
 
 
 class ResizeVolume(msgspec.Struct, frozen=True, kw_only=True, tag="storage.resize_volume"):

@@ -66,7 +66,10 @@ class Storage(SubsystemBase):
 
     @action("create_volume")
     def create_volume(self, ctx: StepContext, args: CreateVolume) -> VolumeInfo:
-        """Create a blank or template-based volume."""
+        """Create a blank or template-based volume (and its pool first, if asked)."""
+        if args.pool_path is not None:
+            self.create_pool(ctx, CreatePool(host_uri=args.volume.host_uri,
+                                             pool=args.volume.pool, path=args.pool_path))
         return volumes.create(args)
 
     @action("resize_volume")

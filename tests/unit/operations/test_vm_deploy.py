@@ -192,7 +192,7 @@ def test_a_deploy_runs_every_step_and_records_each_on_the_entities(cloud: Cloud)
     op: Operation = cloud.get(UUID(accepted["operation_id"]))
     assert op.state is OperationState.SUCCEEDED
     assert [f"{m.subsystem}.{m.action}" for m in cloud.seen] == [
-        "planner.plan", "storage.create_pool", "storage.create_volume", "hypervisor.define"]
+        "planner.plan", "storage.create_volume", "hypervisor.define"]
     assert vm.state is VmState.RUNNING and vm.host_id is not None
     host: Host = cloud.get(vm.host_id)
     assert [c[0] for c in host.claims.values()] == [vm.id]
@@ -200,18 +200,18 @@ def test_a_deploy_runs_every_step_and_records_each_on_the_entities(cloud: Cloud)
                                                                volume.id)
     pool: PrimaryStoragePool = cloud.get(volume.pool_id)
     assert pool.cluster_id == host.cluster_id and len(pool.claims) == 1
-    define = msgspec.json.decode(cloud.seen[3].args, type=DefineDomain)
+    define = msgspec.json.decode(cloud.seen[2].args, type=DefineDomain)
     assert (define.host_uri, define.cpu_cores, define.memory_mib) == (host.uri, 1, 1024)
     assert [d.path for d in define.disks] == [volume.path]
     template: Template = cloud.get(volume.template_id)
     store: ImageStore = cloud.get(template.image_store_id)
-    create = msgspec.json.decode(cloud.seen[2].args, type=CreateVolume)
+    create = msgspec.json.decode(cloud.seen[1].args, type=CreateVolume)
+    assert create.pool_path is not None and create.volume.pool == pool.pool_name
     assert create.template_path is not None and str(template.id) in create.template_path
     assert store.name in create.template_path or create.template_path.startswith("/")
 
 
-@pytest.mark.parametrize("kind", ["planner.plan", "storage.create_pool",
-                                  "storage.create_volume"])
+@pytest.mark.parametrize("kind", ["planner.plan", "storage.create_volume"])
 def test_a_deploy_failing_before_the_hypervisor_leaves_nothing_and_fails_the_vm(
         cloud: Cloud, kind: str) -> None:
     cloud.fail[kind] = 99
