@@ -144,12 +144,6 @@ class StepContext:
         raw = self.run.args if last is None or last.args is None else last.args
         return msgspec.json.decode(raw, type=type_)
 
-    def forward_result(self, type_: type[R]) -> R:
-        """For a compensation: the result of the forward step it undoes."""
-        if self.run.compensates is None:
-            raise NotFoundError(f"step {self.run.step_id} is not a compensation")
-        return self.result_of(self.run.compensates, type_)
-
     def result_of(self, step_id: UUID, type_: type[R]) -> R:
         """The result of an earlier step of the same operation that succeeded."""
         raw = self.operation.result_of(step_id)

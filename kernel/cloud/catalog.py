@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from kernel.cloud.directory import Directory
+from kernel.cloud.directory import directory
 from kernel.cloud.networks import NETWORK_COMMANDS, NETWORK_EFFECTS
 from kernel.cloud.nics import NIC_EFFECTS
 from kernel.cloud.templates import TEMPLATE_EFFECTS, DownloadTemplateCommand, download_factory
@@ -39,5 +39,5 @@ CLOUD_COMMANDS: dict[type[Any], Any] = {
 
 def cloud_effects(app: KernelApplication) -> Effects:
     """Every cloud operation's effects, over this application's entities."""
-    return vm_effects(Directory(app)) | TEMPLATE_EFFECTS | NIC_EFFECTS | NETWORK_EFFECTS \
+    return vm_effects(directory(app)) | TEMPLATE_EFFECTS | NIC_EFFECTS | NETWORK_EFFECTS \
         | VOLUME_EFFECTS | COPY_EFFECTS | VM_MOVE_EFFECTS

@@ -2,6 +2,7 @@
 
 import threading
 from uuid import UUID
+from weakref import WeakKeyDictionary
 
 from kernel.store.application import KernelApplication
 
@@ -30,3 +31,17 @@ class Directory:
                 # only what was appended since: the next look starts at the head seen now
                 self._position = notes[-1].id if len(notes) == 1000 else head
             return tuple(self._ids)
+
+
+_directories: "WeakKeyDictionary[KernelApplication, dict[str, Directory]]" = \
+    WeakKeyDictionary()
+_directories_lock = threading.Lock()
+
+
+def directory(app: KernelApplication, topic: str = POOL_TOPIC) -> Directory:
+    """The application's directory of one entity kind, shared, so it reads only what is new."""
+    with _directories_lock:
+        found = _directories.setdefault(app, {})
+        if topic not in found:
+            found[topic] = Directory(app, topic)
+        return found[topic]

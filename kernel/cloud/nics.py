@@ -72,7 +72,8 @@ def nic_steps(vm_id: UUID, network_ids: tuple[UUID, ...], placed: UUID
     return steps, ready
 
 
-def _host(scope: EffectScope, vm: VirtualMachine) -> Host:
+def vm_host(scope: EffectScope, vm: VirtualMachine) -> Host:
+    """The host the VM is on, or was last on."""
     host_id = vm.host_id or vm.last_host_id
     if host_id is None:
         raise NotFoundError(f"vm {vm.name} is on no host")
@@ -151,7 +152,7 @@ class ImplementElementEffect(BaseEffect):
     def bind(self, scope: EffectScope, ctx: StepContext) -> msgspec.Struct | None:
         ref = ctx.plan_args(NicRef)
         network = scope.peek(ref.network_id, Network)
-        host = _host(scope, scope.peek(ref.vm_id, VirtualMachine))
+        host = vm_host(scope, scope.peek(ref.vm_id, VirtualMachine))
         return ImplementElement(network_id=network.id, host_uri=host.uri,
                                 network_type=network.network_type.value, cidr=network.cidr,
                                 gateway=network.gateway, vlan=network.vlan)
@@ -164,7 +165,7 @@ class _Entries(BaseEffect):
         vm = scope.peek(ref.vm_id, VirtualMachine)
         if nic.ip is None:
             raise NotFoundError(f"nic {nic.id} has no address")
-        return {"network_id": ref.network_id, "host_uri": _host(scope, vm).uri,
+        return {"network_id": ref.network_id, "host_uri": vm_host(scope, vm).uri,
                 "nic_id": nic.id, "mac": nic.mac, "ip": nic.ip, "hostname": vm.name}
 
 

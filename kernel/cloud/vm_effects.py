@@ -16,6 +16,7 @@ from aggregates.template import Template
 from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import Volume, VolumeState
 from kernel.cloud.directory import Directory
+from kernel.cloud.nics import vm_host
 from kernel.cloud.vms import (
     MAX_DEPLOY_HOSTS,
     VmRef,
@@ -43,7 +44,7 @@ from kernel.steps.hypervisor import (
 )
 from kernel.steps.network import libvirt_network_name
 from kernel.steps.planner import Placement, PlanPlacement
-from kernel.steps.storage import CreatePool, CreateVolume, DeleteVolume, VolumeInfo, VolumeRef
+from kernel.steps.storage import CreateVolume, DeleteVolume, VolumeInfo, VolumeRef
 
 HOST_FULL = "host_full"
 
@@ -64,13 +65,6 @@ def _volume_ref(scope: EffectScope, host: Host, volume: Volume) -> VolumeRef:
         raise NotFoundError(f"volume {volume.name} has no pool yet")
     pool = scope.peek(volume.pool_id, PrimaryStoragePool)
     return VolumeRef(host_uri=host.uri, pool=pool.pool_name, name=f"{volume.id}.qcow2")
-
-
-def _host_of(scope: EffectScope, vm: VirtualMachine) -> Host:
-    host_id = vm.host_id or vm.last_host_id
-    if host_id is None:
-        raise NotFoundError(f"vm {vm.name} is on no host")
-    return scope.peek(host_id, Host)
 
 
 class PlanEffect(BaseEffect):
@@ -102,28 +96,6 @@ class PlanEffect(BaseEffect):
         vm.start(host.id)
 
 
-class CreatePoolEffect(BaseEffect):
-    """storage.create_pool: choose the pool (bound), record it on the root volume."""
-
-    def __init__(self, pools: Directory) -> None:
-        self.pools = pools
-
-    def bind(self, scope: EffectScope, ctx: StepContext) -> msgspec.Struct | None:
-        ref = _ref(ctx)
-        vm = scope.peek(ref.vm_id, VirtualMachine)
-        host = _host_of(scope, vm)
-        volume = scope.peek(_volume_id(ctx), Volume)
-        pool = choose_pool(scope, host, volume.size_bytes, self.pools.ids())
-        return CreatePool(host_uri=host.uri, pool=pool.pool_name, path=pool_path(pool))
-
-    def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
-        args = ctx.bound_args(CreatePool)
-        volume = scope.get(_volume_id(ctx), Volume)
-        pool_id = next(p for p in self.pools.ids()
-                       if scope.peek(p, PrimaryStoragePool).pool_name == args.pool)
-        volume.create(pool_id)
-
-
 class CreateVolumeEffect(BaseEffect):
     """storage.create_volume: from the template's file, on a pool of the VM's host (chosen
     here, and made sure of by the same step); records the volume Ready, attached."""
@@ -135,7 +107,7 @@ class CreateVolumeEffect(BaseEffect):
         ref = _ref(ctx)
         vm = scope.peek(ref.vm_id, VirtualMachine)
         volume = scope.peek(_volume_id(ctx), Volume)
-        host = _host_of(scope, vm)
+        host = vm_host(scope, vm)
         pool_path_ = None
         if volume.pool_id is None:  # a deploy: choose the pool now
             pool = choose_pool(scope, host, volume.size_bytes, self.pools.ids())
@@ -216,7 +188,7 @@ class DefineEffect(BaseEffect):
     def bind(self, scope: EffectScope, ctx: StepContext) -> msgspec.Struct | None:
         ref = _ref(ctx)
         vm = scope.peek(ref.vm_id, VirtualMachine)
-        host = _host_of(scope, vm)
+        host = vm_host(scope, vm)
         offering = scope.peek(vm.service_offering_id, ServiceOffering)
         disks = []
         for device_id in sorted(vm.disks):
@@ -250,7 +222,7 @@ class UndefineEffect(BaseEffect):
 
     def bind(self, scope: EffectScope, ctx: StepContext) -> msgspec.Struct | None:
         vm = scope.peek(_ref(ctx).vm_id, VirtualMachine)
-        return UndefineDomain(vm_id=vm.id, host_uri=_host_of(scope, vm).uri)
+        return UndefineDomain(vm_id=vm.id, host_uri=vm_host(scope, vm).uri)
 
 
 class StartEffect(BaseEffect):
@@ -258,7 +230,7 @@ class StartEffect(BaseEffect):
 
     def bind(self, scope: EffectScope, ctx: StepContext) -> msgspec.Struct | None:
         vm = scope.peek(_ref(ctx).vm_id, VirtualMachine)
-        return StartDomain(vm_id=vm.id, host_uri=_host_of(scope, vm).uri)
+        return StartDomain(vm_id=vm.id, host_uri=vm_host(scope, vm).uri)
 
     def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
         scope.get(_ref(ctx).vm_id, VirtualMachine).started()
@@ -276,7 +248,7 @@ class StopEffect(BaseEffect):
     def bind(self, scope: EffectScope, ctx: StepContext) -> msgspec.Struct | None:
         ref = _ref(ctx)
         vm = scope.peek(ref.vm_id, VirtualMachine)
-        return StopDomain(vm_id=vm.id, host_uri=_host_of(scope, vm).uri,
+        return StopDomain(vm_id=vm.id, host_uri=vm_host(scope, vm).uri,
                           force_after_seconds=ref.force_after_seconds)
 
 
@@ -411,7 +383,6 @@ def vm_effects(pools: Directory) -> Effects:
     return Effects(
         steps={
             "planner.plan": PlanEffect(),
-            "storage.create_pool": CreatePoolEffect(pools),
             "storage.create_volume": CreateVolumeEffect(pools),
             "storage.delete_volume": DeleteVolumeEffect(),
             "hypervisor.define": DefineEffect(),

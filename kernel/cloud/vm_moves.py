@@ -40,8 +40,8 @@ from kernel.cloud.nics import (
     ReleaseEntriesEffect,
 )
 from kernel.cloud.vm_effects import HOST_FULL, why_failed
-from kernel.cloud.vms import HYPERVISOR_RETRY, PLAN_RETRY, VmAccepted, VmRef
-from kernel.cloud.volumes import bound_step, look, reaches, require_idle
+from kernel.cloud.vms import HYPERVISOR_RETRY, PLAN_RETRY, VmAccepted, VmRef, reaches
+from kernel.cloud.volumes import bound_step, look, require_idle
 from kernel.commands import Command
 from kernel.effects import BaseEffect, Effect, Effects, EffectScope, Refusal, StepContext
 from kernel.operations import StartOperation, UnitOfWork

@@ -159,16 +159,10 @@ def store_directory(store: ImageStore) -> str:
     return f"/var/lib/cloudkernel/image-stores/{store.name}"
 
 
-def _vm(scope: EffectScope, vm_id: UUID, *, copy: bool = True) -> VirtualMachine:
-    if copy:
-        return scope.get(vm_id, VirtualMachine)
-    return scope.peek(vm_id, VirtualMachine)
-
-
-def _host_of(scope: EffectScope, vm: VirtualMachine) -> Host:
-    if vm.host_id is None:
-        raise NotFoundError(f"vm {vm.name} has no host")
-    return scope.peek(vm.host_id, Host)
+def reaches(host: Host, pool: PrimaryStoragePool) -> bool:
+    """Whether the host can reach the pool (zone, cluster or host scope)."""
+    return pool.zone_id == host.zone_id and pool.cluster_id in (None, host.cluster_id) \
+        and pool.host_id in (None, host.id)
 
 
 def choose_pool(scope: EffectScope, host: Host, size_bytes: int,
@@ -177,12 +171,8 @@ def choose_pool(scope: EffectScope, host: Host, size_bytes: int,
     candidates = []
     for pool_id in pool_ids:
         pool = scope.peek(pool_id, PrimaryStoragePool)
-        if pool.state is not StoragePoolState.UP or pool.zone_id != host.zone_id:
-            continue
-        if pool.cluster_id not in (None, host.cluster_id) or \
-                pool.host_id not in (None, host.id):
-            continue
-        if pool.free_bytes >= size_bytes:
+        if pool.state is StoragePoolState.UP and reaches(host, pool) \
+                and pool.free_bytes >= size_bytes:
             candidates.append(pool)
     if not candidates:
         raise Refusal(f"no primary storage pool for host {host.name} has {size_bytes} bytes "

@@ -19,11 +19,9 @@ sent against entities that changed meanwhile. A command that changes an entity r
 refuses while another operation holds it.
 """
 
-import threading
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
-from weakref import WeakKeyDictionary
 
 import msgspec
 
@@ -36,13 +34,12 @@ from aggregates.plan import Compensation, Plan, PlannedStep, RetryPolicy
 from aggregates.storage_pool import PrimaryStoragePool, StoragePoolState
 from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import CDROM_DEVICE_ID, Volume, VolumeState, VolumeType
-from kernel.cloud.directory import Directory
-from kernel.cloud.vms import pool_claim_id
+from kernel.cloud.directory import directory
+from kernel.cloud.vms import pool_claim_id, reaches
 from kernel.commands import Command
 from kernel.effects import EffectScope, StepContext
 from kernel.operations import StartOperation, UnitOfWork
 from kernel.steps.storage import VolumeRef
-from kernel.store.application import KernelApplication
 
 STEP_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.5, max_delay=5.0, jitter=0.2)
 HOST_TOPIC = "host.Registered"
@@ -113,20 +110,6 @@ class VolumeOp(msgspec.Struct, frozen=True, kw_only=True):
 # --------------------------------------------------------------------------- lookups
 
 Reader = UnitOfWork | EffectScope
-_directories: "WeakKeyDictionary[KernelApplication, dict[str, Directory]]" = \
-    WeakKeyDictionary()
-_directories_lock = threading.Lock()
-
-
-def directory(app: KernelApplication, topic: str) -> Directory:
-    """The application's directory of one entity kind (kept, so it reads only what is new)."""
-    with _directories_lock:
-        found = _directories.setdefault(app, {})
-        if topic not in found:
-            found[topic] = Directory(app, topic)
-        return found[topic]
-
-
 def look(reader: Reader, aggregate_id: UUID, kind: type[Any], what: str) -> Any:
     """An aggregate to read; NotFoundError naming `what` if missing or of another kind."""
     try:
@@ -162,12 +145,6 @@ def volume_ref(reader: Reader, volume: Volume) -> VolumeRef:
     pool = look(reader, volume.pool_id, PrimaryStoragePool, "storage pool")
     return VolumeRef(host_uri=storage_host(reader, volume).uri, pool=pool.pool_name,
                      name=volume_file_name(volume))
-
-
-def reaches(host: Host, pool: PrimaryStoragePool) -> bool:
-    """Whether the host can reach the pool (zone, cluster or host scope)."""
-    return pool.zone_id == host.zone_id and pool.cluster_id in (None, host.cluster_id) \
-        and pool.host_id in (None, host.id)
 
 
 def next_device(vm: VirtualMachine) -> int:
