@@ -50,10 +50,12 @@ class EntityQueue(PlatformAggregate):
         TOPIC = "entity_queue.Event"
 
     class Opened(Event, PlatformAggregate.Created):
-        """The entity got its queue (the first time an operation wanted it)."""
+        """The entity got its queue (the first time an operation wanted it), free or already
+        taken by that operation (one event where there were two)."""
 
         TOPIC = "entity_queue.Opened"
         entity_id: UUID
+        owner: UUID | None = None
 
     class Acquired(Event):
         """A free entity was taken by an operation."""
@@ -86,15 +88,15 @@ class EntityQueue(PlatformAggregate):
         return natural_id("entity_queue", str(entity_id))
 
     @event(Opened)
-    def __init__(self, entity_id: UUID) -> None:
+    def __init__(self, entity_id: UUID, owner: UUID | None = None) -> None:
         self.entity_id = entity_id
-        self.owner: UUID | None = None
+        self.owner: UUID | None = owner
         self.waiting: list[UUID] = []
 
     @classmethod
-    def open(cls, entity_id: UUID) -> "EntityQueue":
-        """The queue of an entity, free."""
-        queue: EntityQueue = cls._create(cls.Opened, entity_id=entity_id)
+    def open(cls, entity_id: UUID, owner: UUID | None = None) -> "EntityQueue":
+        """The queue of an entity: free, or owned from the start by `owner`."""
+        queue: EntityQueue = cls._create(cls.Opened, entity_id=entity_id, owner=owner)
         return queue
 
     @property
@@ -189,7 +191,7 @@ def admit(queues: Queues, operation_id: UUID, entity_ids: Iterable[UUID], *,
                 raise EntityBusyError(entity_id, owner, operation_id)
     owned: list[UUID] = []
     for entity_id in ordered:
-        queue = _queue(queues, entity_id)
+        queue = _queue(queues, entity_id, operation_id)
         if not queue.acquire(operation_id):
             return Admission(operation_id=operation_id, owned=tuple(owned),
                              waiting_on=entity_id)
@@ -215,8 +217,8 @@ def release_all(queues: Queues, operation_id: UUID,
     return tuple(promoted)
 
 
-def _queue(queues: Queues, entity_id: UUID) -> EntityQueue:
+def _queue(queues: Queues, entity_id: UUID, owner: UUID) -> EntityQueue:
     queue = queues.get(entity_id)
-    if queue is None:
-        queue = queues[entity_id] = EntityQueue.open(entity_id)
+    if queue is None:  # nobody ever wanted the entity: `owner` takes it as the queue opens
+        queue = queues[entity_id] = EntityQueue.open(entity_id, owner)
     return queue

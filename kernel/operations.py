@@ -94,6 +94,8 @@ class UnitOfWork:
         self.app, self.cache = app, cache
         self.shared = shared  # the engine's saved aggregates, for `read`
         self.touched: dict[UUID, Aggregate] = {}
+        # In a batch of commands: the ids the current command touched (see `begin_command`).
+        self._command_ids: set[UUID] | None = None
         # Ids this work just made up (random, never seen): their entity queues cannot exist,
         # so admission does not look them up in the store.
         self.fresh: set[UUID] = set()
@@ -104,6 +106,8 @@ class UnitOfWork:
         if agg is None:
             agg = self._load(aggregate_id)
         self.touched[aggregate_id] = agg
+        if self._command_ids is not None:
+            self._command_ids.add(aggregate_id)
         return agg
 
     def read(self, aggregate_id: UUID) -> Any:
@@ -134,9 +138,18 @@ class UnitOfWork:
     def add(self, aggregate: Aggregate) -> None:
         """A new aggregate to save with the batch."""
         self.touched[aggregate.id] = aggregate
+        if self._command_ids is not None:
+            self._command_ids.add(aggregate.id)
+
+    def begin_command(self) -> None:
+        """A command of a batch starts: from now on `changed` names only what it touches,
+        so a batch of n commands does not look at every aggregate n times."""
+        self._command_ids = set()
 
     def changed(self) -> list[Aggregate]:
-        """Aggregates with events to save."""
+        """Aggregates with events to save (of the current command, in a batch of them)."""
+        if self._command_ids is not None:
+            return [a for i in self._command_ids if (a := self.touched[i]).pending_events]
         return [a for a in self.touched.values() if a.pending_events]
 
     def operations(self) -> Iterator[Operation]:
@@ -185,18 +198,25 @@ class _Request:
 
     def __init__(self, command: Command, key: str, actor: str) -> None:
         self.command, self.key, self.actor = command, key, actor
-        self.done = threading.Event()
+        self.wake = threading.Event()  # finished, or promoted to lead the next batch
+        self.leads = False
+        self.finished = False
         self._outcome: CommandOutcome | None = None
         self._error: BaseException | None = None
 
     def finish(self, outcome: CommandOutcome | None, error: BaseException | None) -> None:
         """Hand the outcome (or the error) to the waiting caller."""
         self._outcome, self._error = outcome, error
-        self.done.set()
+        self.finished = True
+        self.wake.set()
+
+    def promote(self) -> None:
+        """Make this request's caller run the next batch."""
+        self.leads = True
+        self.wake.set()
 
     def outcome(self) -> CommandOutcome:
         """The command's outcome; raises its error."""
-        self.done.wait()
         if self._error is not None:
             raise self._error
         assert self._outcome is not None
@@ -234,6 +254,8 @@ class OperationEngine:
             handlers[type_] = functools.partial(self._handle_factory, factory)
         self.commands = CommandService(app, handlers)
         self._requests: deque[_Request] = deque()
+        self._queue_lock = threading.Lock()
+        self._leading = False  # a caller is running a batch of commands
         self._batch_uow: UnitOfWork | None = None
 
     # ------------------------------------------------------------------ commands
@@ -265,17 +287,40 @@ class OperationEngine:
                 actor: str = "system") -> CommandOutcome:
         """Run any of the engine's commands as decoded from the wire (admin API, NATS).
 
-        Group commit: commands that arrive while the engine is busy wait together, and the
-        next thread to get the engine runs them all and saves them in one transaction.
+        Group commit with a leader: the caller that finds no batch running leads one with
+        every command waiting (up to MAX_COMMAND_BATCH, its own first), saved in one
+        transaction; the others sleep until their outcome is in, or until the leader hands
+        them the next batch. A finished caller never waits for the engine again, so many
+        callers cost nothing but their wait.
         """
         request = _Request(command, idempotency_key, actor)
-        self._requests.append(request)
-        with self._lock:
-            if not request.done.is_set():
-                batch: list[_Request] = []
-                while self._requests and len(batch) < MAX_COMMAND_BATCH:
-                    batch.append(self._requests.popleft())
-                self._run_requests(batch)
+        with self._queue_lock:
+            self._requests.append(request)
+            if not self._leading:
+                self._leading = True
+                request.leads = True
+        while not request.finished:
+            if not request.leads:
+                request.wake.wait()
+                continue
+            batch: list[_Request] = []
+            try:
+                with self._lock:  # what queues up meanwhile joins the batch
+                    with self._queue_lock:  # a leader is always the head of the queue
+                        batch = [self._requests.popleft()
+                                 for _ in range(min(MAX_COMMAND_BATCH, len(self._requests)))]
+                    self._run_requests(batch)
+            except BaseException as e:  # interrupted: nobody of this batch may wait forever
+                for waiting in batch:
+                    if not waiting.finished:
+                        waiting.finish(None, e)
+                raise
+            finally:
+                with self._queue_lock:
+                    if self._requests:
+                        self._requests[0].promote()
+                    else:
+                        self._leading = False
         return request.outcome()
 
     def _run_requests(self, batch: list["_Request"]) -> None:
@@ -304,6 +349,7 @@ class OperationEngine:
     def _command_uow(self, app: KernelApplication) -> UnitOfWork:
         """The unit of work of a command's handler: the batch's, when commands are batched."""
         if self._batch_uow is not None:
+            self._batch_uow.begin_command()
             return self._batch_uow
         return UnitOfWork(app, {}, shared=self.cache)
 

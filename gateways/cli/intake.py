@@ -20,18 +20,19 @@ def add_intake_command(sub: Any) -> None:
     """Register `intake` on the main parser's subcommands."""
     help_ = "serve signed commands from NATS (cloudkernel.commands.<tag>); Ctrl-C stops it"
     p = sub.add_parser("intake", help=help_, description=help_)
-    p.add_argument("--concurrency", type=int, default=4, metavar="N",
-                   help=f"commands decided and run at once, in as many threads (default 4, at "
-                        f"most {MAX_CONCURRENCY})")
+    p.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help=f"commands decided and run at once, in as many threads (default: the "
+                        f"intake's, 32; at most {MAX_CONCURRENCY})")
     p.set_defaults(run=cmd_intake)
 
 
 def cmd_intake(settings: Settings, args: argparse.Namespace) -> int:
     """Run the command intake alone, against the configured store and NATS."""
-    from gateways.stream.intake import CommandIntake
+    from gateways.stream.intake import DEFAULT_CONCURRENCY, CommandIntake
 
-    if not 1 <= args.concurrency <= MAX_CONCURRENCY:
-        raise ConfigError(f"--concurrency must be 1 to {MAX_CONCURRENCY}, got {args.concurrency}")
+    concurrency = DEFAULT_CONCURRENCY if args.concurrency is None else args.concurrency
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise ConfigError(f"--concurrency must be 1 to {MAX_CONCURRENCY}, got {concurrency}")
     keyring = Keyring(keys_path(settings))
     now = datetime.now(UTC)
     active = [k for k in keyring.entries() if k.status(now) == "active"]  # a bad file fails here
@@ -47,7 +48,7 @@ def cmd_intake(settings: Settings, args: argparse.Namespace) -> int:
         if type_ in engine.commands.handlers:
             catalog[tag] = (type_, engine.commands.execute)
     intake = CommandIntake(catalog, KeyringAccess(keyring), settings.nats_servers,
-                           concurrency=args.concurrency)
+                           concurrency=concurrency)
 
     async def serve() -> None:
         stop = asyncio.Event()

@@ -119,6 +119,10 @@ _encoder = msgspec.json.Encoder()
 _any_json = msgspec.json.Decoder()
 
 
+# Threads that run commands. A command waits in the engine's group commit, so many threads
+# cost little and make bigger batches (one transaction each).
+DEFAULT_CONCURRENCY = 32
+
 @dataclass
 class CommandIntake:
     """Serves `cloudkernel.commands.>` until told to stop; `handle` is its synchronous core."""
@@ -126,7 +130,7 @@ class CommandIntake:
     catalog: Catalog
     access: AccessControl
     servers: Sequence[str]
-    concurrency: int = 4
+    concurrency: int = DEFAULT_CONCURRENCY
     max_in_flight: int = 256
     drain_timeout: float = 30.0
     ready: asyncio.Event = field(default_factory=asyncio.Event)

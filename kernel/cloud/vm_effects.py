@@ -47,6 +47,7 @@ from kernel.steps.planner import Placement, PlanPlacement
 from kernel.steps.storage import CreateVolume, DeleteVolume, VolumeInfo, VolumeRef
 
 HOST_FULL = "host_full"
+POOLS_AGE = 1.0  # seconds a deploy may choose among the pools of an earlier look
 
 
 def _ref(ctx: StepContext) -> VmRef:
@@ -110,7 +111,10 @@ class CreateVolumeEffect(BaseEffect):
         host = vm_host(scope, vm)
         pool_path_ = None
         if volume.pool_id is None:  # a deploy: choose the pool now
-            pool = choose_pool(scope, host, volume.size_bytes, self.pools.ids())
+            try:
+                pool = choose_pool(scope, host, volume.size_bytes, self.pools.ids(POOLS_AGE))
+            except Refusal:  # perhaps a pool added since the last look
+                pool = choose_pool(scope, host, volume.size_bytes, self.pools.ids())
             pool_path_ = pool_path(pool)
             target = VolumeRef(host_uri=host.uri, pool=pool.pool_name,
                                name=f"{volume.id}.qcow2")
@@ -126,13 +130,18 @@ class CreateVolumeEffect(BaseEffect):
         return CreateVolume(volume=target, capacity_bytes=volume.size_bytes,
                             template_path=template_path, pool_path=pool_path_)
 
+    def _pool_named(self, scope: EffectScope, name: str) -> UUID:
+        for max_age in (POOLS_AGE, 0.0):
+            for pool_id in self.pools.ids(max_age):
+                if scope.peek(pool_id, PrimaryStoragePool).pool_name == name:
+                    return pool_id
+        raise NotFoundError(f"no primary storage pool {name}")
+
     def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
         info = msgspec.json.decode(result, type=VolumeInfo)
         ref = _ref(ctx)
         volume = scope.get(_volume_id(ctx), Volume)
-        pool_id = volume.pool_id or next(
-            p for p in self.pools.ids()
-            if scope.peek(p, PrimaryStoragePool).pool_name == info.volume.pool)
+        pool_id = volume.pool_id or self._pool_named(scope, info.volume.pool)
         pool = scope.get(pool_id, PrimaryStoragePool)
         if volume.state not in (VolumeState.ALLOCATED, VolumeState.CREATING):
             raise Refusal(f"volume {volume.name} is {volume.state.value}", retryable=False,

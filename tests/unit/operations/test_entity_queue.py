@@ -29,6 +29,18 @@ def test_a_queue_is_known_by_its_entity() -> None:
     assert not queue.is_busy
 
 
+def test_a_queue_opened_for_an_operation_is_owned_in_one_event() -> None:
+    queues: Queues = {}
+    op, later, entity = uuid4(), uuid4(), uuid4()
+    assert admit(queues, op, [entity]).ready
+    queue = queues[entity]
+    assert queue.owner == op and queue.version == 1  # Opened with its owner, no Acquired
+    assert [type(e).__name__ for e in queue.pending_events] == ["Opened"]
+    assert roundtrip(queue) == queue
+    assert not admit(queues, later, [entity]).ready and queue.waiting == [later]
+    assert release_all(queues, op, [entity]) == (later,) and queue.owner == later
+
+
 def test_first_comer_owns_the_rest_wait_in_order() -> None:
     a, b, c = uuid4(), uuid4(), uuid4()
     queue = EntityQueue.open(uuid4())
