@@ -24,7 +24,8 @@ from kernel.event_feed import subject_of
 COMMAND_MODULES: tuple[str, ...] = ("kernel.operations", "kernel.inventory.loader",
                                      "kernel.cloud.vms", "kernel.cloud.templates",
                                      "kernel.cloud.networks", "kernel.cloud.volumes",
-                                     "kernel.cloud.volume_copies", "kernel.cloud.vm_moves")
+                                     "kernel.cloud.volume_copies", "kernel.cloud.vm_moves",
+                                     "kernel.cloud.volume_moves")
 # The stored JSON of an event omits these: they have their own columns and NATS headers.
 _ORIGINATOR_FIELDS = frozenset({"originator_id", "originator_version"})
 

@@ -20,6 +20,7 @@ from kernel.cloud.vms import (
 )
 from kernel.cloud.volume_copies import COPY_COMMANDS, COPY_EFFECTS
 from kernel.cloud.volume_effects import VOLUME_EFFECTS
+from kernel.cloud.volume_moves import VOLUME_MOVE_COMMANDS, VOLUME_MOVE_EFFECTS
 from kernel.cloud.volumes import VOLUME_COMMANDS
 from kernel.effects import Effects
 from kernel.store.application import KernelApplication
@@ -34,10 +35,11 @@ CLOUD_COMMANDS: dict[type[Any], Any] = {
     **VOLUME_COMMANDS,
     **COPY_COMMANDS,
     **VM_MOVE_COMMANDS,
+    **VOLUME_MOVE_COMMANDS,
 }
 
 
 def cloud_effects(app: KernelApplication) -> Effects:
     """Every cloud operation's effects, over this application's entities."""
     return vm_effects(directory(app)) | TEMPLATE_EFFECTS | NIC_EFFECTS | NETWORK_EFFECTS \
-        | VOLUME_EFFECTS | COPY_EFFECTS | VM_MOVE_EFFECTS
+        | VOLUME_EFFECTS | COPY_EFFECTS | VM_MOVE_EFFECTS | VOLUME_MOVE_EFFECTS

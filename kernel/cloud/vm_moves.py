@@ -6,15 +6,33 @@
   current host avoided, among the hosts that reach every pool of its volumes:
 
       [planner.plan ─>] per NIC: networkelement.implement ─> networkelement.prepare (undo:
-      release) ─> hypervisor.migrate (undo: migrate back)
+      release) ─> hypervisor.migrate (undo: migrate back) ─> per NIC: networkelement.release
+      on the source (undo: prepare there again)
 
   The destination's capacity is claimed on its Host aggregate (one claim per operation) and
   the VM is Migrating: when the command is taken if the host is given (a full host refuses the
   command), else in planner.plan's effect (a full host is avoided and planned again). On
-  success the VM runs on the destination and its claims on the source are given back; the
-  volumes keep the host whose pool holds them (`Volume.locate`). On failure the destination
-  claim is given back and the VM runs where it was. The NIC steps are those of a start, bound
-  to the destination host; the source keeps its DHCP entries (unused there once the VM left).
+  success the VM runs on the destination, its claims on the source are given back and its
+  NICs' DHCP/DNS entries are gone from the source; the volumes keep the host whose pool holds
+  them (`Volume.locate`). On failure the destination claim and entries are given back and the
+  VM runs where it was. The NIC steps before the move are those of a start, bound to the
+  destination host (`OnDestination`); the releases after it are bound to the source
+  (`OnSource`). In this operation `networkelement.prepare` and `release` each mean one host
+  going forward and the other as an undo (`ByPhase`).
+
+Why the source releases are in the plan, and compensate like any step (see `SOURCE_RETRY`):
+the operation stays one saga: Succeeded means the VM runs on the destination and the source
+holds nothing of it, anything less is rolled back as a whole. A release is idempotent (an
+entry or network already gone is success) and fails only while the source's libvirt cannot be
+reached, so it is retried for about 40 minutes. If it still fails (or the operation is
+cancelled meanwhile), the compensations put back the entries already released on the source,
+move the VM back and release the destination's: the VM is never left on a source without its
+entries. If the source stays unreachable, moving back fails too and the operation ends Failed
+with the VM running on the destination; `MigrateEnded` then settles the claims where the VM
+runs. A cleanup operation of its own, started on success, would never undo a completed move,
+but it would hold the VM after the migration Succeeded (a `vm.migrate` to a given host sent
+then is refused as busy), and whoever waited for the migration would not learn that the
+cleanup failed.
 """
 
 from datetime import datetime
@@ -28,7 +46,7 @@ from aggregates.host import Host
 from aggregates.nic import Nic
 from aggregates.offering import ServiceOffering
 from aggregates.operation import Operation, OperationState
-from aggregates.plan import Plan, PlannedStep
+from aggregates.plan import Plan, PlannedStep, RetryPolicy
 from aggregates.storage_pool import PrimaryStoragePool
 from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import Volume
@@ -47,6 +65,10 @@ from kernel.effects import BaseEffect, Effect, Effects, EffectScope, Refusal, St
 from kernel.operations import StartOperation, UnitOfWork
 from kernel.steps.hypervisor import Migrated, MigrateDomain, RebootDomain
 from kernel.steps.planner import Placement, PlanPlacement
+
+# Releasing entries on the source is retried for about 40 minutes (1 s doubling to 5 min,
+# 16 attempts) before the migration is rolled back: see the module's docstring.
+SOURCE_RETRY = RetryPolicy(max_attempts=16, initial_delay=1.0, max_delay=300.0, jitter=0.2)
 
 
 class RebootVm(Command, frozen=True, kw_only=True, tag="vm.reboot"):
@@ -137,10 +159,10 @@ def migrate_factory(uow: UnitOfWork, command: MigrateVm,
             retry=PLAN_RETRY, deadline_seconds=30.0))
     planned = tuple(s.step_id for s in steps)
     ready: list[UUID] = list(planned)
-    for device_id in sorted(vm.nics):
-        nic_ref = NicRef(vm_id=vm.id, nic_id=vm.nics[device_id],
-                         network_id=look(uow, vm.nics[device_id], Nic, "nic").network_id,
-                         device_id=device_id)
+    nic_refs = [NicRef(vm_id=vm.id, nic_id=vm.nics[device_id],
+                       network_id=look(uow, vm.nics[device_id], Nic, "nic").network_id,
+                       device_id=device_id) for device_id in sorted(vm.nics)]
+    for nic_ref in nic_refs:  # on the destination
         element = bound_step("networkelement", "implement", nic_ref, depends_on=planned,
                              retry=ELEMENT_RETRY)
         prepare = bound_step("networkelement", "prepare", nic_ref,
@@ -148,9 +170,12 @@ def migrate_factory(uow: UnitOfWork, command: MigrateVm,
                              undo="networkelement.release")
         steps += [element, prepare]
         ready.append(prepare.step_id)
-    steps.append(bound_step("hypervisor", "migrate", ref, retry=HYPERVISOR_RETRY,
-                            deadline=600.0, depends_on=tuple(ready),
-                            undo="hypervisor.migrate"))
+    move = bound_step("hypervisor", "migrate", ref, retry=HYPERVISOR_RETRY, deadline=600.0,
+                      depends_on=tuple(ready), undo="hypervisor.migrate")
+    steps.append(move)
+    steps += [bound_step("networkelement", "release", nic_ref, depends_on=(move.step_id,),
+                         retry=SOURCE_RETRY, undo="networkelement.prepare")
+              for nic_ref in nic_refs]  # on the source, once the VM left it
     return (StartOperation(kind="vm.migrate", operation_id=operation_id,
                            plan=Plan(steps=tuple(steps)), entity_ids=(vm.id,)),
             VmAccepted(operation_id=operation_id, vm_id=vm.id))
@@ -174,6 +199,47 @@ class RebootEffect(BaseEffect):
             raise DomainRuleError(f"vm {vm.name} is {vm.state.value}: only a Running VM "
                                   "reboots")
         return RebootDomain(vm_id=vm.id, host_uri=_host_uri(scope, vm.host_id, "current"))
+
+
+class OnSource(BaseEffect):
+    """A NIC step of vm.migrate on the source host, the one the VM left: its entries released
+    there once it moved, or put back (that release undone) before it moves back."""
+
+    def __init__(self, inner: Effect) -> None:
+        self.inner = inner
+
+    def bind(self, scope: EffectScope, ctx: StepContext) -> msgspec.Struct | None:
+        bound = self.inner.bind(scope, ctx)
+        vm = scope.peek(ctx.plan_args(NicRef).vm_id, VirtualMachine)
+        source = vm.last_host_id
+        if bound is None or vm.state is not VmState.RUNNING or vm.host_id is None \
+                or vm.destination_host_id is not None or source in (None, vm.host_id):
+            raise DomainRuleError(f"vm {vm.name} is {vm.state.value}: it left no host")
+        return msgspec.structs.replace(bound, host_uri=_host_uri(scope, source, "source"))
+
+
+class ByPhase(BaseEffect):
+    """A step kind of vm.migrate that works on one host going forward and on the other as an
+    undo (a prepare on the destination is undone there; a release on the source too)."""
+
+    def __init__(self, *, forward: Effect, undo: Effect) -> None:
+        self.forward, self.undo = forward, undo
+
+    def _pick(self, ctx: StepContext) -> Effect:
+        return self.undo if ctx.compensating else self.forward
+
+    def bind(self, scope: EffectScope, ctx: StepContext) -> msgspec.Struct | None:
+        """The chosen effect's arguments."""
+        return self._pick(ctx).bind(scope, ctx)
+
+    def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
+        """The chosen effect's record of a success."""
+        self._pick(ctx).succeeded(scope, ctx, result)
+
+    def failed(self, scope: EffectScope, ctx: StepContext, error_code: str,
+               message: str) -> None:
+        """The chosen effect's record of a failure."""
+        self._pick(ctx).failed(scope, ctx, error_code, message)
 
 
 class OnDestination(BaseEffect):
@@ -265,7 +331,8 @@ class MigrateEffect(BaseEffect):
 
 
 class MigrateEnded:
-    """vm.migrate ended: the source claims go (success) or the destination claim (failure)."""
+    """vm.migrate ended: the source claims go if the VM runs on the destination (it succeeded,
+    or failed after the move and could not move back), else the destination claim."""
 
     def finished(self, scope: EffectScope, op: Operation,
                  now: datetime) -> list[StartOperation]:
@@ -273,7 +340,9 @@ class MigrateEnded:
                    if r.subsystem == "hypervisor")
         vm = scope.get(ref.vm_id, VirtualMachine)
         claim_id = migration_claim_id(op.id)
-        if op.state is OperationState.SUCCEEDED:
+        moved = vm.state is VmState.RUNNING and vm.host_id is not None \
+            and claim_id in scope.peek(vm.host_id, Host).claims
+        if op.state is OperationState.SUCCEEDED or moved:
             if vm.last_host_id is not None:
                 source = scope.get(vm.last_host_id, Host)
                 for other, (claim_vm, _, _) in list(source.claims.items()):
@@ -295,7 +364,10 @@ VM_MOVE_EFFECTS = Effects(
     steps={"hypervisor.reboot": RebootEffect(), "vm.migrate:planner.plan": MigratePlanEffect(),
            "hypervisor.migrate": MigrateEffect(),
            "vm.migrate:networkelement.implement": OnDestination(ImplementElementEffect()),
-           "vm.migrate:networkelement.prepare": OnDestination(PrepareNicEffect()),
-           "vm.migrate:networkelement.release": OnDestination(ReleaseEntriesEffect())},
+           "vm.migrate:networkelement.prepare": ByPhase(
+               forward=OnDestination(PrepareNicEffect()), undo=OnSource(PrepareNicEffect())),
+           "vm.migrate:networkelement.release": ByPhase(
+               forward=OnSource(ReleaseEntriesEffect()),
+               undo=OnDestination(ReleaseEntriesEffect()))},
     operations={"vm.migrate": MigrateEnded()},
 )

@@ -1,9 +1,11 @@
 """`cloudkernel up` as a process: data folder, migrations, NATS, inventory, then Ctrl-C."""
 
 import asyncio
+import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -266,6 +268,80 @@ def test_up_deploys_a_vm_from_signed_nats_commands(
             assert finished(result["operation_id"]) == "Succeeded", log  # type: ignore[index]
             vm = app.repository.get(uuid.UUID(result["vm_id"]))  # type: ignore[index]
             assert vm.state.value == "Running"
+        finally:
+            app.close()
+        assert projection_caught_up(tmp_path, "vms")
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+
+
+def test_the_sample_inventory_deploys_a_vm_out_of_the_box(tmp_path: Path) -> None:
+    # What the README's "Try it" says: `up` on the sample inventory as shipped, then the
+    # example script downloads a template and deploys a VM with the admin key `up` printed.
+    # The sample writes its storage beside itself, so it runs from a copy.
+    examples = tmp_path / "examples"
+    shutil.copytree(ROOT / "examples", examples,
+                    ignore=shutil.ignore_patterns("storage", "__pycache__"))
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    proc = start_up(tmp_path, CLOUDKERNEL_NATS_PORT=str(port),
+                    CLOUDKERNEL_INVENTORY_FILE=str(examples / "inventory.toml"))
+    try:
+        log = wait_until_up(proc)
+        assert "registered 22 entities" in log
+        key_id = re.search(r"key id: (ck_[0-9a-f]+)", log)
+        secret = re.search(r"secret: ([0-9a-f]{64})", log)
+        assert key_id and secret, log
+
+        def deploy(name: str) -> str:
+            run = subprocess.run(
+                [sys.executable, str(examples / "integrator" / "deploy_sample_vm.py"),
+                 "--name", name, "--wait", "40"],
+                env={**os.environ, "CK_NATS_URL": url, "CK_KEY_ID": key_id[1],
+                     "CK_KEY_SECRET": secret[1]},
+                capture_output=True, text=True, timeout=90)
+            assert run.returncode == 0, (run.stdout, run.stderr)
+            return run.stdout
+
+        first = deploy("web-1")
+        # the template was downloaded from the shipped file, verified, then the VM started
+        assert "template empty-qcow2: " in first and "(Registered)" in first
+        assert "template.Downloaded" in first and "operation.Succeeded" in first
+        found = re.search(r"vm web-1 \(([0-9a-f-]{36})\) is Running", first)
+        assert found and f"vm.Started {found[1]}" in first, first
+        # a second VM needs no download: the template is Ready
+        second = deploy("web-2")
+        assert "(Ready)" in second and "template.download" not in second
+        assert re.search(r"vm web-2 \(([0-9a-f-]{36})\) is Running", second), second
+
+        # The test driver's domains live in the `up` process: what its hypervisor worker
+        # reported is in the log, and the volumes are files.
+        deployed = re.search(r"vm.deploy: operation ([0-9a-f-]{36})", first)
+        assert deployed, first
+        app = open_application(PlatformApplication, Settings(data_dir=tmp_path / "data"))
+        try:
+            vm = app.repository.get(uuid.UUID(found[1]))
+            assert vm.state.value == "Running" and vm.host_id is not None
+            host = app.repository.get(vm.host_id)
+            assert host.uri == f"test://{examples}/hosts/{host.name}.xml"
+            op = app.repository.get(uuid.UUID(deployed[1]))
+            [define] = [r for r in op.forward_steps() if r.subsystem == "hypervisor"]
+            domain = json.loads(bytes(define.result))
+            assert (domain["vm_id"], domain["host_uri"], domain["domain_type"]) == \
+                (str(vm.id), host.uri, "test")
+            assert domain["created"] and domain["started"]
+            volume = app.repository.get(vm.root_volume_id)
+            assert volume.path is not None and Path(volume.path).is_file()
+            assert Path(volume.path).parent.parent == examples / "storage"
+            assert Path(volume.path).read_bytes() == \
+                (examples / "templates" / "empty-1m.qcow2").read_bytes()
+            template = app.repository.get(vm.template_id)
+            assert template.state.value == "Ready"
+            assert template.checksum.endswith(hashlib.sha256(
+                (examples / "templates" / "empty-1m.qcow2").read_bytes()).hexdigest())
+            assert list((examples / "storage" / "secondary-1").iterdir()) == \
+                [examples / "storage" / "secondary-1" / f"{template.id}.qcow2"]
         finally:
             app.close()
         assert projection_caught_up(tmp_path, "vms")

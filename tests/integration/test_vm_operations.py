@@ -11,7 +11,7 @@ from xml.etree import ElementTree as ET
 
 import libvirt
 import pytest
-from support.cloud import running_cloud, write_inventory
+from support.cloud import prepare, running_cloud, write_inventory
 
 from aggregates.host import Host
 from aggregates.network import Network
@@ -22,6 +22,7 @@ from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import Volume, VolumeState
 from kernel.cloud.networks import CreateNetworkCommand, ImplementNetworkCommand
 from kernel.cloud.templates import DownloadTemplateCommand
+from kernel.cloud.vm_moves import MigrateVm
 from kernel.cloud.vms import DeployVm, DestroyVm, StopVm
 from kernel.inventory.loader import load_inventory_file
 from kernel.settings import Settings
@@ -198,5 +199,50 @@ def test_a_deploy_that_cannot_start_anywhere_leaves_nothing_behind(
                 assert str(vm_id) not in [d.UUIDString()
                                           for d in connection(uri).listAllDomains()]
             assert list((tmp_path / "pool").glob("*")) == []
+
+    asyncio.run(scenario())
+
+
+def test_a_migration_moves_the_nic_entries_to_the_target(
+        tmp_path: Path, pg_dsn: str, nats_url: str,
+        libvirt_host_factory: Callable[..., str]) -> None:
+    uris = [libvirt_host_factory(f"kvm-{i}", cpus=4, memory_mib=8192) for i in range(2)]
+    settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
+                        data_dir=tmp_path / "data")
+    migrate(settings)
+    inventory = write_inventory(tmp_path, uris)
+
+    def dhcp_entries(uri: str, network_id: UUID) -> list[tuple[str | None, str | None]]:
+        lv_net = connection(uri).networkLookupByName(libvirt_network_name(network_id))
+        return [(h.get("mac"), h.get("ip"))
+                for h in ET.fromstring(lv_net.XMLDesc()).iterfind(".//dhcp/host")]
+
+    async def scenario() -> None:
+        async with running_cloud(settings) as cloud:
+            ids = await prepare(cloud, inventory)
+            assert ids.network_id is not None
+            accepted = await cloud.command(DeployVm(
+                name="web-1", account="alice", zone_id=ids.zone_id,
+                service_offering_id=ids.offering_id, template_id=ids.template_id,
+                network_ids=(ids.network_id,)))
+            op = await cloud.finished(accepted["operation_id"])
+            assert op.state is OperationState.SUCCEEDED, op.failure
+            vm: VirtualMachine = await cloud.get(UUID(accepted["vm_id"]))
+            source: Host = await cloud.get(vm.host_id)
+            [nic_id] = vm.nics.values()
+            nic: Nic = await cloud.get(nic_id)
+            assert dhcp_entries(source.uri, ids.network_id) == [(nic.mac, nic.ip)]
+
+            moved = await cloud.command(MigrateVm(vm_id=vm.id))
+            op = await cloud.finished(moved["operation_id"])
+            assert op.state is OperationState.SUCCEEDED, op.failure
+            vm = await cloud.get(vm.id)
+            target: Host = await cloud.get(vm.host_id)
+            assert target.id != source.id and vm.last_host_id == source.id
+            dom = connection(target.uri).lookupByUUIDString(str(vm.id))
+            assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+            # libvirt's own view: the entry went with the VM; the source's network stays
+            assert dhcp_entries(target.uri, ids.network_id) == [(nic.mac, nic.ip)]
+            assert dhcp_entries(source.uri, ids.network_id) == []
 
     asyncio.run(scenario())

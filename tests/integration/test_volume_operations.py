@@ -11,9 +11,11 @@ from uuid import UUID
 from xml.etree import ElementTree as ET
 
 import libvirt
+import pytest
 from support.cloud import Cloud, prepare, running_cloud, write_inventory
 
 from aggregates.backup import Backup, BackupState
+from aggregates.errors import DomainRuleError
 from aggregates.host import Host
 from aggregates.nic import Nic
 from aggregates.operation import OperationState
@@ -21,8 +23,9 @@ from aggregates.snapshot import Snapshot, SnapshotState
 from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import Volume, VolumeState
 from kernel.cloud.vm_moves import MigrateVm
-from kernel.cloud.vms import DeployVm
+from kernel.cloud.vms import DeployVm, StartVm, StopVm
 from kernel.cloud.volume_copies import BackupVmCommand, SnapshotVolumeCommand
+from kernel.cloud.volume_moves import DeleteVolumeCommand, MigrateVolumeCommand
 from kernel.cloud.volumes import (
     AttachVolumeCommand,
     CreateVolumeCommand,
@@ -145,5 +148,93 @@ def test_data_volume_life_and_migration_through_real_workers(
             backup: Backup = await cloud.get(UUID(backed["backup_id"]))
             assert backup.state is BackupState.BACKED_UP
             assert (tmp_path / "backups" / str(backup.id) / "manifest.json").is_file()
+
+    asyncio.run(scenario())
+
+
+def pool_volumes(uri: str, pool: str) -> list[str]:
+    """The volume names libvirt lists in a pool of a host."""
+    lv_pool = connection(uri).storagePoolLookupByName(pool)
+    lv_pool.refresh(0)
+    return list(lv_pool.listVolumes())
+
+
+def test_volume_migration_between_pools_and_delete_through_real_workers(
+        tmp_path: Path, pg_dsn: str, nats_url: str,
+        libvirt_host_factory: Callable[..., str]) -> None:
+    uris = [libvirt_host_factory(f"kvm-{i}", cpus=4, memory_mib=8192) for i in range(2)]
+    settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
+                        data_dir=tmp_path / "data")
+    migrate(settings)
+    inventory = write_inventory(tmp_path, uris, second_pool=True)
+
+    async def scenario() -> None:
+        async with running_cloud(settings) as cloud:
+            ids = await prepare(cloud, inventory, network=False)
+            pools = {p.name: p for p in [await cloud.get(i)
+                                         for i in cloud.ids("storage_pool.Created")]}
+            first, second = pools["primary"], pools["primary-2"]
+
+            # a data volume on the first pool, with content
+            created = await cloud.command(CreateVolumeCommand(
+                name="data-1", account="alice", zone_id=ids.zone_id, size_bytes=MIB))
+            await succeeded(cloud, created)
+            volume: Volume = await cloud.get(UUID(created["volume_id"]))
+            assert volume.pool_id == first.id and volume.path is not None
+            host: Host = await cloud.get(volume.host_id)
+            old = Path(volume.path)
+            content = b"data-1 content".ljust(MIB, b"\x5a")
+            old.write_bytes(content)
+            name = old.name
+
+            # migrate it: the bytes are in the second pool's file, the first holds nothing
+            await succeeded(cloud, await cloud.command(
+                MigrateVolumeCommand(volume_id=volume.id, pool_id=second.id)))
+            volume = await cloud.get(volume.id)
+            assert (volume.state, volume.pool_id) == (VolumeState.READY, second.id)
+            assert volume.path is not None
+            new = Path(volume.path)
+            assert new == tmp_path / "pool-2" / name
+            assert new.read_bytes() == content and not old.exists()
+            assert name in pool_volumes(host.uri, "primary-2")
+            assert name not in pool_volumes(host.uri, "primary")
+            first, second = await cloud.get(first.id), await cloud.get(second.id)
+            assert [v for v, _ in first.claims.values()].count(volume.id) == 0
+            assert [c for c in second.claims.values() if c[0] == volume.id] == \
+                [(volume.id, MIB)]
+
+            # delete it: the file, libvirt's volume and the claim are gone
+            await succeeded(cloud, await cloud.command(
+                DeleteVolumeCommand(volume_id=volume.id)))
+            volume = await cloud.get(volume.id)
+            assert volume.state is VolumeState.EXPUNGED
+            assert not new.exists() and name not in pool_volumes(host.uri, "primary-2")
+            second = await cloud.get(second.id)
+            assert all(v != volume.id for v, _ in second.claims.values())
+
+            # a Stopped VM's root volume moves too, and the VM starts from its new path
+            deployed = await cloud.command(DeployVm(
+                name="web-1", account="alice", zone_id=ids.zone_id,
+                service_offering_id=ids.offering_id, template_id=ids.template_id))
+            await succeeded(cloud, deployed)
+            vm: VirtualMachine = await cloud.get(UUID(deployed["vm_id"]))
+            root: Volume = await cloud.get(vm.root_volume_id)
+            assert root.pool_id == first.id and root.path is not None
+            root_content = Path(root.path).read_bytes()
+            with pytest.raises(DomainRuleError, match="stop the VM"):  # not while it runs
+                await cloud.command(MigrateVolumeCommand(volume_id=root.id, pool_id=second.id))
+            await succeeded(cloud, await cloud.command(StopVm(vm_id=vm.id)))
+            await succeeded(cloud, await cloud.command(
+                MigrateVolumeCommand(volume_id=root.id, pool_id=second.id)))
+            moved_root: Volume = await cloud.get(root.id)
+            assert moved_root.path is not None
+            assert Path(moved_root.path).parent == tmp_path / "pool-2"
+            assert Path(moved_root.path).read_bytes() == root_content
+            assert not Path(root.path).exists()
+            await succeeded(cloud, await cloud.command(StartVm(vm_id=vm.id)))
+            vm = await cloud.get(vm.id)
+            started_on: Host = await cloud.get(vm.host_id)
+            assert vm.state is VmState.RUNNING
+            assert persistent_disks(started_on.uri, vm.id) == [moved_root.path]
 
     asyncio.run(scenario())

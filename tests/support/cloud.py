@@ -34,8 +34,9 @@ PLUGINS = ("planner", "storage", "hypervisor", "networkguru", "networkelement", 
 
 def write_inventory(tmp: Path, host_uris: list[str], *, host_cores: int = 4,
                     host_memory_mib: int = 8192, vm_cores: int = 2,
-                    vm_memory_mib: int = 2048) -> Path:
-    """Two hosts, a file pool, a file image store and a checksummed file template."""
+                    vm_memory_mib: int = 2048, second_pool: bool = False) -> Path:
+    """Two hosts, a file pool, a file image store and a checksummed file template; with
+    `second_pool`, another file pool of the cluster (`primary-2`, at `tmp/pool-2`)."""
     source = tmp / "source" / "tiny.qcow2"
     source.parent.mkdir(parents=True)
     source.write_bytes(b"QFI\xfb" + b"\0" * 65532)
@@ -49,6 +50,12 @@ cpu_cores = {host_cores}
 cpu_mhz = 2000
 memory_mib = {host_memory_mib}
 ''' for i, uri in enumerate(host_uris))
+    pool_2 = f'''
+[[storage_pools]]
+name = "primary-2"
+cluster = "c1"
+uri = "file://{tmp / 'pool-2'}"
+capacity_gib = 100''' if second_pool else ""
     path = tmp / "inventory.toml"
     path.write_text(f'''
 [[zones]]
@@ -72,7 +79,7 @@ hypervisor = "KVM"
 name = "primary"
 cluster = "c1"
 uri = "file://{tmp / 'pool'}"
-capacity_gib = 100
+capacity_gib = 100{pool_2}
 [[image_stores]]
 name = "images"
 zone = "z1"
