@@ -16,32 +16,34 @@ import functools
 import heapq
 import logging
 import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import msgspec
-from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
 from aggregates.base import audit_context
-from aggregates.entity_queue import EntityQueue, admit, release_all
+from aggregates.entity_queue import admit, release_all
 from aggregates.errors import ConflictError, KernelError, NotFoundError
 from aggregates.operation import Operation
 from aggregates.plan import Plan
+from kernel.command_lane import CommandLane, Request
 from kernel.commands import Command, CommandOutcome, CommandService
 from kernel.contracts import StepOutcome
 from kernel.effects import NO_EFFECTS, Effects, accept_success, bound_args, record_failure, settle
 from kernel.store.application import KernelApplication
+from kernel.unit_of_work import EntityQueues, UnitOfWork
+
+__all__ = ["ApplyReport", "CancelOperation", "OperationAccepted", "OperationEngine",
+           "OperationFactory", "StartOperation", "StartOperations", "UnitOfWork", "utcnow"]
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 BATCH_RETRIES = 5
-MAX_COMMAND_BATCH = 64
 TERMINAL_TOPICS = ("operation.Succeeded", "operation.RolledBack", "operation.Failed",
                    "operation.Cancelled")
 
@@ -86,104 +88,6 @@ class OperationAccepted(msgspec.Struct, frozen=True, kw_only=True):
     state: str
 
 
-class UnitOfWork:
-    """The aggregates one batch reads and changes; saved together, or not at all."""
-
-    def __init__(self, app: KernelApplication, cache: MutableMapping[UUID, Aggregate],
-                 shared: MutableMapping[UUID, Aggregate] | None = None):
-        self.app, self.cache = app, cache
-        self.shared = shared  # the engine's saved aggregates, for `read`
-        self.touched: dict[UUID, Aggregate] = {}
-        # In a batch of commands: the ids the current command touched (see `begin_command`).
-        self._command_ids: set[UUID] | None = None
-        # Ids this work just made up (random, never seen): their entity queues cannot exist,
-        # so admission does not look them up in the store.
-        self.fresh: set[UUID] = set()
-
-    def get(self, aggregate_id: UUID) -> Any:
-        """The aggregate, from memory or the store; NotFoundError if it does not exist."""
-        agg = self.touched.get(aggregate_id) or self.cache.get(aggregate_id)
-        if agg is None:
-            agg = self._load(aggregate_id)
-        self.touched[aggregate_id] = agg
-        if self._command_ids is not None:
-            self._command_ids.add(aggregate_id)
-        return agg
-
-    def read(self, aggregate_id: UUID) -> Any:
-        """An aggregate this work only reads (an offering, a template): the engine's saved
-        copy if it has one, else the store's; never to be changed."""
-        agg = self.touched.get(aggregate_id)
-        if agg is None and self.shared is not None:
-            agg = self.shared.get(aggregate_id)
-        if agg is None:
-            agg = self._load(aggregate_id)
-            if self.shared is not None:
-                self.shared[aggregate_id] = agg
-        return agg
-
-    def _load(self, aggregate_id: UUID) -> Any:
-        try:
-            return self.app.repository.get(aggregate_id)
-        except AggregateNotFoundError:
-            raise NotFoundError(f"no entity {aggregate_id}") from None
-
-    def find(self, aggregate_id: UUID) -> Any | None:
-        """The aggregate, or None if it does not exist."""
-        try:
-            return self.get(aggregate_id)
-        except NotFoundError:
-            return None
-
-    def add(self, aggregate: Aggregate) -> None:
-        """A new aggregate to save with the batch."""
-        self.touched[aggregate.id] = aggregate
-        if self._command_ids is not None:
-            self._command_ids.add(aggregate.id)
-
-    def begin_command(self) -> None:
-        """A command of a batch starts: from now on `changed` names only what it touches,
-        so a batch of n commands does not look at every aggregate n times."""
-        self._command_ids = set()
-
-    def changed(self) -> list[Aggregate]:
-        """Aggregates with events to save (of the current command, in a batch of them)."""
-        if self._command_ids is not None:
-            return [a for i in self._command_ids if (a := self.touched[i]).pending_events]
-        return [a for a in self.touched.values() if a.pending_events]
-
-    def operations(self) -> Iterator[Operation]:
-        """Every operation the batch touched."""
-        return (a for a in self.touched.values() if isinstance(a, Operation))
-
-
-class _Queues(MutableMapping[UUID, EntityQueue]):
-    """Entity queues by entity id, loaded and created through a unit of work."""
-
-    def __init__(self, uow: UnitOfWork):
-        self.uow = uow
-
-    def __getitem__(self, entity_id: UUID) -> EntityQueue:
-        if entity_id in self.uow.fresh:
-            raise KeyError(entity_id)  # a new random id: no queue can exist for it yet
-        queue = self.uow.find(EntityQueue.create_id(entity_id))
-        if queue is None:
-            raise KeyError(entity_id)
-        return queue  # type: ignore[no-any-return]
-
-    def __setitem__(self, entity_id: UUID, queue: EntityQueue) -> None:
-        self.uow.add(queue)
-
-    def __delitem__(self, entity_id: UUID) -> None:
-        raise NotImplementedError
-
-    def __iter__(self) -> Iterator[UUID]:
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-
 @dataclass
 class ApplyReport:
     """What one batch of outcomes did."""
@@ -191,36 +95,6 @@ class ApplyReport:
     applied: int = 0
     ignored: int = 0
     positions: tuple[int, ...] = ()
-
-
-class _Request:
-    """A command waiting for its turn in the engine, and then its outcome."""
-
-    def __init__(self, command: Command, key: str, actor: str) -> None:
-        self.command, self.key, self.actor = command, key, actor
-        self.wake = threading.Event()  # finished, or promoted to lead the next batch
-        self.leads = False
-        self.finished = False
-        self._outcome: CommandOutcome | None = None
-        self._error: BaseException | None = None
-
-    def finish(self, outcome: CommandOutcome | None, error: BaseException | None) -> None:
-        """Hand the outcome (or the error) to the waiting caller."""
-        self._outcome, self._error = outcome, error
-        self.finished = True
-        self.wake.set()
-
-    def promote(self) -> None:
-        """Make this request's caller run the next batch."""
-        self.leads = True
-        self.wake.set()
-
-    def outcome(self) -> CommandOutcome:
-        """The command's outcome; raises its error."""
-        if self._error is not None:
-            raise self._error
-        assert self._outcome is not None
-        return self._outcome
 
 
 @dataclass(order=True)
@@ -253,9 +127,7 @@ class OperationEngine:
         for type_, factory in (operation_commands or {}).items():
             handlers[type_] = functools.partial(self._handle_factory, factory)
         self.commands = CommandService(app, handlers)
-        self._requests: deque[_Request] = deque()
-        self._queue_lock = threading.Lock()
-        self._leading = False  # a caller is running a batch of commands
+        self._lane = CommandLane(self._run_requests, self._lock)
         self._batch_uow: UnitOfWork | None = None
 
     # ------------------------------------------------------------------ commands
@@ -285,45 +157,11 @@ class OperationEngine:
 
     def execute(self, command: Command, *, idempotency_key: str,
                 actor: str = "system") -> CommandOutcome:
-        """Run any of the engine's commands as decoded from the wire (admin API, NATS).
+        """Run any of the engine's commands as decoded from the wire (admin API, NATS),
+        group-committed with the commands that wait beside it (`kernel.command_lane`)."""
+        return self._lane.execute(command, idempotency_key, actor)
 
-        Group commit with a leader: the caller that finds no batch running leads one with
-        every command waiting (up to MAX_COMMAND_BATCH, its own first), saved in one
-        transaction; the others sleep until their outcome is in, or until the leader hands
-        them the next batch. A finished caller never waits for the engine again, so many
-        callers cost nothing but their wait.
-        """
-        request = _Request(command, idempotency_key, actor)
-        with self._queue_lock:
-            self._requests.append(request)
-            if not self._leading:
-                self._leading = True
-                request.leads = True
-        while not request.finished:
-            if not request.leads:
-                request.wake.wait()
-                continue
-            batch: list[_Request] = []
-            try:
-                with self._lock:  # what queues up meanwhile joins the batch
-                    with self._queue_lock:  # a leader is always the head of the queue
-                        batch = [self._requests.popleft()
-                                 for _ in range(min(MAX_COMMAND_BATCH, len(self._requests)))]
-                    self._run_requests(batch)
-            except BaseException as e:  # interrupted: nobody of this batch may wait forever
-                for waiting in batch:
-                    if not waiting.finished:
-                        waiting.finish(None, e)
-                raise
-            finally:
-                with self._queue_lock:
-                    if self._requests:
-                        self._requests[0].promote()
-                    else:
-                        self._leading = False
-        return request.outcome()
-
-    def _run_requests(self, batch: list["_Request"]) -> None:
+    def _run_requests(self, batch: list[Request]) -> None:
         if len(batch) > 1:
             self._batch_uow = UnitOfWork(self.app, {}, shared=self.cache)
             try:
@@ -368,11 +206,7 @@ class OperationEngine:
         # Fresh copies, not the cache: after a lost race the command service runs the handler
         # again, and must not meet the objects the failed attempt already changed.
         uow = self._uow = self._command_uow(app)
-        now = self.clock()
-        op = Operation.accept(kind=command.kind, plan=command.plan, now=now,
-                              entity_ids=command.entity_ids, id=command.operation_id)
-        uow.add(op)
-        self._admit(uow, op, now)
+        op = self.start_in(uow, command, self.clock())
         return uow.changed(), OperationAccepted(operation_id=op.id, state=op.state.value)
 
     def _handle_start_many(self, app: KernelApplication,
@@ -381,10 +215,7 @@ class OperationEngine:
         now = self.clock()
         accepted = []
         for spec in command.operations:
-            op = Operation.accept(kind=spec.kind, plan=spec.plan, now=now,
-                                  entity_ids=spec.entity_ids, id=spec.operation_id)
-            uow.add(op)
-            self._admit(uow, op, now)
+            op = self.start_in(uow, spec, now)
             accepted.append(OperationAccepted(operation_id=op.id, state=op.state.value))
         return uow.changed(), accepted
 
@@ -395,12 +226,8 @@ class OperationEngine:
         uow = self._uow = self._command_uow(app)
         now = self.clock()
         spec, result = factory(uow, command, now)
-        if spec is None:  # the command changed its entities, and nothing needs a step
-            return uow.changed(), result
-        op = Operation.accept(kind=spec.kind, plan=spec.plan, now=now,
-                              entity_ids=spec.entity_ids, id=spec.operation_id)
-        uow.add(op)
-        self._admit(uow, op, now)
+        if spec is not None:  # None: the command changed its entities, and needs no step
+            self.start_in(uow, spec, now)
         return uow.changed(), result
 
     def _handle_cancel(self, app: KernelApplication,
@@ -525,10 +352,24 @@ class OperationEngine:
                 self._advance(uow, op, now, was_finished)
         return 0
 
+    def run_batch(self, work: Callable[["UnitOfWork", datetime], int]) -> ApplyReport:
+        """Change entities and start operations (`start_in`) in one transaction, as a batch
+        of outcomes does: what the reconciler uses to act on what it observed."""
+        return self._batch(work)
+
+    def start_in(self, uow: UnitOfWork, spec: StartOperation, now: datetime) -> Operation:
+        """Accept an operation in a unit of work: it starts at once if its entities are free,
+        else it waits in their queues."""
+        op = Operation.accept(kind=spec.kind, plan=spec.plan, now=now,
+                              entity_ids=spec.entity_ids, id=spec.operation_id)
+        uow.add(op)
+        self._admit(uow, op, now)
+        return op
+
     # ------------------------------------------------------------------ scheduling
 
     def _admit(self, uow: UnitOfWork, op: Operation, now: datetime) -> None:
-        admission = admit(_Queues(uow), op.id, op.entity_ids,
+        admission = admit(EntityQueues(uow), op.id, op.entity_ids,
                           refuse_when_busy=self.refuse_when_busy)
         if admission.ready:
             op.start(now)
@@ -545,13 +386,9 @@ class OperationEngine:
                     self._dispatch(uow, op, step.step_id, step.attempt, now)
             if op.is_finished and not was_finished:
                 for spec in settle(self.effects, uow, op, now):
-                    follow_up = Operation.accept(kind=spec.kind, plan=spec.plan, now=now,
-                                                 entity_ids=spec.entity_ids,
-                                                 id=spec.operation_id)
-                    uow.add(follow_up)
                     # queued behind this one on the same entities, released just below
-                    self._admit(uow, follow_up, now)
-                for next_id in release_all(_Queues(uow), op.id, op.entity_ids):
+                    self.start_in(uow, spec, now)
+                for next_id in release_all(EntityQueues(uow), op.id, op.entity_ids):
                     waiting = uow.get(next_id)
                     if isinstance(waiting, Operation) and not waiting.is_finished:
                         self._admit(uow, waiting, now)

@@ -338,7 +338,7 @@ def test_concurrent_commands_are_committed_together_and_each_gets_its_outcome(
         threads = [threading.Thread(target=run, args=(i,)) for i in range(12)]
         for t in threads:
             t.start()
-        while len(engine._requests) < 12:
+        while len(engine._lane.requests) < 12:
             threading.Event().wait(0.001)
     for t in threads:
         t.join()
@@ -375,7 +375,7 @@ def test_a_batch_of_good_commands_is_one_transaction(engine: OperationEngine) ->
             idempotency_key=f"good-{i}"))) for i in range(10)]
         for t in threads:
             t.start()
-        while len(engine._requests) < 10:
+        while len(engine._lane.requests) < 10:
             threading.Event().wait(0.001)
     for t in threads:
         t.join()
