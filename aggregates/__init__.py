@@ -15,6 +15,7 @@ from aggregates.pod import Pod
 from aggregates.snapshot import Snapshot
 from aggregates.storage_pool import PrimaryStoragePool
 from aggregates.template import Template
+from aggregates.unmanaged import UnmanagedDomain
 from aggregates.vlan_pool import VlanPool
 from aggregates.vm import VirtualMachine
 from aggregates.volume import Volume
@@ -40,6 +41,7 @@ ALL_AGGREGATES: tuple[type[PlatformAggregate], ...] = (
     EntityQueue,
     VlanPool,
     MacPool,
+    UnmanagedDomain,
 )
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "ServiceOffering",
     "Snapshot",
     "Template",
+    "UnmanagedDomain",
     "VirtualMachine",
     "VlanPool",
     "Volume",

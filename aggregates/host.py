@@ -1,5 +1,7 @@
 """Host: a hypervisor known by its libvirt URI, with capacity that placements claim."""
 
+import dataclasses
+from collections.abc import Mapping
 from enum import Enum
 from uuid import UUID
 
@@ -28,6 +30,9 @@ class HostStatus(Enum):
 
 
 _RS = HostResourceState
+# The resource states maintenance owns: only cancelling maintenance leaves them.
+MAINTENANCE_STATES = frozenset({_RS.PREPARE_FOR_MAINTENANCE, _RS.MAINTENANCE,
+                                _RS.ERROR_IN_MAINTENANCE})
 # action -> states it may start from
 _RESOURCE_TRANSITIONS: dict[tuple[HostResourceState, HostResourceState], str] = {
     (_RS.ENABLED, _RS.DISABLED): "disable",
@@ -242,3 +247,170 @@ class Host(PlatformAggregate):
         _, cpu, mem = self.claims.pop(claim_id)
         self.used_cpu_cores -= cpu
         self.used_memory_mib -= mem
+
+    # ------------------------------------------------------------------------------------
+    # Admin resource state and maintenance (kernel/cloud/hosts.py, kernel/cloud/maintenance.py)
+
+    class MaintenanceStarted(Event):
+        """Maintenance was asked for; `operation_id` is the host.prepare_maintenance
+        operation that moves the host's VMs away (None: there was no VM to move)."""
+
+        TOPIC = "host.MaintenanceStarted"
+        operation_id: UUID | None
+
+    class EvacuationStarted(Event):
+        """The host's Running VMs are moving away: one vm.migrate operation each."""
+
+        TOPIC = "host.EvacuationStarted"
+        operation_ids: tuple[UUID, ...]
+        vm_ids: tuple[UUID, ...]
+
+    class VmEvacuated(Event):
+        """A migration of the evacuation ended with its VM off this host."""
+
+        TOPIC = "host.VmEvacuated"
+        operation_id: UUID
+        vm_id: UUID
+
+    class EvacuationFailed(Event):
+        """Something stays on the host: a VM that could not move (it still runs here), or a
+        host that did not answer; `operation_id` is the migration, if there was one."""
+
+        TOPIC = "host.EvacuationFailed"
+        reason: str
+        vm_id: UUID | None = None
+        operation_id: UUID | None = None
+
+    class MaintenanceCancelled(Event):
+        """Maintenance was cancelled: the host takes placements again."""
+
+        TOPIC = "host.MaintenanceCancelled"
+        reason: str
+
+    @property
+    def maintenance(self) -> "Maintenance":
+        """Where the current (or last) maintenance stands."""
+        return getattr(self, "_maintenance", NO_MAINTENANCE)
+
+    def disable(self, reason: str = "") -> None:
+        """Keep placement off the host (an Enabled host only)."""
+        self._refuse_in_maintenance("disable")
+        self.change_resource_state(_RS.DISABLED, reason)
+
+    def enable(self, reason: str = "") -> None:
+        """Let placement use the host again (a Disabled host only)."""
+        self._refuse_in_maintenance("enable")
+        self.change_resource_state(_RS.ENABLED, reason)
+
+    def _refuse_in_maintenance(self, action: str) -> None:
+        if self.resource_state in MAINTENANCE_STATES:
+            raise DomainRuleError(f"host {self.name} is {self.resource_state.value}: cancel "
+                                  f"maintenance to {action} it")
+
+    def start_maintenance(self, operation_id: UUID | None, reason: str = "") -> None:
+        """PrepareForMaintenance: placement stops using the host while its VMs move away."""
+        if (self.resource_state, _RS.PREPARE_FOR_MAINTENANCE) not in _RESOURCE_TRANSITIONS:
+            raise self._refuse("prepare for maintenance")
+        self._resource_state_changed(_RS.PREPARE_FOR_MAINTENANCE, reason)
+        self._maintenance_started(operation_id)
+
+    @event(MaintenanceStarted)
+    def _maintenance_started(self, operation_id: UUID | None) -> None:
+        self._maintenance = Maintenance(operation_id=operation_id)
+
+    def _require_preparing(self, action: str) -> None:
+        if self.resource_state is not _RS.PREPARE_FOR_MAINTENANCE:
+            raise self._refuse(action)
+
+    def evacuate(self, migrations: Mapping[UUID, UUID]) -> None:
+        """Record the migrations (operation id -> VM id) that move the VMs away."""
+        self._require_preparing("evacuate")
+        if not migrations:
+            return
+        again = set(migrations) & set(self.maintenance.migrations)
+        if again:
+            raise DomainRuleError(f"host {self.name}: migrations {sorted(map(str, again))} "
+                                  "are already recorded")
+        self._evacuation_started(tuple(migrations), tuple(migrations.values()))
+
+    @event(EvacuationStarted)
+    def _evacuation_started(self, operation_ids: tuple[UUID, ...],
+                            vm_ids: tuple[UUID, ...]) -> None:
+        moving = {**self.maintenance.migrations, **dict(zip(operation_ids, vm_ids, strict=True))}
+        self._maintenance = dataclasses.replace(self.maintenance, migrations=moving)
+
+    def vm_evacuated(self, operation_id: UUID) -> None:
+        """A migration of the evacuation ended with its VM off the host."""
+        vm_id = self._migration(operation_id)
+        self._vm_evacuated(operation_id, vm_id)
+
+    @event(VmEvacuated)
+    def _vm_evacuated(self, operation_id: UUID, vm_id: UUID) -> None:
+        self._maintenance = self.maintenance.without(operation_id)
+
+    def evacuation_failed(self, reason: str, vm_id: UUID | None = None,
+                          operation_id: UUID | None = None) -> None:
+        """Something stays on the host (a VM that could not move, a host that did not
+        answer); maintenance will end in ErrorInMaintenance."""
+        self._require_preparing("record a failed evacuation")
+        if operation_id is not None:
+            vm_id = self._migration(operation_id)
+        self._evacuation_failed(reason, vm_id, operation_id)
+
+    @event(EvacuationFailed)
+    def _evacuation_failed(self, reason: str, vm_id: UUID | None,
+                           operation_id: UUID | None) -> None:
+        left = self.maintenance.without(operation_id) if operation_id else self.maintenance
+        self._maintenance = dataclasses.replace(left, errors=(*left.errors, reason))
+
+    def _migration(self, operation_id: UUID) -> UUID:
+        self._require_preparing("end a migration")
+        vm_id = self.maintenance.migrations.get(operation_id)
+        if vm_id is None:
+            raise DomainRuleError(f"host {self.name}: operation {operation_id} is no "
+                                  "migration of its maintenance")
+        return vm_id
+
+    def complete_maintenance(self) -> None:
+        """Nothing is moving any more: Maintenance if every VM left, else
+        ErrorInMaintenance (the VMs that stayed still run here)."""
+        self._require_preparing("complete maintenance")
+        if self.maintenance.migrations:
+            raise DomainRuleError(f"host {self.name}: {len(self.maintenance.migrations)} "
+                                  "migrations are still running")
+        errors = self.maintenance.errors
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            self._resource_state_changed(_RS.ERROR_IN_MAINTENANCE, errors[0] + more)
+        else:
+            self._resource_state_changed(_RS.MAINTENANCE, "every VM moved away")
+
+    def cancel_maintenance(self, reason: str = "") -> None:
+        """Back to Enabled from any maintenance state; migrations still running end on
+        their own and are no longer the host's concern."""
+        if self.resource_state not in MAINTENANCE_STATES:
+            raise self._refuse("cancel maintenance")
+        self._resource_state_changed(_RS.ENABLED, reason or "maintenance cancelled")
+        self._maintenance_cancelled(reason)
+
+    @event(MaintenanceCancelled)
+    def _maintenance_cancelled(self, reason: str) -> None:
+        self._maintenance = NO_MAINTENANCE
+
+
+@dataclasses.dataclass(frozen=True)
+class Maintenance:
+    """A host's maintenance: its operation, the migrations still moving VMs away
+    (operation id -> VM id) and why anything stays. Replaced, never changed in place."""
+
+    operation_id: UUID | None = None
+    migrations: Mapping[UUID, UUID] = dataclasses.field(default_factory=dict)
+    errors: tuple[str, ...] = ()
+
+    def without(self, operation_id: UUID) -> "Maintenance":
+        """The same, with this migration ended."""
+        left = {k: v for k, v in self.migrations.items() if k != operation_id}
+        return dataclasses.replace(self, migrations=left)
+
+
+NO_MAINTENANCE = Maintenance()

@@ -12,6 +12,8 @@ latter, and `power_drift` tells the reconciler when they disagree.
     Allocated/Stopped/Error --destroy--> Destroyed --recover--> Stopped
     Destroyed/Error --expunge--> Expunging --expunged--> Expunged
     Allocated/Starting/Stopped/Stopping/Migrating/Expunging --fail--> Error
+    Starting/Stopping/Migrating/Error/Expunging --repair--> Running/Stopped/Error (audited,
+    by an operator, when an outside failure left it stuck: see `aggregates.repair`)
 """
 
 from enum import Enum
@@ -21,6 +23,7 @@ from eventsourcing.domain import event
 
 from aggregates.base import PlatformAggregate
 from aggregates.errors import DomainRuleError
+from aggregates.repair import VM_REPAIRS, RepairRefusedError, check_repair
 from aggregates.validation import require_hostname, require_name
 
 
@@ -152,12 +155,34 @@ class VirtualMachine(PlatformAggregate):
         TOPIC = "vm.Failed"
         reason: str
 
+    class Repaired(Event):
+        """An operator forced the VM out of a stuck state (see `aggregates.repair`)."""
+
+        TOPIC = "vm.Repaired"
+        from_state: VmState
+        to_state: VmState
+        reason: str
+
     class PowerObserved(Event):
         """A hypervisor reported the VM's power state (and where it saw it)."""
 
         TOPIC = "vm.PowerObserved"
         power_state: PowerState
         host_id: UUID | None
+
+    class StoppedOutOfBand(Event):
+        """The VM was found stopped, or gone, behind the kernel's back, and the kernel took
+        that as the truth (or made sure of it by fencing): it is Stopped, off its host."""
+
+        TOPIC = "vm.StoppedOutOfBand"
+        reason: str
+
+    class AdoptedRunning(Event):
+        """The VM was found running on a host while the kernel had it stopped, and the
+        kernel took that as the truth: it is Running there."""
+
+        TOPIC = "vm.AdoptedRunning"
+        host_id: UUID
 
     class HostAvoided(Event):
         """A host the VM must not be placed on again (a refused claim, a failed start)."""
@@ -370,6 +395,22 @@ class VirtualMachine(PlatformAggregate):
         self.state, self.last_error = VmState.ERROR, reason
         self.destination_host_id = None
 
+    def repair(self, to_state: VmState, reason: str) -> None:
+        """Force a stuck VM (or one in Error) to Running, Stopped or Error, saying why."""
+        label = f"vm {self.name}"
+        why = check_repair(VM_REPAIRS, label, self.state, to_state, reason)
+        if to_state is _S.RUNNING and self.host_id is None:
+            raise RepairRefusedError(f"{label} is on no host: it cannot be Running; repair it "
+                                     "to Stopped, then vm.start places it")
+        self._repaired(self.state, to_state, why)
+
+    @event(Repaired)
+    def _repaired(self, from_state: VmState, to_state: VmState, reason: str) -> None:
+        self.state, self.destination_host_id = to_state, None
+        self.last_error = "" if to_state is VmState.RUNNING else reason
+        if to_state is VmState.STOPPED and self.host_id is not None:
+            self.last_host_id, self.host_id = self.host_id, None
+
     # disks
 
     @property
@@ -447,6 +488,25 @@ class VirtualMachine(PlatformAggregate):
     @event(PowerObserved)
     def _power_observed(self, power_state: PowerState, host_id: UUID | None) -> None:
         self.power_state, self.power_host_id = power_state, host_id
+
+    def stopped_out_of_band(self, reason: str) -> None:
+        """Take a stop that happened outside (or a fenced host) as the truth."""
+        self._require({_S.RUNNING}, "record a stop out of band")
+        self._stopped_out_of_band(reason)
+
+    @event(StoppedOutOfBand)
+    def _stopped_out_of_band(self, reason: str) -> None:
+        self.state, self.last_error = VmState.STOPPED, reason
+        self.last_host_id, self.host_id = self.host_id, None
+
+    def adopt_running(self, host_id: UUID) -> None:
+        """Take a start that happened outside as the truth: Running on that host."""
+        self._require({_S.STOPPED}, "adopt as running")
+        self._adopted_running(host_id)
+
+    @event(AdoptedRunning)
+    def _adopted_running(self, host_id: UUID) -> None:
+        self.state, self.host_id, self.last_error = VmState.RUNNING, host_id, ""
 
     @property
     def power_drift(self) -> bool:

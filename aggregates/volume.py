@@ -10,6 +10,8 @@ already chosen it. Every operation is a Requested state left by success or failu
     Ready --take_snapshot--> Snapshotting --snapshot_taken / snapshot_failed--> Ready
     Allocated/Ready --destroy--> Destroy --recover--> Ready (Allocated if never created)
     Destroy --expunge--> Expunging --expunged--> Expunged;  Expunging --expunge_failed--> Destroy
+    Creating --repair--> Allocated;  Attaching/Migrating/Resizing/Snapshotting --repair-->
+    Ready;  Expunging --repair--> Destroy  (audited, by an operator: see `aggregates.repair`)
 
 Device 0 is the ROOT disk's; data disks use 1 and up, except 3 (the CD-ROM slot).
 `locate` records the host whose libvirt pool holds the volume (the one it was created on):
@@ -23,6 +25,7 @@ from eventsourcing.domain import event
 
 from aggregates.base import PlatformAggregate
 from aggregates.errors import DomainRuleError, ValidationError
+from aggregates.repair import VOLUME_REPAIRS, check_repair
 from aggregates.validation import require_name, require_positive
 
 
@@ -205,6 +208,16 @@ class Volume(PlatformAggregate):
 
         TOPIC = "volume.ExpungeFailed"
         reason: str
+
+    class Repaired(Event):
+        """An operator forced the volume out of a stuck state (see `aggregates.repair`);
+        `detached`: it is no longer attached to the VM it was being attached to."""
+
+        TOPIC = "volume.Repaired"
+        from_state: VolumeState
+        to_state: VolumeState
+        reason: str
+        detached: bool
 
     @event(Allocated)
     def __init__(self, name: str, account: str, zone_id: UUID, volume_type: VolumeType,
@@ -495,3 +508,21 @@ class Volume(PlatformAggregate):
     @event(ExpungeFailed)
     def _expunge_failed(self, reason: str) -> None:
         self.state, self.last_error = VolumeState.DESTROY, reason
+
+    # repair
+
+    def repair(self, to_state: VolumeState, reason: str, *, detach: bool = False) -> None:
+        """Force a stuck volume to a settled state, saying why; with `detach`, a volume
+        stuck Attaching is Ready detached (as a failed attach)."""
+        why = check_repair(VOLUME_REPAIRS, f"volume {self.name}", self.state, to_state, reason)
+        self._repaired(self.state, to_state, why, bool(detach) and self.state is _S.ATTACHING)
+
+    @event(Repaired)
+    def _repaired(self, from_state: VolumeState, to_state: VolumeState, reason: str,
+                  detached: bool) -> None:
+        self.state, self.last_error = to_state, reason
+        self.destination_pool_id, self.requested_size_bytes, self.snapshot_id = None, None, None
+        if to_state is VolumeState.ALLOCATED:
+            self.pool_id = None
+        if detached:
+            self.vm_id, self.device_id = None, None

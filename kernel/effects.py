@@ -201,12 +201,38 @@ class Effects:
     operations: Mapping[str, OperationEffects] = field(default_factory=dict)
 
     def __or__(self, other: "Effects") -> "Effects":
-        """Both sets; a kind in both is a mistake."""
-        for mine, theirs in ((self.steps, other.steps), (self.operations, other.operations)):
-            twice = set(mine) & set(theirs)
-            if twice:
-                raise ValueError(f"effects declared twice: {sorted(twice)}")
-        return Effects({**self.steps, **other.steps}, {**self.operations, **other.operations})
+        """Both sets. A step kind in both is a mistake (a step has one effect); an operation
+        kind in both runs both `finished` hooks, this set's first (a VM migration settles its
+        claims, then a host's maintenance counts it)."""
+        twice = set(self.steps) & set(other.steps)
+        if twice:
+            raise ValueError(f"effects declared twice: {sorted(twice)}")
+        operations = dict(self.operations)
+        for kind, hook in other.operations.items():
+            operations[kind] = hook if kind not in operations else \
+                AllOf.of(operations[kind], hook)
+        return Effects({**self.steps, **other.steps}, operations)
+
+
+@dataclass(frozen=True)
+class AllOf:
+    """Several `finished` hooks of one operation kind, run in order on the same scope; the
+    follow-up operations of each, in that order."""
+
+    hooks: tuple[OperationEffects, ...]
+
+    @classmethod
+    def of(cls, *hooks: OperationEffects) -> "AllOf":
+        """The hooks in order, nested AllOf flattened."""
+        flat: list[OperationEffects] = []
+        for hook in hooks:
+            flat.extend(hook.hooks if isinstance(hook, AllOf) else (hook,))
+        return cls(tuple(flat))
+
+    def finished(self, scope: EffectScope, operation: Operation,
+                 now: datetime) -> list["StartOperation"]:
+        """Every hook's settling, and their follow-ups."""
+        return [spec for hook in self.hooks for spec in hook.finished(scope, operation, now)]
 
 
 NO_EFFECTS = Effects()

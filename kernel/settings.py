@@ -40,6 +40,14 @@ class Settings:
     inventory_file: str = ""
     busy_entities: str = "queue"
     keys_file: str = ""
+    # reality: how hosts are observed and what drift does (kernel/reality)
+    observe_interval_seconds: float = 10.0
+    host_disconnected_after: int = 2  # missed reports
+    host_down_after: int = 4  # missed reports
+    power_missing_after: int = 2  # reports of its host without the VM
+    on_stopped_out_of_band: str = "adopt"  # or "restart"
+    on_unexpected_running: str = "adopt"  # or "stop"
+    on_unknown_domain: str = "quarantine"  # or "adopt"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -75,6 +83,18 @@ def _int_in(lo: int, hi: int) -> tuple[Callable[[Any], Any], str]:
         return n
 
     return parse, f"an integer from {lo} to {hi}"
+
+
+def _number_in(lo: float, hi: float) -> tuple[Callable[[Any], Any], str]:
+    def parse(v: Any) -> float:
+        if isinstance(v, bool):
+            raise ValueError
+        n = float(v) if isinstance(v, str | int) else v
+        if not isinstance(n, float) or not lo <= n <= hi:
+            raise ValueError
+        return n
+
+    return parse, f"a number from {lo:g} to {hi:g}"
 
 
 def _choice(*options: str) -> tuple[Callable[[Any], Any], str]:
@@ -134,6 +154,13 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "inventory_file": (_text, "a path to an inventory TOML file"),
     "busy_entities": _choice("queue", "refuse"),
     "keys_file": (_text, "a path to the keyring JSON file (default <data_dir>/keys.json)"),
+    "observe_interval_seconds": _number_in(0.05, 3600),
+    "host_disconnected_after": _int_in(1, 1000),
+    "host_down_after": _int_in(1, 1000),
+    "power_missing_after": _int_in(1, 1000),
+    "on_stopped_out_of_band": _choice("adopt", "restart"),
+    "on_unexpected_running": _choice("adopt", "stop"),
+    "on_unknown_domain": _choice("quarantine", "adopt"),
 }
 
 
@@ -166,6 +193,10 @@ def load_settings(
             "setting postgres_dsn: required when store is 'postgres' "
             "(set CLOUDKERNEL_POSTGRES_DSN=postgresql://user:pass@host:5432/db)"
         )
+    if settings.host_down_after <= settings.host_disconnected_after:
+        raise ConfigError(
+            f"setting host_down_after ({settings.host_down_after}) must be greater than "
+            f"host_disconnected_after ({settings.host_disconnected_after})")
     if settings.log_level:
         settings = _replace(settings, log_level=settings.log_level.upper())
     return settings

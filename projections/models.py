@@ -127,6 +127,15 @@ def _vm_migrated(r: Row, _: Any) -> Row:
     return r
 
 
+def _vm_repaired(r: Row, e: Any) -> Row:
+    # as VirtualMachine._repaired: Stopped leaves the host, Running keeps it
+    r.update(state=e.to_state.value, destination_host_id=None,
+             last_error="" if e.to_state is _VS.RUNNING else e.reason)
+    if e.to_state is _VS.STOPPED:
+        r["host_id"] = None
+    return r
+
+
 class VmModel(RowModel):
     """VMs: queryable by account, state and host."""
 
@@ -172,6 +181,12 @@ class VmModel(RowModel):
                                             "destination_host_id": None,
                                             "last_error": e.reason}),
         V.PowerObserved: update_with(lambda r, e: {**r, "power_state": e.power_state.value}),
+        V.StoppedOutOfBand: update_with(lambda r, e: {**r, "state": _VS.STOPPED.value,
+                                                      "host_id": None,
+                                                      "last_error": e.reason}),
+        V.AdoptedRunning: update_with(lambda r, e: {**r, "state": _VS.RUNNING.value,
+                                                    "host_id": e.host_id, "last_error": ""}),
+        V.Repaired: update_with(_vm_repaired),
     }
 
 

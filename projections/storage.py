@@ -57,6 +57,17 @@ def _volume_migrated(r: Row, e: Any) -> Row:
     return r
 
 
+def _volume_repaired(r: Row, e: Any) -> Row:
+    # as Volume._repaired
+    r.update(state=e.to_state.value, last_error=e.reason, destination_pool_id=None,
+             requested_size_bytes=None, snapshot_id=None)
+    if e.to_state is _VS.ALLOCATED:
+        r["pool_id"] = None
+    if e.detached:
+        r.update(vm_id=None, device_id=None)
+    return r
+
+
 def _volume_recovered(r: Row, _: Any) -> Row:
     # Recovered to Ready only if the volume was ever created (it has a path).
     r["state"] = (_VS.ALLOCATED if r["path"] is None else _VS.READY).value
@@ -121,6 +132,7 @@ class VolumeModel(RowModel):
         Volume.ExpungeRequested: set_values(state=_VS.EXPUNGING.value),
         Volume.Expunged: set_values(state=_VS.EXPUNGED.value),
         Volume.ExpungeFailed: _failed(state=_VS.DESTROY.value),
+        Volume.Repaired: update_with(_volume_repaired),
     }
 
 

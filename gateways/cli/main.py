@@ -62,25 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     command("relay", cmd_relay, "publish every log event to the JetStream EVENTS stream")
     command("migrate", cmd_migrate, "create schemas and tables for every application")
     command("settings", cmd_settings, "print the effective settings and where each came from")
-    worker = command("worker", cmd_worker,
-                     "serve one subsystem's steps from NATS; SIGTERM/Ctrl-C stops it cleanly")
-    worker.add_argument("--subsystem", required=True, metavar="NAME",
-                        help="the subsystem to serve (see `cloudkernel subsystems`)")
-    worker.add_argument("--concurrency", type=int, default=8, metavar="N",
-                        help="steps run at once, in as many threads (default 8)")
-    worker.add_argument("--nats-url", action="append", default=None, metavar="URL",
-                        help="NATS server, repeatable (default: setting nats_urls, else the "
-                             "embedded server at nats://127.0.0.1:<nats_port>)")
-    worker.add_argument("--config-json", default="{}", metavar="JSON",
-                        help="the plugin's configuration, a JSON object, "
-                             "e.g. '{\"path\": \"counter.db\"}'")
-    worker.add_argument("--ack-wait", type=float, default=30.0, metavar="SECONDS",
-                        help="ack_wait of the subsystem's consumer when this worker creates it "
-                             "(default 30); in_progress is sent every ack_wait/3")
-    worker.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="on stop, how long running steps may finish (default 30)")
-    worker.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="give up when NATS does not answer at start (default 10)")
+    from gateways.cli.worker import add_worker_command
+
+    add_worker_command(sub)
     command("subsystems", cmd_subsystems,
             "list the installed subsystem plugins, their versions and step kinds")
     from gateways.cli.projections import add_projection_commands
@@ -98,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     from gateways.cli.webhooks import add_webhook_commands
 
     add_webhook_commands(sub)
+    from gateways.cli.repair import add_repair_command
+
+    add_repair_command(sub)
     return parser
 
 
@@ -120,6 +107,7 @@ def cmd_kernel(settings: Settings, _: argparse.Namespace) -> int:
     import asyncio
 
     from gateways.stream.kernel_runner import KernelRunner
+    from gateways.stream.observer import listener_for
     from kernel.bootstrap import open_engine
 
     platform, engine, feed = open_engine(settings)
@@ -130,8 +118,9 @@ def cmd_kernel(settings: Settings, _: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         runner = KernelRunner(engine, feed, settings.nats_servers)
+        listener = listener_for(engine, settings, settings.nats_servers)
         log.info("kernel: serving with NATS at %s", ", ".join(settings.nats_servers))
-        await runner.run(stop)
+        await asyncio.gather(runner.run(stop), listener.run(stop))
         log.info("kernel: stopped (%s)", runner.stats)
 
     try:
@@ -201,45 +190,6 @@ def cmd_subsystems(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    """Serve one subsystem until SIGTERM/SIGINT."""
-    import asyncio
-    import json
-    import os
-
-    from aggregates.errors import ConfigError
-    from gateways.stream.worker import Worker, run_until_signalled
-    from subsystems.registry import load_registry
-
-    try:
-        config = json.loads(args.config_json)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--config-json is not JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise ConfigError("--config-json must be a JSON object")
-    plugin = load_registry([args.subsystem], {args.subsystem: config}).plugin(args.subsystem)
-    servers = args.nats_url or list(settings.nats_urls) or [
-        f"nats://127.0.0.1:{settings.nats_port}"]
-    worker = Worker(plugin.subsystem, servers=servers, concurrency=args.concurrency,
-                    ack_wait=args.ack_wait, drain_timeout=args.drain_timeout,
-                    connect_timeout=args.connect_timeout)
-
-    def ready(w: Worker) -> None:
-        print(f"worker {w.identity} serves {plugin.source} ({', '.join(plugin.kinds)}) "
-              f"from {', '.join(servers)}; concurrency {w.concurrency}", flush=True)
-
-    stats = asyncio.run(run_until_signalled(worker, ready))
-    print(f"worker {worker.identity} stopped: {stats.received} received, {stats.succeeded} "
-          f"succeeded, {stats.failed} failed, {stats.terminated} terminated", flush=True)
-    if stats.abandoned:
-        # Their threads cannot be interrupted and the interpreter would join them at exit;
-        # the steps stay unacked, so JetStream redelivers them to another worker.
-        logging.shutdown()
-        sys.stderr.flush()
-        os._exit(1)
-    return 0
-
-
 def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
     """Migrate, start NATS, load the inventory, then run the kernel and the workers."""
     from gateways.stream.embedded import EmbeddedNatsServer
@@ -288,12 +238,14 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
     from gateways.cli.projections import projection_runners
     from gateways.stream.intake import CommandIntake
     from gateways.stream.kernel_runner import KernelRunner
+    from gateways.stream.observer import listener_for, reporter_for
     from gateways.stream.relay import EventRelay
     from gateways.stream.worker import Worker
     from gateways.webhooks.service import WebhookService
     from gateways.webhooks.store import open_webhook_store
     from kernel.bootstrap import command_catalog
     from kernel.event_feed import EventFeed
+    from kernel.reality.roster import HostRoster
     from projections.catalog import MODELS
     from subsystems.networkguru.follower import guru_config
     from subsystems.registry import load_registry
@@ -308,6 +260,11 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
     servers = settings.nats_servers
     workers = [Worker(p.subsystem, servers=servers) for p in registry.plugins]
     runner = KernelRunner(engine, feed, servers)
+    # reality: the kernel listens to power reports; the hypervisor reports every host
+    reporters = [reporter_for(p.subsystem, HostRoster(platform.app), settings, servers)
+                 for p in registry.plugins]
+    observers: list[Any] = [listener_for(engine, settings, servers),
+                            *(r for r in reporters if r is not None)]
     relay = EventRelay(EventFeed(engine.app), servers)
     # The intake shares the kernel's engine: operations it accepts get their timers here.
     intake = CommandIntake(command_catalog(platform, engine),
@@ -320,7 +277,8 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
             projection.start()
         tasks = [asyncio.create_task(runner.run(stop)), asyncio.create_task(relay.run(stop)),
                  asyncio.create_task(intake.run(stop)), asyncio.create_task(webhooks.run(stop)),
-                 *(asyncio.create_task(w.run(stop)) for w in workers)]
+                 *(asyncio.create_task(w.run(stop)) for w in workers),
+                 *(asyncio.create_task(o.run(stop)) for o in observers)]
         ready: asyncio.Future[Any] = asyncio.ensure_future(
             asyncio.gather(intake.ready.wait(), webhooks.ready.wait(),
                            *(w.ready.wait() for w in workers)))

@@ -25,7 +25,9 @@ COMMAND_MODULES: tuple[str, ...] = ("kernel.operations", "kernel.inventory.loade
                                      "kernel.cloud.vms", "kernel.cloud.templates",
                                      "kernel.cloud.networks", "kernel.cloud.volumes",
                                      "kernel.cloud.volume_copies", "kernel.cloud.vm_moves",
-                                     "kernel.cloud.volume_moves")
+                                     "kernel.cloud.volume_moves",
+                                     "kernel.cloud.repair",
+                                     "kernel.cloud.hosts")
 # The stored JSON of an event omits these: they have their own columns and NATS headers.
 _ORIGINATOR_FIELDS = frozenset({"originator_id", "originator_version"})
 

@@ -29,7 +29,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -316,13 +316,17 @@ class Worker:
         await _quietly(msg.ack)
 
 
-async def run_until_signalled(worker: Worker,
-                              on_ready: Callable[[Worker], None] | None = None) -> WorkerStats:
-    """Run a worker until SIGTERM or SIGINT, calling `on_ready` once it serves."""
+async def run_until_signalled(
+        worker: Worker, on_ready: Callable[[Worker], None] | None = None,
+        companions: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = ()
+) -> WorkerStats:
+    """Run a worker (and its companions, with the same stop) until SIGTERM or SIGINT,
+    calling `on_ready` once it serves."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    beside: list[asyncio.Task[None]] = [asyncio.create_task(run(stop)) for run in companions]
     try:
         task = asyncio.create_task(worker.run(stop))
         ready = asyncio.create_task(worker.ready.wait())
@@ -330,7 +334,10 @@ async def run_until_signalled(worker: Worker,
         ready.cancel()
         if worker.ready.is_set() and on_ready is not None:
             on_ready(worker)
-        return await task
+        stats = await task
+        stop.set()
+        await asyncio.gather(*beside, return_exceptions=True)
+        return stats
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

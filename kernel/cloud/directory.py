@@ -2,6 +2,7 @@
 
 import threading
 import time
+import weakref
 from uuid import UUID
 from weakref import WeakKeyDictionary
 
@@ -15,12 +16,22 @@ class Directory:
     what was appended since the last look)."""
 
     def __init__(self, app: KernelApplication, topic: str = POOL_TOPIC) -> None:
-        self.app, self.topic = app, topic
+        # weakly: the shared directories are kept per application, which they must not keep
+        # alive (it would then be collected only at exit, after its store is gone)
+        self._app, self.topic = weakref.ref(app), topic
         self._position = 0
         self._ids: list[UUID] = []
         self._snapshot: tuple[UUID, ...] = ()
         self._looked_at = float("-inf")
         self._lock = threading.Lock()
+
+    @property
+    def app(self) -> KernelApplication:
+        """The application whose log this directory reads."""
+        app = self._app()
+        if app is None:
+            raise RuntimeError("the application of this directory is gone")
+        return app
 
     def ids(self, max_age: float = 0.0) -> tuple[UUID, ...]:
         """Every id created so far, in log order; with `max_age`, the ids as of a look at

@@ -260,7 +260,9 @@ def deploy_factory(uow: UnitOfWork, command: DeployVm,
     vm = VirtualMachine.allocate(name=command.name, account=command.account,
                                  zone_id=command.zone_id,
                                  service_offering_id=offering.id, template_id=template.id,
-                                 ha_enabled=command.ha_enabled, id=command.vm_id)
+                                 # HA is the offering's (as in CloudStack), or asked for
+                                 ha_enabled=command.ha_enabled or offering.ha_enabled,
+                                 id=command.vm_id)
     volume = new_root_volume(vm, template, command.root_size_bytes)
     for network_id in command.network_ids:
         network = _read(uow, network_id)

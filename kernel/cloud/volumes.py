@@ -27,7 +27,7 @@ import msgspec
 
 from aggregates.entity_queue import EntityQueue
 from aggregates.errors import DomainRuleError, NotFoundError, ValidationError
-from aggregates.host import Host, HostStatus
+from aggregates.host import MAINTENANCE_STATES, Host, HostStatus
 from aggregates.offering import DiskOffering
 from aggregates.operation import Operation
 from aggregates.plan import Compensation, Plan, PlannedStep, RetryPolicy
@@ -128,14 +128,30 @@ def volume_file_name(volume: Volume) -> str:
 
 
 def storage_host(reader: Reader, volume: Volume) -> Host:
-    """The host whose pool holds the volume: where it was created, else its VM's host."""
+    """A host that reaches the volume's pool: where it was created, else its VM's host; if
+    that one is down or in maintenance, its VM's host or any other usable host that reaches
+    the pool (a shared pool is reached from every host of its cluster)."""
     host_id = volume.host_id
-    if host_id is None and volume.vm_id is not None:
-        vm = look(reader, volume.vm_id, VirtualMachine, "vm")
+    vm = None if volume.vm_id is None else look(reader, volume.vm_id, VirtualMachine, "vm")
+    if host_id is None and vm is not None:
         host_id = vm.host_id or vm.last_host_id
     if host_id is None:
         raise NotFoundError(f"volume {volume.name} is on no known host")
-    return look(reader, host_id, Host, "host")  # type: ignore[no-any-return]
+    recorded: Host = look(reader, host_id, Host, "host")
+    if _usable(recorded) or volume.pool_id is None:
+        return recorded
+    pool = look(reader, volume.pool_id, PrimaryStoragePool, "storage pool")
+    others = [vm.host_id] if vm is not None and vm.host_id is not None else []
+    app = reader.uow.app if isinstance(reader, EffectScope) else reader.app
+    for other_id in (*others, *directory(app, HOST_TOPIC).ids()):
+        other: Host = look(reader, other_id, Host, "host")
+        if _usable(other) and reaches(other, pool):
+            return other
+    return recorded  # nothing better: the step waits for it (and is retried)
+
+
+def _usable(host: Host) -> bool:
+    return host.status is HostStatus.UP and host.resource_state not in MAINTENANCE_STATES
 
 
 def volume_ref(reader: Reader, volume: Volume) -> VolumeRef:

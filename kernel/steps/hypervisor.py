@@ -7,6 +7,7 @@ migrate -> migrate with the hosts swapped. reboot, console and report_power chan
 that can be undone, or nothing at all.
 """
 
+from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -24,8 +25,10 @@ __all__ = [
     "DomainDefined",
     "DomainPower",
     "DomainUndefined",
+    "FenceHost",
     "GetConsole",
     "GraphicsInfo",
+    "HostFenced",
     "MigrateDomain",
     "Migrated",
     "NicSpec",
@@ -169,6 +172,14 @@ class ReportPower(_Args, frozen=True, kw_only=True, tag="hypervisor.report_power
     host_uri: str
 
 
+class FenceHost(_Args, frozen=True, kw_only=True, tag="hypervisor.fence"):
+    """Make sure no domain of a host runs any more (before its VMs start elsewhere): power
+    off every active domain, keeping the definitions. A host that cannot be reached cannot
+    be fenced, and the step fails (retryably)."""
+
+    host_uri: str
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -256,10 +267,21 @@ class DomainPower(msgspec.Struct, frozen=True, kw_only=True):
     state: PowerState
     reason: int
     persistent: bool
+    vcpus: int = 0
+    memory_mib: int = 0
 
 
 class PowerReport(msgspec.Struct, frozen=True, kw_only=True):
-    """Every domain of a host, as libvirt sees it, sorted by name."""
+    """Every domain of a host, as libvirt sees it, sorted by name; as an observation on NATS
+    it also says when it was taken."""
 
     host_uri: str
     domains: tuple[DomainPower, ...]
+    observed_at: datetime | None = None
+
+
+class HostFenced(msgspec.Struct, frozen=True, kw_only=True):
+    """The host runs no domain: the ones that were powered off."""
+
+    host_uri: str
+    powered_off: tuple[UUID, ...]

@@ -29,6 +29,7 @@ from kernel.steps.hypervisor import (
     DomainDefined,
     DomainPower,
     DomainUndefined,
+    HostFenced,
     PowerChanged,
     PowerReport,
     PowerState,
@@ -44,6 +45,7 @@ __all__ = [
     "destroy",
     "detach_disk",
     "domain_type_of",
+    "fence",
     "lookup",
     "reboot",
     "report_power",
@@ -281,13 +283,25 @@ def report_power(conn: libvirt.virConnect, host_uri: str) -> PowerReport:
         for dom in conn.listAllDomains(0):
             try:
                 state, reason = dom.state()
+                _state, max_kib, _mem, vcpus, _cpu_time = dom.info()
                 found.append(DomainPower(name=dom.name(), uuid=UUID(dom.UUIDString()),
                                          state=_STATES.get(state, "unknown"), reason=reason,
-                                         persistent=bool(dom.isPersistent())))
+                                         persistent=bool(dom.isPersistent()), vcpus=vcpus,
+                                         memory_mib=max_kib // 1024))
             except libvirt.libvirtError as e:
                 if not is_not_found(e):  # undefined while we listed: not there any more
                     raise
     return PowerReport(host_uri=host_uri, domains=tuple(sorted(found, key=lambda d: d.name)))
+
+
+def fence(conn: libvirt.virConnect, host_uri: str) -> HostFenced:
+    """Power off every active domain of the host; their definitions stay."""
+    off = []
+    with translated(f"fence {host_uri}"):
+        for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            if _destroy_if_active(dom):
+                off.append(UUID(dom.UUIDString()))
+    return HostFenced(host_uri=host_uri, powered_off=tuple(sorted(off)))
 
 
 def _refuse_taken_name(conn: libvirt.virConnect, name: str, vm_id: UUID) -> None:

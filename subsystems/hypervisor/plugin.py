@@ -25,7 +25,9 @@ from kernel.steps.hypervisor import (
     DiskChanged,
     DomainDefined,
     DomainUndefined,
+    FenceHost,
     GetConsole,
+    HostFenced,
     Migrated,
     MigrateDomain,
     PowerChanged,
@@ -132,7 +134,16 @@ class Hypervisor(SubsystemBase):
     @action("report_power")
     def report_power(self, ctx: StepContext, args: ReportPower) -> PowerReport:
         """The actual power state of every domain of a host."""
-        return domains.report_power(connection(args.host_uri), args.host_uri)
+        return self.observe(args.host_uri)
+
+    def observe(self, host_uri: str) -> PowerReport:
+        """Every domain of a host and its power state (what the power reporter publishes)."""
+        return domains.report_power(connection(host_uri), host_uri)
+
+    @action("fence")
+    def fence(self, ctx: StepContext, args: FenceHost) -> HostFenced:
+        """Power off every domain of a host (its VMs are about to start elsewhere)."""
+        return domains.fence(connection(args.host_uri), args.host_uri)
 
 
 def make_hypervisor(config: Mapping[str, Any]) -> Hypervisor:

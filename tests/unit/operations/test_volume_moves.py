@@ -111,6 +111,28 @@ def test_delete_removes_the_storage_and_gives_the_claim_back(cloud: VolumeCloud)
     refused(cloud, DeleteVolumeCommand(volume_id=volume.id), "Expunged")
 
 
+@pytest.mark.parametrize("trouble", ["down", "maintenance"])
+def test_a_volume_whose_host_is_down_or_in_maintenance_is_reached_through_another(
+        cloud: VolumeCloud, trouble: str) -> None:
+    from aggregates.host import Host, HostResourceState, HostStatus
+
+    volume = ready_volume(cloud)
+    assert volume.host_id is not None
+    host: Host = cloud.get(volume.host_id)
+    if trouble == "down":
+        host.change_status(HostStatus.DOWN, "test")
+    else:
+        host.change_resource_state(HostResourceState.PREPARE_FOR_MAINTENANCE, "test")
+    cloud.app.save(host)
+    cloud.engine.cache.clear()
+    deleted = cloud.command(DeleteVolumeCommand(volume_id=volume.id))
+    cloud.run()
+    assert cloud.op(deleted).state is OperationState.SUCCEEDED
+    [bound] = sent(cloud, "storage.delete_volume", DeleteVolume)
+    other = host_name(cloud, bound.volume.host_uri)
+    assert other != "kvm-a1" and other.startswith("kvm-a")  # the same cluster reaches the pool
+
+
 def test_a_volume_never_created_is_expunged_without_a_step(cloud: VolumeCloud) -> None:
     blank = Volume.allocate(name="blank", account="alice", zone_id=offering_zone(cloud),
                             volume_type=VolumeType.DATADISK, size_bytes=GIB)
