@@ -121,6 +121,7 @@ class Principal:
     actor: str
     role: Role
     allowed: tuple[str, ...] = ()
+    account: str | None = None  # the account it acts for; None: the whole platform
 
     def allows(self, command_tag: str) -> bool:
         """Whether this principal may send the command with this tag."""
@@ -136,8 +137,18 @@ class AccessControl(Protocol):
         """The principal that signed the request; UnauthenticatedError otherwise."""
         ...
 
-    def authorize(self, principal: Principal, command_tag: str) -> None:
-        """Return if the principal may send this command; ForbiddenError otherwise."""
+    def authenticate_bearer(self, token: str) -> Principal:
+        """The principal of a bearer token (the web page's); UnauthenticatedError otherwise."""
+        ...
+
+    def authorize(self, principal: Principal, command_tag: str, *,
+                  owner: str | None = None) -> None:
+        """Return if the principal may send this command, on a resource of account `owner`
+        (None: no resource yet, or not an account's); ForbiddenError otherwise."""
+        ...
+
+    def visible_accounts(self, principal: Principal) -> frozenset[str] | None:
+        """The accounts whose resources the principal may see; None: every account."""
         ...
 
 
@@ -335,8 +346,19 @@ class KeyringAccess:
             raise UnauthenticatedError(f"key {key.id} expired at {key.expires.isoformat()}")
         return Principal(key_id=key.id, actor=key.actor, role=key.role, allowed=key.allow)
 
-    def authorize(self, principal: Principal, command_tag: str) -> None:
-        """Refuse, naming what the key allows, a command the principal may not send."""
+    def authenticate_bearer(self, token: str) -> Principal:
+        """A keyring has no bearer tokens: they come from the ACL service."""
+        raise UnauthenticatedError("bearer tokens are not accepted here: sign the request "
+                                   f"with {SCHEME}")
+
+    def visible_accounts(self, principal: Principal) -> frozenset[str] | None:
+        """A keyring's keys are platform-wide: every account."""
+        return None
+
+    def authorize(self, principal: Principal, command_tag: str, *,
+                  owner: str | None = None) -> None:
+        """Refuse, naming what the key allows, a command the principal may not send (keys
+        are platform-wide, so the resource's owner does not matter)."""
         if not principal.allows(command_tag):
             raise ForbiddenError(
                 f"key {principal.key_id} ({principal.actor}, {principal.role}) may not send "
