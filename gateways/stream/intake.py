@@ -17,6 +17,7 @@ thread pool, because the core is synchronous; the event loop only moves bytes.
 import asyncio
 import contextlib
 import logging
+import re
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -110,6 +111,10 @@ class Reply:
 class MalformedError(Exception):
     """The request cannot be read as a command (bad body, wrong fields, missing header)."""
 
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field  # the body field at fault, when one is
+
 
 class UnknownCommandError(Exception):
     """No command has the subject's tag."""
@@ -182,52 +187,13 @@ class CommandIntake:
         return Reply(data, {CORRELATION_ID: str(correlation_id)})
 
     def _decode(self, tag: str, type_: type[Command], body: bytes) -> Command:
-        fields = ", ".join(type_.__struct_fields__)
-        try:
-            raw = _any_json.decode(body)
-        except msgspec.DecodeError as e:
-            raise MalformedError(f"body is not JSON ({e}); send an object of {tag}'s fields: "
-                                 f"{fields}") from None
-        if not isinstance(raw, dict):
-            raise MalformedError(f"body must be a JSON object of {tag}'s fields ({fields}), "
-                                 f"got {type(raw).__name__}")
-        if "command" in raw and raw["command"] != tag:
-            raise MalformedError(f"body field command is {raw['command']!r} but the subject "
-                                 f"names {tag!r}")
-        unknown = sorted(set(raw) - set(type_.__struct_fields__) - {"command"})
-        if unknown:
-            raise MalformedError(f"unknown field {', '.join(map(repr, unknown))} for {tag} "
-                                 f"(fields: {fields})")
-        try:
-            command: Command = self._decoders[tag].decode(body)
-        except msgspec.ValidationError as e:
-            raise MalformedError(f"{tag}: {e}") from None
-        return command
+        return decode_command(tag, type_, self._decoders[tag], body)
 
     def _refusal(self, e: Exception, subject: str, headers: Mapping[str, str]) -> Reply:
-        reason = detail = None
-        if isinstance(e, MalformedError):
-            code = "malformed"
-        elif isinstance(e, UnknownCommandError):
-            code = "unknown_command"
-        else:
-            code = next((c for t, c in _CODES if isinstance(e, t)), "internal")
-        if code == "internal":
-            ref = uuid.uuid4()
-            # The message may hold internals (SQL, paths): the log has it, the caller a reference.
-            log.exception("intake: %s failed (reference %s)", subject, ref)
-            message = f"internal error (reference {ref}); the command may be retried with the " \
-                      "same idempotency key"
-        else:
-            message = str(e)
-            if isinstance(e, KernelError):
-                extra = {k: v for k, v in e.to_dict().items() if k not in ("code", "message")}
-                reason, detail = e.code, extra or None
-            log.info("intake: %s refused (%s): %s [key %s]", subject[:140], code, message,
-                     headers.get(KEY_ID_HEADER.lower(), headers.get(KEY_ID_HEADER, "-"))[:64])
-        data = _encoder.encode(ErrorReply(error=ErrorBody(code=code, message=message,
-                                                          reason=reason, detail=detail)))
-        return Reply(data, {ERROR_HEADER: code}, error=code)
+        key_id = headers.get(KEY_ID_HEADER.lower(), headers.get(KEY_ID_HEADER, "-"))
+        body = refusal(e, where=f"intake: {subject}", key_id=key_id)
+        data = _encoder.encode(ErrorReply(error=body))
+        return Reply(data, {ERROR_HEADER: body.code}, error=body.code)
 
     # ------------------------------------------------------------------ the NATS loop
 
@@ -279,3 +245,63 @@ class CommandIntake:
             log.exception("intake: could not answer a request on %s", msg.subject[:140])
         finally:
             slots.release()
+
+
+# ---------------------------------------------------------------------- shared with the admin API
+
+_FIELD_AT = re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def decode_command(tag: str, type_: type[Command], decoder: msgspec.json.Decoder[Any],
+                   body: bytes) -> Command:
+    """The body as command `tag` (a JSON object of its fields); MalformedError naming why."""
+    fields = ", ".join(type_.__struct_fields__)
+    try:
+        raw = _any_json.decode(body)
+    except msgspec.DecodeError as e:
+        raise MalformedError(f"body is not JSON ({e}); send an object of {tag}'s fields: "
+                             f"{fields}") from None
+    if not isinstance(raw, dict):
+        raise MalformedError(f"body must be a JSON object of {tag}'s fields ({fields}), "
+                             f"got {type(raw).__name__}")
+    if "command" in raw and raw["command"] != tag:
+        raise MalformedError(f"body field command is {raw['command']!r} but the subject "
+                             f"names {tag!r}", field="command")
+    unknown = sorted(set(raw) - set(type_.__struct_fields__) - {"command"})
+    if unknown:
+        raise MalformedError(f"unknown field {', '.join(map(repr, unknown))} for {tag} "
+                             f"(fields: {fields})", field=str(unknown[0]))
+    try:
+        command: Command = decoder.decode(body)
+    except msgspec.ValidationError as e:
+        at = _FIELD_AT.search(str(e))
+        raise MalformedError(f"{tag}: {e}", field=at.group(1) if at else None) from None
+    return command
+
+
+def error_code(e: BaseException) -> str:
+    """The stable code of a refusal: malformed, unknown_command, a KernelError's, or internal."""
+    if isinstance(e, MalformedError):
+        return "malformed"
+    if isinstance(e, UnknownCommandError):
+        return "unknown_command"
+    return next((c for t, c in _CODES if isinstance(e, t)), "internal")
+
+
+def refusal(e: BaseException, *, where: str, key_id: str = "-") -> ErrorBody:
+    """The error body a gateway answers for `e`; internal errors are logged with a reference
+    and never shown (their message may hold SQL or paths)."""
+    code = error_code(e)
+    reason = detail = None
+    if code == "internal":
+        ref = uuid.uuid4()
+        log.error("%s failed (reference %s)", where[:140], ref, exc_info=e)
+        message = f"internal error (reference {ref}); the command may be retried with the " \
+                  "same idempotency key"
+    else:
+        message = str(e)
+        if isinstance(e, KernelError):
+            extra = {k: v for k, v in e.to_dict().items() if k not in ("code", "message")}
+            reason, detail = e.code, extra or None
+        log.info("%s refused (%s): %s [key %s]", where[:140], code, message, key_id[:64])
+    return ErrorBody(code=code, message=message, reason=reason, detail=detail)

@@ -73,7 +73,8 @@ NOT_IMPLEMENTED = "network_not_implemented"
 Command = Literal["add", "delete"]
 Section = Literal["dhcp_host", "dns_host"]
 # live XML -> (DHCP entries to drop, to add, DNS entries to drop, to add)
-EntryPlan = Callable[[str], tuple[list[DhcpHost], list[DhcpHost], list[DnsHost], list[DnsHost]]]
+EntryPlanned = tuple[list[DhcpHost], list[DhcpHost], list[DnsHost], list[DnsHost]]
+EntryPlan = Callable[[str], EntryPlanned]
 _RACE_RETRIES = 3
 
 
@@ -120,14 +121,19 @@ class NetworkElement(SubsystemBase):
         dhcp = DhcpHost(mac=mac, ip=args.ip, name=args.hostname)
         dns = DnsHost(ip=args.ip, hostnames=(args.hostname,))
         _check_address(args.ip)
+
+        def plan(xml: str) -> EntryPlanned:
+            # each section parsed once: the network's XML grows with every NIC on it
+            dhcps, dnss = dhcp_hosts(xml), dns_hosts(xml)
+            return ([h for h in dhcps if h != dhcp and (
+                        h.mac == mac or h.ip == dhcp.ip or h.name == dhcp.name)],
+                    [] if dhcp in dhcps else [dhcp],
+                    [h for h in dnss if h != dns and (
+                        h.ip == dns.ip or args.hostname in h.hostnames)],
+                    [] if dns in dnss else [dns])
+
         with self._lock(args.host_uri, name):
-            changed = self._converge(args.host_uri, name, lambda xml: (
-                [h for h in dhcp_hosts(xml) if h != dhcp and (
-                    h.mac == mac or h.ip == dhcp.ip or h.name == dhcp.name)],
-                [] if dhcp in dhcp_hosts(xml) else [dhcp],
-                [h for h in dns_hosts(xml) if h != dns and (
-                    h.ip == dns.ip or args.hostname in h.hostnames)],
-                [] if dns in dns_hosts(xml) else [dns]))
+            changed = self._converge(args.host_uri, name, plan)
         return NicPrepared(network_id=args.network_id, host_uri=args.host_uri,
                            libvirt_network=name, mac=mac, ip=args.ip,
                            hostname=args.hostname, changed=changed)
