@@ -25,7 +25,7 @@ from aggregates.errors import NotFoundError
 from aggregates.host import Host
 from aggregates.operation import Operation, OperationState
 from aggregates.plan import Plan, PlannedStep, RetryPolicy
-from aggregates.vm import VirtualMachine, VmState
+from aggregates.vm import PowerState, VirtualMachine, VmState
 from kernel.cloud.vm_effects import release_placement
 from kernel.cloud.vms import StartVm, start_factory
 from kernel.effects import BaseEffect, Effects, EffectScope
@@ -85,6 +85,13 @@ def is_idle(scope: EffectScope, entity_id: UUID) -> bool:
     return not (isinstance(queue, EntityQueue) and queue.is_busy)
 
 
+def running_elsewhere(vm: VirtualMachine, host_id: UUID) -> UUID | None:
+    """The host other than `host_id` a report last saw the VM running on, if any."""
+    if vm.power_state is PowerState.ON and vm.power_host_id not in (None, host_id):
+        return vm.power_host_id
+    return None
+
+
 def restart_elsewhere(scope: EffectScope, vm: VirtualMachine, reason: str, now: datetime, *,
                       start: bool) -> list[StartOperation]:
     """A Running VM that certainly runs nowhere: Stopped, its claims given back, and (with
@@ -111,8 +118,9 @@ class FenceEnded:
         for vm_id in dict.fromkeys(vm for vm, _cpu, _mem in host.claims.values()):
             vm: object = scope.peek(vm_id)
             if not isinstance(vm, VirtualMachine) or vm.state is not VmState.RUNNING \
-                    or vm.host_id != host.id or not is_idle(scope, vm.id):
-                continue
+                    or vm.host_id != host.id or not is_idle(scope, vm.id) \
+                    or running_elsewhere(vm, host.id) is not None:
+                continue  # busy, or seen running on another host: the reports settle it
             follow_ups += restart_elsewhere(scope, scope.get(vm.id, VirtualMachine),
                                             f"host {host.name} is down and was fenced", now,
                                             start=vm.ha_enabled)

@@ -197,6 +197,15 @@ class Reconciler:
         if count < self.policy.missing_after:
             return
         step.missing.pop(vm.id, None)
+        elsewhere = actions.running_elsewhere(vm, host.id)
+        if elsewhere is not None:  # it moved behind our back: follow it, never start a copy
+            self.stats["moved_out_of_band"] += 1
+            actions.restart_elsewhere(step.scope, vm, f"found running on another host, not on "
+                                      f"{host.name}", step.now, start=False)
+            there = step.scope.get(elsewhere, Host)
+            if not self._adopt(there, vm, step.scope):
+                step.operations.append(actions.enforce_stop(vm.id, there.uri))
+            return
         vm.observe_power(PowerState.REPORT_MISSING, host.id)
         self.stats["power_report_missing"] += 1
         start = vm.ha_enabled or self.policy.on_stopped_out_of_band == "restart"

@@ -299,3 +299,22 @@ def test_the_vms_read_model_follows_what_drift_did(cloud: RealityCloud, tmp_path
             ("Running", elsewhere.id, "PowerOn")
     finally:
         view.close()
+
+
+@pytest.mark.parametrize("offering", ["small", "large-ha"])
+def test_a_vm_that_moved_behind_our_back_is_followed_never_started_twice(
+        cloud: RealityCloud, offering: str) -> None:
+    vm = cloud.deploy("web-1", offering)
+    source = cloud.host_of(vm)
+    target: Host = cloud.get(next(h for h in cloud.host_ids if h != source.id))
+    cloud.domains[vm.id] = target.uri  # migrated out of band
+    reconciler = cloud.reconciler(missing_after=2)
+    for _ in range(2):
+        reconciler.observe([cloud.report(target.uri), cloud.report(source.uri)])
+    cloud.run()
+    moved = cloud.get(vm.id)
+    assert (moved.state, moved.host_id, moved.power_state) == \
+        (VmState.RUNNING, target.id, PowerState.ON)
+    assert [c[0] for c in cloud.get(target.id).claims.values()] == [vm.id]
+    assert cloud.get(source.id).claims == {}
+    assert cloud.ops("vm.start") == [] and cloud.ops("vm.enforce_stop") == []
