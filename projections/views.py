@@ -26,7 +26,7 @@ from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Composed, Identifier
+from psycopg.sql import SQL, Composed, Identifier, Literal
 from psycopg.types.json import Jsonb
 
 from aggregates.errors import ConfigError
@@ -59,6 +59,14 @@ class Page:
     """One page of a query: its rows, and the key to pass as `after` for the next (or None)."""
 
     rows: list[Row]
+    next_after: Any
+
+
+@dataclass(frozen=True)
+class JsonPage:
+    """One page of a query as JSON bytes (an array of row objects), and the next `after`."""
+
+    items: bytes
     next_after: Any
 
 
@@ -99,6 +107,13 @@ class RowView:
     def list(self, *, after: Any = None, limit: int = DEFAULT_LIMIT, **filters: Any) -> Page:
         """Rows matching the equality filters, ordered by key, after the given key."""
         raise NotImplementedError
+
+    def list_json(self, *, after: Any = None, limit: int = DEFAULT_LIMIT,
+                  **filters: Any) -> JsonPage:
+        """As `list`, the rows already as a JSON array (what an API sends on): each value as
+        msgspec encodes it (UUIDs and timestamps as RFC 3339 strings, JSON columns inline)."""
+        page = self.list(after=after, limit=limit, **filters)
+        return JsonPage(_json_encode(page.rows), page.next_after)
 
     def max_tracking_id(self, application_name: str) -> int | None:
         """The last position applied (the library's tracking)."""
@@ -168,6 +183,15 @@ def _from_sqlite(kind: str, value: Any) -> Any:
     return value
 
 
+def _sqlite_json_value(kind: str, name: str) -> str:
+    """The SQL giving a stored column's JSON value as msgspec would encode the decoded one."""
+    if kind == JSON_T:
+        return f"json({name})"
+    if kind == TS_T:  # stored by isoformat(); msgspec writes UTC as "Z"
+        return f"replace({name}, '+00:00', 'Z')"
+    return name
+
+
 class SQLiteRowView(SQLiteTrackingRecorder, RowView):
     """A read model in its own SQLite file."""
 
@@ -180,6 +204,8 @@ class SQLiteRowView(SQLiteTrackingRecorder, RowView):
         self._select = f"SELECT {', '.join(names)} FROM {self.table}"
         self._upsert = (f"INSERT OR REPLACE INTO {self.table} ({', '.join(names)}) "
                         f"VALUES ({', '.join('?' * len(names))})")
+        self._json_fields = ", ".join(f"'{c.name}', {_sqlite_json_value(c.type, c.name)}"
+                                      for c in model.columns)
 
     def construct_create_table_statements(self) -> list[str]:
         """The library's tracking table, the rows table and an index per filter."""
@@ -253,6 +279,27 @@ class SQLiteRowView(SQLiteTrackingRecorder, RowView):
 
     def list(self, *, after: Any = None, limit: int = DEFAULT_LIMIT, **filters: Any) -> Page:
         """Rows matching the equality filters, ordered by key, after the given key."""
+        sql, params = self._page_query(self._select, after, limit, filters)
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(sql, params)
+            rows = [self._decode(raw) for raw in c.fetchall()]
+        return Page(rows, rows[-1][self.model.key] if len(rows) == limit else None)
+
+    def list_json(self, *, after: Any = None, limit: int = DEFAULT_LIMIT,
+                  **filters: Any) -> JsonPage:
+        """As `list`, the JSON built by SQLite itself (no row is decoded in Python)."""
+        sql, params = self._page_query(self._select, after, limit, filters)
+        key = self.model.key
+        wrapped = (f"SELECT json_group_array(json_object({self._json_fields})), count(*), "
+                   f"max({key}) FROM ({sql})")
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(wrapped, params)
+            items, count, last = c.fetchone()
+        next_after = _from_sqlite(self._types[key], last) if count == limit else None
+        return JsonPage(items.encode(), next_after)
+
+    def _page_query(self, select: str, after: Any, limit: int,
+                    filters: dict[str, Any]) -> tuple[str, builtins.list[Any]]:
         after, filters = check_query(self.model, limit, after, filters)
         where: builtins.list[str] = []
         params: builtins.list[Any] = []
@@ -263,12 +310,9 @@ class SQLiteRowView(SQLiteTrackingRecorder, RowView):
         if after is not None:
             where.append(f"{self.model.key} > ?")
             params.append(_to_sqlite(self._types[self.model.key], after))
-        sql = self._select + (" WHERE " + " AND ".join(where) if where else "")
+        sql = select + (" WHERE " + " AND ".join(where) if where else "")
         sql += f" ORDER BY {self.model.key} LIMIT ?"
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(sql, [*params, limit])
-            rows = [self._decode(raw) for raw in c.fetchall()]
-        return Page(rows, rows[-1][self.model.key] if len(rows) == limit else None)
+        return sql, [*params, limit]
 
     def close(self) -> None:
         """Close the file's connections."""
@@ -299,6 +343,17 @@ def _pg_values(rows: list[Row], column: Column) -> list[Any]:
     if column.type == JSON_T:
         return [None if r[name] is None else Jsonb(r[name], _json_text) for r in rows]
     return [r[name] for r in rows]
+
+
+def _pg_json_value(kind: str, name: str) -> Composed:
+    """The SQL giving a column's JSON value as msgspec would encode the decoded one."""
+    column = Identifier(name)
+    if kind == TS_T:  # RFC 3339 in UTC with "Z", microseconds only when there are any
+        return SQL("regexp_replace(to_char({} AT TIME ZONE 'UTC', "
+                   "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '\\.000000Z$', 'Z')").format(column)
+    if kind == UUID_T:
+        return SQL("{}::text").format(column)
+    return SQL("{}").format(column)
 
 
 class PostgresRowView(PostgresTrackingRecorder, RowView):
@@ -429,9 +484,35 @@ class PostgresRowView(PostgresTrackingRecorder, RowView):
 
     def list(self, *, after: Any = None, limit: int = DEFAULT_LIMIT, **filters: Any) -> Page:
         """Rows matching the equality filters, ordered by key, after the given key."""
+        query, params = self._page_query(after, limit, filters)
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(query, params)
+            rows = [dict(r) for r in curs.fetchall()]
+        return Page(rows, rows[-1][self.model.key] if len(rows) == limit else None)
+
+    def list_json(self, *, after: Any = None, limit: int = DEFAULT_LIMIT,
+                  **filters: Any) -> JsonPage:
+        """As `list`, the JSON built by PostgreSQL itself (no row is decoded in Python)."""
+        query, params = self._page_query(after, limit, filters)
+        key = Identifier(self.model.key)
+        fields = SQL(", ").join(
+            SQL("{}, {}").format(Literal(c.name), _pg_json_value(c.type, c.name))
+            for c in self.model.columns)
+        wrapped = SQL("SELECT coalesce(json_agg(json_build_object({}) ORDER BY {}), '[]')::text "
+                      "AS items, count(*) AS n, (array_agg({} ORDER BY {} DESC))[1] AS last "
+                      "FROM ({}) AS page").format(
+            fields, key, key, key, query)
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(wrapped, params)
+            row = curs.fetchone()
+        assert row is not None
+        return JsonPage(row["items"].encode(), row["last"] if row["n"] == limit else None)
+
+    def _page_query(self, after: Any, limit: int,
+                    filters: dict[str, Any]) -> tuple[Composed, builtins.list[Any]]:
         after, filters = check_query(self.model, limit, after, filters)
-        where: list[Composed] = []
-        params: list[Any] = []
+        where: builtins.list[Composed] = []
+        params: builtins.list[Any] = []
         for name, value in filters.items():
             if value is None:
                 where.append(SQL("{} IS NULL").format(Identifier(name)))
@@ -445,11 +526,7 @@ class PostgresRowView(PostgresTrackingRecorder, RowView):
         query = self._select
         if where:
             query = SQL("{} WHERE {}").format(query, SQL(" AND ").join(where))
-        query = SQL("{} ORDER BY {} LIMIT %s").format(query, key)
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(query, [*params, limit])
-            rows = [dict(r) for r in curs.fetchall()]
-        return Page(rows, rows[-1][self.model.key] if len(rows) == limit else None)
+        return SQL("{} ORDER BY {} LIMIT %s").format(query, key), [*params, limit]
 
     def close(self) -> None:
         """Close the pool."""
