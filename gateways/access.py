@@ -28,7 +28,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -363,3 +363,46 @@ class KeyringAccess:
             raise ForbiddenError(
                 f"key {principal.key_id} ({principal.actor}, {principal.role}) may not send "
                 f"{command_tag}; it allows {', '.join(principal.allowed) or 'nothing'}")
+
+
+class LayeredAccess:
+    """AccessControl over two sources: the keys of the file keyring (the platform's own admin
+    and integrator keys, made with `cloudkernel keys`) and everything else from `primary`
+    (the ACL service: its users' keys and bearer tokens). Each decision goes to the source
+    that authenticated the principal."""
+
+    def __init__(self, primary: AccessControl, keyring: KeyringAccess) -> None:
+        self.primary, self.keyring = primary, keyring
+
+    def _source(self, key_id: str) -> AccessControl:
+        return self.keyring if key_id and self.keyring.keyring.get(key_id) is not None \
+            else self.primary
+
+    def authenticate(self, request: SignedRequest) -> Principal:
+        """By the keyring for its keys, else by the primary source."""
+        return self._source(request.key_id).authenticate(request)
+
+    def authenticate_bearer(self, token: str) -> Principal:
+        """Bearer tokens are the primary source's."""
+        return self.primary.authenticate_bearer(token)
+
+    def authorize(self, principal: Principal, command_tag: str, *,
+                  owner: str | None = None) -> None:
+        """Decided by the source that authenticated the principal."""
+        self._source(principal.key_id).authorize(principal, command_tag, owner=owner)
+
+    def visible_accounts(self, principal: Principal) -> frozenset[str] | None:
+        """As the source that authenticated the principal says."""
+        return self._source(principal.key_id).visible_accounts(principal)
+
+    def governs(self, account: str) -> bool:
+        """Whether the primary source keeps limits for this account."""
+        governs = getattr(self.primary, "governs", None)
+        return bool(governs is not None and governs(account))
+
+    def check_limits(self, account: str, usage: Mapping[str, int],
+                     delta: Mapping[str, int]) -> None:
+        """The primary source's limits of the account (and the domains above it)."""
+        check = getattr(self.primary, "check_limits", None)
+        if check is not None:
+            check(account, usage, delta)

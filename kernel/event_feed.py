@@ -51,8 +51,8 @@ def subject_of(topic: str) -> str:
 class EventFeed:
     """Reads the log after a position and shapes each event for the EVENTS stream."""
 
-    def __init__(self, app: KernelApplication):
-        self.app = app
+    def __init__(self, app: KernelApplication, *, subject_prefix: str = SUBJECT_PREFIX):
+        self.app, self.subject_prefix = app, subject_prefix
 
     def read(self, after: int, limit: int = 1000) -> list[PublicEvent]:
         """Up to `limit` events after position `after`, in log order."""
@@ -71,5 +71,6 @@ class EventFeed:
                 headers[CORRELATION_ID] = str(audit.correlation_id)
             if audit.causation_id:
                 headers[CAUSATION_ID] = audit.causation_id
-            out.append(PublicEvent(note.id, subject_of(note.topic), headers, bytes(note.state)))
+            out.append(PublicEvent(note.id, self.subject_prefix + note.topic, headers,
+                                   bytes(note.state)))
         return out

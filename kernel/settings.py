@@ -48,6 +48,13 @@ class Settings:
     on_stopped_out_of_band: str = "adopt"  # or "restart"
     on_unexpected_running: str = "adopt"  # or "stop"
     on_unknown_domain: str = "quarantine"  # or "adopt"
+    # ACL service (gateways/acl): LDAP login and bearer tokens
+    acl_ldap_url: str = ""  # e.g. ldap://ldap.example.org:389; empty: local passwords only
+    acl_ldap_user_dn: str = "uid={username},ou=people,dc=example,dc=org"
+    acl_ldap_account: str = ""  # the account LDAP users are created in on first login
+    acl_ldap_role: str = "user"  # their role: user or domain_admin
+    acl_ldap_timeout_seconds: float = 3.0
+    acl_token_hours: float = 8.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -161,6 +168,12 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "on_stopped_out_of_band": _choice("adopt", "restart"),
     "on_unexpected_running": _choice("adopt", "stop"),
     "on_unknown_domain": _choice("quarantine", "adopt"),
+    "acl_ldap_url": (_text, "an LDAP URL like ldap://host:389 (or empty)"),
+    "acl_ldap_user_dn": (_text, "a DN template containing {username}"),
+    "acl_ldap_account": (_text, "the name of an ACL account"),
+    "acl_ldap_role": _choice("user", "domain_admin"),
+    "acl_ldap_timeout_seconds": _number_in(0.1, 60),
+    "acl_token_hours": _number_in(0.01, 720),
 }
 
 

@@ -13,7 +13,7 @@ STAMP="$VENV/.cloudkernel-install.sha256"
 # libvirt's test:/// driver lives in libvirt0, which libvirt-dev pulls in: no daemon, no qemu.
 # postgresql provides initdb/postgres for the test fixtures; make runs the Makefile.
 # slapd and ldap-utils give the ACL tests a throwaway OpenLDAP server (slapd, slapadd).
-APT_PACKAGES=(libvirt-dev pkg-config python3-venv python3-dev gcc postgresql make slapd ldap-utils)
+APT_PACKAGES=(libvirt-dev pkg-config python3-venv python3-dev gcc postgresql make slapd ldap-utils chromium)
 
 log() { printf 'install.sh: %s\n' "$*" >&2; }
 

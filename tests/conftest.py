@@ -131,3 +131,23 @@ def libvirt_host_factory(tmp_path: Path) -> LibvirtHostFactory:
 def libvirt_uri(libvirt_host_factory: LibvirtHostFactory) -> str:
     """`test:///...` URI of one simulated host (8 cpus, 16 GiB) with no domains."""
     return libvirt_host_factory()
+
+
+# --------------------------------------------------------------------------- OpenLDAP (ACL)
+
+LDAP_USERS = {"lara": "lara-secret", "leo": "leo-secret"}
+
+
+@pytest.fixture
+def slapd(tmp_path: Path) -> Iterator[Any]:
+    """A throwaway slapd on loopback with users lara and leo (see LDAP_USERS)."""
+    from fixtures.ldap import SlapdServer, find_slapd
+
+    if find_slapd() is None:
+        pytest.skip("slapd is not installed (scripts/install.sh installs slapd and ldap-utils)")
+    server = SlapdServer(tmp_path / "slapd", LDAP_USERS)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

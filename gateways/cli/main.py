@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     from gateways.cli.repair import add_repair_command
 
     add_repair_command(sub)
+    from gateways.cli.acl import add_acl_commands
+
+    add_acl_commands(sub)
+    from gateways.cli.api import add_api_command
+
+    add_api_command(sub)
     return parser
 
 
@@ -233,14 +239,21 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
     """Kernel loops, relay, intake, projections and a worker per subsystem, until a signal."""
     import asyncio
     import contextlib
+    import functools
 
-    from gateways.access import KeyringAccess
+    from gateways.access import KeyringAccess, LayeredAccess
+    from gateways.acl.access import AclAccess
+    from gateways.acl.relay import acl_relay
+    from gateways.acl.service import AclService
+    from gateways.cli.api import api_server
     from gateways.cli.projections import projection_runners
+    from gateways.ownership import store_lookup
     from gateways.stream.intake import CommandIntake
     from gateways.stream.kernel_runner import KernelRunner
     from gateways.stream.observer import listener_for, reporter_for
     from gateways.stream.relay import EventRelay
     from gateways.stream.worker import Worker
+    from gateways.web.admin import ADMIN_USER, banner, ensure_admin_user, mount_web_page
     from gateways.webhooks.service import WebhookService
     from gateways.webhooks.store import open_webhook_store
     from kernel.bootstrap import command_catalog
@@ -267,36 +280,51 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
                             *(r for r in reporters if r is not None)]
     relay = EventRelay(EventFeed(engine.app), servers)
     # The intake shares the kernel's engine: operations it accepts get their timers here.
-    intake = CommandIntake(command_catalog(platform, engine),
-                           KeyringAccess(_admin_keyring(settings)), servers)
+    # The ACL service decides for its users' keys and tokens; the keyring's own keys (the
+    # admin key printed on the first start) keep working beside it.
+    acl = AclService.open(settings)
+    access = LayeredAccess(AclAccess(acl), KeyringAccess(_admin_keyring(settings)))
+    admin_password = ensure_admin_user(acl)
+    acl_events = acl_relay(acl.app, servers)
+    intake = CommandIntake(command_catalog(platform, engine), access, servers,
+                           owner_lookup=store_lookup(platform.app.repository))
     webhook_store = open_webhook_store(settings)
     webhooks = WebhookService(webhook_store, servers)
     with projection_runners(settings, list(MODELS)) as projections, \
             contextlib.closing(webhook_store):
         for projection in projections:
             projection.start()
+        api = api_server(settings, platform, engine, projections, access,
+                         kernel_stats=lambda: runner.stats,
+                         drift_stats=lambda: observers[0].reconciler.stats)
+        api.mount = functools.partial(mount_web_page, servers=servers, login=acl.login)
         tasks = [asyncio.create_task(runner.run(stop)), asyncio.create_task(relay.run(stop)),
+                 asyncio.create_task(acl_events.run(stop)),
+                 asyncio.create_task(api.run(stop)),
                  asyncio.create_task(intake.run(stop)), asyncio.create_task(webhooks.run(stop)),
                  *(asyncio.create_task(w.run(stop)) for w in workers),
                  *(asyncio.create_task(o.run(stop)) for o in observers)]
         ready: asyncio.Future[Any] = asyncio.ensure_future(
-            asyncio.gather(intake.ready.wait(), webhooks.ready.wait(),
+            asyncio.gather(intake.ready.wait(), webhooks.ready.wait(), api.ready.wait(),
                            *(w.ready.wait() for w in workers)))
         await asyncio.wait([*tasks, ready], return_when=asyncio.FIRST_COMPLETED)
         for task in tasks:  # a loop that ended before the workers were ready failed
             if task.done():
                 task.result()
         names = ", ".join(p.name for p in registry.plugins)
-        print(f"cloudkernel is up: store={settings.store} data={settings.data_dir} nats={url}; "
-              f"kernel, event relay, command intake, webhooks, {len(projections)} projections and "
+        print(f"cloudkernel is up: store={settings.store} data={settings.data_dir} nats={url} "
+              f"api={api.url}; kernel, event relay, command intake, webhooks, admin API, "
+              f"{len(projections)} projections and "
               f"workers for {names} "
               "running; Ctrl-C stops it", flush=True)
+        print(banner(api.url, ADMIN_USER, admin_password), flush=True)
         try:
             await asyncio.gather(*tasks)
         finally:
             stop.set()
             for projection in projections:
                 await asyncio.to_thread(projection.stop)
+            acl.close()
 
 
 def _admin_keyring(settings: Settings) -> "Keyring":

@@ -47,6 +47,7 @@ from gateways.access import (
     AccessControl,
     SignedRequest,
 )
+from gateways.ownership import AccountLookup, owner_of
 from gateways.stream.connection import connect
 from kernel.bootstrap import CommandRunner
 from kernel.commands import Command
@@ -137,6 +138,8 @@ class CommandIntake:
     servers: Sequence[str]
     concurrency: int = DEFAULT_CONCURRENCY
     max_in_flight: int = 256
+    # where the account owning a command's target is found (None: no resource checks)
+    owner_lookup: AccountLookup | None = None
     drain_timeout: float = 30.0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stats: Counter[str] = field(default_factory=Counter)
@@ -171,9 +174,12 @@ class CommandIntake:
         if tag not in self.catalog:
             raise UnknownCommandError(f"unknown command {tag[:100]!r} on {subject[:140]}; known: "
                                       f"{', '.join(sorted(self.catalog))}")
-        self.access.authorize(principal, tag)
+        self.access.authorize(principal, tag)  # the command at all, before its body is read
         type_, run = self.catalog[tag]
         command = self._decode(tag, type_, body)
+        owner = None if self.owner_lookup is None else owner_of(command, self.owner_lookup)
+        if owner is not None:  # and on this account's resource
+            self.access.authorize(principal, tag, owner=owner)
         # Keys are scoped by actor: another principal's same key is another command, and
         # never replays (or reveals) this one's result.
         scoped = f"{principal.actor}/{key}"

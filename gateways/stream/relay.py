@@ -45,8 +45,11 @@ class EventRelay:
     _nc: Client
 
     def __init__(self, feed: EventFeed, servers: Sequence[str], *, page: int = 2000,
-                 window: int = 1000, idle_poll: float = 0.05):
+                 window: int = 1000, idle_poll: float = 0.05, stream: str = EVENTS_STREAM,
+                 subject_prefix: str = SUBJECT_PREFIX):
         self.feed, self.servers = feed, list(servers)
+        # Another log (the ACL's) goes to its own stream under its own subjects.
+        self.stream, self.subject_prefix = stream, subject_prefix
         # A JetStream atomic batch holds at most 1,000 messages.
         self.page, self.window, self.idle_poll = page, min(window, 1000), idle_poll
         self.published = 0
@@ -80,7 +83,7 @@ class EventRelay:
 
     async def _relay(self, js: JetStreamContext, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        last_seq, position = await tail(js)
+        last_seq, position = await tail(js, self.stream, self.subject_prefix)
         while not stop.is_set():
             events = await loop.run_in_executor(self._reader, self.feed.read, position, self.page)
             if not events:
@@ -127,24 +130,26 @@ def _error(data: bytes) -> str:
     return str(err.get("description", err)) if isinstance(err, dict) else str(err)
 
 
-async def ensure_events_stream(js: JetStreamContext) -> None:
+async def ensure_events_stream(js: JetStreamContext, stream: str = EVENTS_STREAM,
+                               subject_prefix: str = SUBJECT_PREFIX) -> None:
     """Create the EVENTS stream unless it exists: limits retention, no deletes or purges."""
     try:
-        await js.stream_info(EVENTS_STREAM)
+        await js.stream_info(stream)
     except NotFoundError:
         await js.add_stream(StreamConfig(
-            name=EVENTS_STREAM, subjects=[SUBJECT_PREFIX + ">"],
+            name=stream, subjects=[subject_prefix + ">"],
             retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
             duplicate_window=120, deny_delete=True, deny_purge=True, allow_atomic=True))
 
 
-async def tail(js: JetStreamContext) -> tuple[int, int]:
+async def tail(js: JetStreamContext, stream: str = EVENTS_STREAM,
+               subject_prefix: str = SUBJECT_PREFIX) -> tuple[int, int]:
     """The stream's last sequence and the log position of its last message (0, 0 if empty)."""
-    await ensure_events_stream(js)
-    info = await js.stream_info(EVENTS_STREAM)
+    await ensure_events_stream(js, stream, subject_prefix)
+    info = await js.stream_info(stream)
     last_seq = int(info.state.last_seq or 0)
     if last_seq == 0 or not info.state.messages:
         return last_seq, 0
-    msg = await js.get_msg(EVENTS_STREAM, last_seq)
+    msg = await js.get_msg(stream, last_seq)
     headers = msg.headers or {}
     return last_seq, int(headers[POSITION])

@@ -28,6 +28,15 @@ def migrate(settings: Settings) -> list[str]:
         finally:
             app.close()
         report.append(f"{cls.name}: ready ({settings.store}, log head at {head})")
+    # The ACL service's own log (gateways.acl), apart from the platform's; it makes ROOT.
+    from gateways.acl.service import AclService
+
+    acl = AclService.open(settings, create_table=True)
+    try:
+        report.append(f"{acl.app.name}: ready ({settings.store}, log head at "
+                      f"{acl.app.recorder.max_notification_id() or 0})")
+    finally:
+        acl.close()
     # Read models: their tables and tracking rows (projections import the store, not this).
     from projections.catalog import MODELS
     from projections.views import open_view

@@ -37,7 +37,7 @@ def free_port() -> int:
 
 def start_up(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
     full = {**os.environ, "CLOUDKERNEL_DATA_DIR": str(tmp_path / "data"),
-            "PYTHONPATH": str(ROOT), **env}
+            "CLOUDKERNEL_API_PORT": str(free_port()), "PYTHONPATH": str(ROOT), **env}
     return subprocess.Popen([*CLI, "up"], cwd=tmp_path, env=full, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -134,11 +134,39 @@ def projection_caught_up(tmp_path: Path, name: str, timeout: float = 15) -> bool
     return False
 
 
+def read_banner(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """The web page's URL and the admin password `up` prints once, after the "up" line."""
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline() for _ in range(3)]
+    url = re.search(r"admin web page at (http://\S+)/", lines[0])
+    password = re.search(r"password:\s+(\S+)", lines[2])
+    assert url and password and "log in as: admin" in lines[1], lines
+    return url[1], password[1]
+
+
+def web_login(url: str, password: str) -> tuple[str, int]:
+    """The page's HTML, and the status of a VM list with the bearer token of a login."""
+    import urllib.request
+
+    page = urllib.request.urlopen(f"{url}/", timeout=10).read().decode()
+    login = urllib.request.Request(f"{url}/v1/login", method="POST", data=json.dumps(
+        {"username": "admin", "password": password}).encode(),
+        headers={"Content-Type": "application/json"})
+    token = json.loads(urllib.request.urlopen(login, timeout=10).read())["token"]
+    listing = urllib.request.Request(f"{url}/v1/vms",
+                                     headers={"Authorization": f"Bearer {token}"})
+    return page, urllib.request.urlopen(listing, timeout=10).status
+
+
 def test_up_on_the_embedded_default(tmp_path: Path) -> None:
     port = free_port()
     proc = start_up(tmp_path, CLOUDKERNEL_NATS_PORT=str(port))
     try:
         log = wait_until_up(proc)
+        # the admin web page and a first credential for it, shown once
+        url, password = read_banner(proc)
+        page, status = web_login(url, password)
+        assert "<html" in page.lower() and status == 200
         assert "registered 22 entities" in log
         assert asyncio.run(jetstream_works(f"nats://127.0.0.1:{port}")) == 1
         assert (tmp_path / "data" / "platform.db").is_file()

@@ -221,3 +221,55 @@ def test_admins_may_send_everything_integrators_what_their_key_lists() -> None:
         access.authorize(canceller, "operation.start")
     with pytest.raises(ForbiddenError, match=r"may not send vm\.deploy"):
         access.authorize(billing, "vm.deploy")
+
+
+class _Primary:
+    """A stand-in for the ACL service: one key id, account-scoped, bearer tokens."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str | None]] = []
+
+    def authenticate(self, request: SignedRequest) -> Principal:
+        if request.key_id != "acl-key":
+            raise UnauthenticatedError(f"unknown key id {request.key_id!r}")
+        return Principal(key_id="acl-key", actor="dave", role="integrator",
+                         allowed=("*",), account="dave")
+
+    def authenticate_bearer(self, token: str) -> Principal:
+        if token != "good-token":
+            raise UnauthenticatedError("bad token")
+        return Principal(key_id="", actor="erin", role="integrator", account="erin")
+
+    def authorize(self, principal: Principal, command_tag: str, *,
+                  owner: str | None = None) -> None:
+        self.asked.append((command_tag, owner))
+        if owner not in (None, principal.account):
+            raise ForbiddenError("not yours")
+
+    def visible_accounts(self, principal: Principal) -> frozenset[str] | None:
+        return frozenset({principal.account or ""})
+
+
+def test_layered_access_asks_the_keyring_for_its_keys_and_the_acl_for_the_rest(
+        tmp_path: Path) -> None:
+    from gateways.access import LayeredAccess
+
+    keyring = Keyring(tmp_path / "keys.json")
+    admin = keyring.create(actor="admin", role="admin")
+    primary = _Primary()
+    access = LayeredAccess(primary, KeyringAccess(keyring, clock=lambda: NOW))
+    platform = access.authenticate(signed(admin.secret, admin.id))
+    assert platform.role == "admin" and access.visible_accounts(platform) is None
+    access.authorize(platform, "vm.stop", owner="anyone")  # the keyring's admin: everything
+    assert primary.asked == []
+    tenant = access.authenticate(signed("whatever", "acl-key"))
+    assert access.visible_accounts(tenant) == frozenset({"dave"})
+    access.authorize(tenant, "vm.stop", owner="dave")
+    with pytest.raises(ForbiddenError):
+        access.authorize(tenant, "vm.stop", owner="alice")
+    assert primary.asked == [("vm.stop", "dave"), ("vm.stop", "alice")]
+    assert access.authenticate_bearer("good-token").actor == "erin"
+    with pytest.raises(UnauthenticatedError):
+        access.authenticate_bearer("forged")
+    with pytest.raises(UnauthenticatedError):
+        access.authenticate(signed("whatever", "nobody"))

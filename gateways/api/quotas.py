@@ -1,0 +1,84 @@
+"""Resource limits at the gateway: the ACL service knows each account's and domain's limits,
+the read models know what the account uses; a command that would pass a limit is refused
+before it runs (and writes nothing).
+
+Usage counts what still holds resources: VMs not Destroyed/Expunging/Expunged (their cpu and
+memory from their offerings), volumes not Expunged (their GiB, rounded up).
+"""
+
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+
+from aggregates.offering import ServiceOffering
+from gateways.api.context import ApiContext
+from projections.query import MAX_LIMIT
+
+GIB = 1024**3
+_GONE_VMS = frozenset({"Destroyed", "Expunging", "Expunged"})
+_GONE_VOLUMES = frozenset({"Expunged"})
+
+
+def check_quota(ctx: ApiContext, tag: str, command: Any, owner: str | None) -> None:
+    """Refuse (ForbiddenError naming the limit) a vm.deploy or volume.create that would pass
+    a limit of its account or of a domain above it; other commands pass."""
+    check = getattr(ctx.access, "check_limits", None)
+    governs = getattr(ctx.access, "governs", None)
+    if owner is None or check is None or tag not in ("vm.deploy", "volume.create"):
+        return
+    if governs is not None and not governs(owner):
+        return  # an account the ACL does not know has no limits there
+    if tag == "vm.deploy":
+        offering = _offering(ctx, command.service_offering_id)
+        if offering is None:
+            return  # the command itself refuses an unknown offering
+        delta = {"vms": 1, "cpu_cores": offering.cpu_cores,
+                 "memory_mib": offering.memory_mib}
+    else:
+        size = getattr(command, "size_bytes", None) or 0
+        delta = {"volumes": 1, "volume_gib": -(-size // GIB)}
+    check(owner, usage(ctx, owner), delta)
+
+
+def usage(ctx: ApiContext, account: str) -> dict[str, int]:
+    """What the account holds now, by counter."""
+    used = {"vms": 0, "cpu_cores": 0, "memory_mib": 0, "volumes": 0, "volume_gib": 0}
+    offerings: dict[UUID, ServiceOffering | None] = {}
+    for row in _rows(ctx, "vms", account):
+        if row["state"] in _GONE_VMS:
+            continue
+        offering_id = row["offering_id"]
+        if offering_id not in offerings:
+            offerings[offering_id] = _offering(ctx, offering_id)
+        used["vms"] += 1
+        known = offerings[offering_id]
+        if known is not None:
+            used["cpu_cores"] += known.cpu_cores
+            used["memory_mib"] += known.memory_mib
+    for row in _rows(ctx, "volumes", account):
+        if row["state"] not in _GONE_VOLUMES:
+            used["volumes"] += 1
+            used["volume_gib"] += -(-int(row["size_bytes"]) // GIB)
+    return used
+
+
+def _rows(ctx: ApiContext, model: str, account: str) -> list[dict[str, Any]]:
+    if model not in ctx.runners:
+        return []
+    rows: list[dict[str, Any]] = []
+    after = None
+    while True:
+        page = ctx.view(model).list(after=after, limit=MAX_LIMIT, account=account)
+        rows += page.rows
+        if page.next_after is None:
+            return rows
+        after = page.next_after
+
+
+def _offering(ctx: ApiContext, offering_id: UUID) -> ServiceOffering | None:
+    try:
+        found: object = ctx.app.repository.get(offering_id)
+    except AggregateNotFoundError:
+        return None
+    return found if isinstance(found, ServiceOffering) else None
