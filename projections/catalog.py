@@ -2,11 +2,12 @@
 
 from projections.audit import AuditModel
 from projections.fleet import HostModel
+from projections.inventory import InventoryModel
 from projections.models import OperationModel, RowModel, VmModel
 from projections.networks import NetworkModel
 from projections.storage import SnapshotModel, TemplateModel, VolumeModel
 
 MODELS: dict[str, type[RowModel]] = {m.name: m for m in (
     VmModel, OperationModel, HostModel, NetworkModel, VolumeModel, SnapshotModel,
-    TemplateModel, AuditModel,
+    TemplateModel, AuditModel, InventoryModel,
 )}

@@ -31,7 +31,7 @@ PAGING = ("limit", "after", "wait_for")
 PLATFORM_MODELS = frozenset({"hosts", "operations", "audit"})
 SINGULAR = {"vms": "vm", "volumes": "volume", "hosts": "host", "networks": "network",
             "snapshots": "snapshot", "templates": "template", "operations": "operation",
-            "audit": "audit entry"}
+            "audit": "audit entry", "inventory": "inventory entry"}
 
 _encode = msgspec.json.Encoder().encode
 
