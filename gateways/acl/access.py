@@ -45,7 +45,11 @@ from gateways.acl.service import AclService
 
 TENANT_COMMANDS: tuple[str, ...] = ("vm.*", "volume.*", "network.*", "snapshot.*", "backup.*",
                                     "operation.cancel")
-ROOT_ONLY: tuple[str, ...] = ("vm.migrate", "volume.migrate")
+# Reads of the platform's own read models (the admin API names them `<model>.list|get`).
+PLATFORM_READS: tuple[str, ...] = tuple(f"{model}.{verb}"
+                                        for model in ("hosts", "operations", "audit")
+                                        for verb in ("list", "get"))
+ROOT_ONLY: tuple[str, ...] = ("vm.migrate", "volume.migrate", *PLATFORM_READS)
 READ_VERBS = frozenset({"list", "get", "show", "read", "events", "watch"})
 TOKEN_KEY_PREFIX = "token:"
 

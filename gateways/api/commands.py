@@ -13,6 +13,7 @@ writes): pass it as `wait_for` to a read to see the write. Every
 check happens before the command runs, so a refused call writes nothing.
 """
 
+import contextlib
 import re
 import uuid
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import msgspec
 from aiohttp import web
 
 from aggregates.base import natural_id
-from aggregates.errors import NotFoundError
+from aggregates.errors import ForbiddenError, NotFoundError
 from gateways.access import IDEMPOTENCY_KEY_HEADER
 from gateways.api.context import CONTEXT, ApiContext, authenticator
 from gateways.api.errors import ApiError
@@ -194,6 +195,9 @@ async def run_command(request: web.Request, tag: str, id_field: str | None = Non
         owner = owner_of(ctx, command)
         visible = ctx.access.visible_accounts(principal)
         if visible is not None and owner is not None and owner not in visible:
+            # Another tenant's: answered as missing, but refused (and so audited) all the same.
+            with contextlib.suppress(ForbiddenError):
+                ctx.access.authorize(principal, tag, owner=owner)
             raise NotFoundError(f"{tag}: no such resource among the accounts "
                                 f"{principal.actor} may see")
         ctx.access.authorize(principal, tag, owner=owner)

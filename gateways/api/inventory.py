@@ -10,6 +10,7 @@ Who may see what comes from `AccessControl.visible_accounts`: rows of models wit
 of the platform itself (hosts, operations, audit) need platform-wide visibility.
 """
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -106,9 +107,12 @@ def wait_for_position(ctx: ApiContext, name: str, position: int | None) -> None:
                        "retry later", field="wait_for") from None
 
 
-def _visible(ctx: ApiContext, principal: Principal, name: str) -> frozenset[str] | None:
+def _visible(ctx: ApiContext, principal: Principal, name: str,
+             verb: str = "list") -> frozenset[str] | None:
     visible = ctx.access.visible_accounts(principal)
     if visible is not None and name in PLATFORM_MODELS:
+        # Through authorize, so that the access control records the refusal.
+        ctx.access.authorize(principal, f"{name}.{verb}")
         raise ForbiddenError(f"{principal.actor} may see only the resources of accounts "
                              f"{', '.join(sorted(visible)) or '(none)'}; {name} belong to "
                              "the platform")
@@ -197,7 +201,7 @@ def read_one(ctx: ApiContext, principal: Principal, name: str, key_text: str,
              wait_for: int | None) -> Row:
     """The row with this key, if the principal may see it; NotFoundError otherwise."""
     model = MODELS[name]
-    visible = _visible(ctx, principal, name)
+    visible = _visible(ctx, principal, name, "get")
     wait_for_position(ctx, name, wait_for)
     try:
         key = None if "\x00" in key_text else coerce(model, model.key, key_text)
@@ -206,8 +210,13 @@ def read_one(ctx: ApiContext, principal: Principal, name: str, key_text: str,
     if isinstance(key, int) and not -(2 ** 63) <= key < 2 ** 63:
         key = None  # nor one past 64 bits (the stores cannot even compare it)
     row = None if key is None else ctx.view(name).get(key)
-    if row is None or (visible is not None and "account" in row
-                       and row["account"] not in visible):
+    if row is not None and visible is not None and "account" in row \
+            and row["account"] not in visible:
+        # Another tenant's: answered as missing, but refused (and so audited) all the same.
+        with contextlib.suppress(ForbiddenError):
+            ctx.access.authorize(principal, f"{name}.get", owner=str(row["account"]))
+        row = None
+    if row is None:
         raise NotFoundError(f"no {SINGULAR[name]} {key_text[:80]!r}")
     return row
 

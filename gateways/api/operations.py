@@ -78,7 +78,7 @@ async def get_operation(request: web.Request) -> web.Response:
     text = request.match_info["id"]
 
     def read() -> bytes:
-        _visible(ctx, who(), "operations")
+        _visible(ctx, who(), "operations", "get")
         wait_for_position(ctx, "operations", wait_for)
         try:
             op: Any = ctx.app.repository.get(UUID(text))
