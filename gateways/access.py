@@ -400,9 +400,14 @@ class LayeredAccess:
         governs = getattr(self.primary, "governs", None)
         return bool(governs is not None and governs(account))
 
-    def check_limits(self, account: str, usage: Mapping[str, int],
-                     delta: Mapping[str, int]) -> None:
-        """The primary source's limits of the account (and the domains above it)."""
+    def domain_accounts(self, account: str) -> dict[str, tuple[str, ...]]:
+        """The accounts of each limited domain above `account` (the primary source's)."""
+        subtrees = getattr(self.primary, "domain_accounts", None)
+        return {} if subtrees is None else dict(subtrees(account))
+
+    def check_limits(self, account: str, usage: Mapping[str, int], delta: Mapping[str, int],
+                     *, domain_usage: Mapping[str, Mapping[str, int]] | None = None) -> None:
+        """The primary source's limits of the account and of the domains above it."""
         check = getattr(self.primary, "check_limits", None)
         if check is not None:
-            check(account, usage, delta)
+            check(account, usage, delta, domain_usage=domain_usage)

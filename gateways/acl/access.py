@@ -226,6 +226,22 @@ class AclAccess:
         self.service.directory.refresh()
         return account in self.service.directory.accounts
 
+    def domain_accounts(self, account: str) -> dict[str, tuple[str, ...]]:
+        """For each domain above the account (its own included) that has limits, every
+        account of that domain's subtree: whose usage counts against the domain's limits."""
+        directory = self.service.directory
+        directory.refresh()
+        found = directory.accounts.get(account)
+        domain = None if found is None else directory.domains.get(found.domain_path)
+        subtrees: dict[str, tuple[str, ...]] = {}
+        for path in domain.ancestry() if domain else ():
+            node = directory.domains.get(path)
+            if node is not None and node.limits:
+                subtrees[path] = tuple(sorted(
+                    a.name for a in directory.accounts.values()
+                    if a.domain_path == path or a.domain_path.startswith(path + "/")))
+        return subtrees
+
     def check_limits(self, subject: Principal | str, usage: Mapping[str, int],
                      delta: Mapping[str, int], *,
                      domain_usage: Mapping[str, Mapping[str, int]] | None = None) -> None:

@@ -1,6 +1,7 @@
 """Resource limits at the gateway: the ACL service knows each account's and domain's limits,
-the read models know what the account uses; a command that would pass a limit is refused
-before it runs (and writes nothing).
+the read models know what each account uses; a command that would pass a limit of its account,
+or of a domain above it (counting every account of that domain's subtree), is refused before
+it runs (and writes nothing).
 
 Usage counts what still holds resources: VMs not Destroyed/Expunging/Expunged (their cpu and
 memory from their offerings), volumes not Expunged (their GiB, rounded up).
@@ -38,7 +39,18 @@ def check_quota(ctx: ApiContext, tag: str, command: Any, owner: str | None) -> N
     else:
         size = getattr(command, "size_bytes", None) or 0
         delta = {"volumes": 1, "volume_gib": -(-size // GIB)}
-    check(owner, usage(ctx, owner), delta)
+    used = {owner: usage(ctx, owner)}
+    subtrees = getattr(ctx.access, "domain_accounts", None)
+    domain_usage: dict[str, dict[str, int]] = {}
+    for path, accounts in (subtrees(owner) if subtrees is not None else {}).items():
+        total = dict.fromkeys(used[owner], 0)
+        for account in accounts:
+            if account not in used:
+                used[account] = usage(ctx, account)
+            for counter, value in used[account].items():
+                total[counter] += value
+        domain_usage[path] = total
+    check(owner, used[owner], delta, domain_usage=domain_usage)
 
 
 def usage(ctx: ApiContext, account: str) -> dict[str, int]:

@@ -203,3 +203,7 @@ def test_limits_of_account_and_ancestor_domains(acl: Acl) -> None:
         acl.access.check_limits("mine_acct", {"cpu_cores": 2}, {"cpu_cores": 2},
                                 domain_usage={"ROOT/par": {"cpu_cores": 9}})
     acl.access.check_limits("sib_acct", {"vms": 100}, {"vms": 1})  # no account limit there
+    # whose usage counts against a limited domain: every account of its subtree
+    assert acl.access.domain_accounts("sub_acct") == {
+        "ROOT/par": ("mine_acct", "par_acct", "sib_acct", "sub_acct")}
+    assert acl.access.domain_accounts("ops") == {}  # ROOT has no limits

@@ -36,16 +36,30 @@ class Capped:
     def governs(self, account: str) -> bool:
         return account == "capped"
 
-    def check_limits(self, account: str, usage: Any, delta: Any) -> None:
+    def domain_accounts(self, account: str) -> dict[str, tuple[str, ...]]:
+        return {"ROOT/team": ("capped", "neighbour")}
+
+    def check_limits(self, account: str, usage: Any, delta: Any, *,
+                     domain_usage: Any = None) -> None:
         self.checked.append((account, dict(usage), dict(delta)))
+        self.domain_usage = domain_usage
         if usage["vms"] + delta["vms"] > 0:
             raise ForbiddenError(f"account {account}: max_vms 0 would be passed")
 
 
 def test_a_deploy_past_its_accounts_limit_is_refused_and_writes_nothing(
-        api_env: tuple[ApiContext, ApiKey, Keyring, dict[str, UUID]]) -> None:
+        api_env: tuple[ApiContext, ApiKey, Keyring, dict[str, UUID]], monkeypatch: Any) -> None:
     import asyncio
 
+    from gateways.api import quotas
+
+    real_usage = quotas.usage
+
+    def usage(ctx: ApiContext, account: str) -> dict[str, int]:
+        found = real_usage(ctx, account)  # the read models: no VM for anyone yet
+        return {**found, "vms": 1} if account == "neighbour" else found
+
+    monkeypatch.setattr(quotas, "usage", usage)
     ctx, admin, keyring, ids = api_env
     capped = Capped()
     ctx = dataclasses.replace(ctx, access=LayeredAccess(capped, KeyringAccess(keyring)))
@@ -67,6 +81,8 @@ def test_a_deploy_past_its_accounts_limit_is_refused_and_writes_nothing(
             assert api.head() == head
             [(account, usage, delta)] = capped.checked
             assert (account, usage["vms"], delta["vms"]) == ("capped", 0, 1)
+            # the domain's usage counts every account of its subtree
+            assert capped.domain_usage == {"ROOT/team": {**usage, "vms": 1}}
             assert delta["cpu_cores"] > 0 and delta["memory_mib"] > 0
             # an account the ACL does not govern has no limits here; the command runs (the
             # template is not downloaded, so it is refused by the command itself: 422)
