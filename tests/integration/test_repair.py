@@ -4,24 +4,22 @@ repaired from the CLI, and the vms read model and the audit index show it after 
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
+from support.sample import load_sample_with_ready_template
 
 from aggregates.host import Host
-from aggregates.template import Template
 from aggregates.vm import VirtualMachine, VmState
 from gateways.cli.main import main
-from kernel.bootstrap import SAMPLE_INVENTORY, Platform, open_platform
+from kernel.bootstrap import Platform, open_platform
 from kernel.cloud.vms import StartVm, StopVm, placement_claim_id
-from kernel.inventory.loader import load_inventory_file
 from kernel.settings import Settings
 from kernel.store.migrate import migrate
 from projections.catalog import MODELS
 from projections.runner import ProjectionRunner
 from projections.views import open_view
 from tests.unit.operations._volume_cloud import VolumeCloud, running_vm
-from tests.unit.operations.test_vm_deploy import GIB
 
 REASON = "kvm host lost power while the domain was starting"
 
@@ -42,15 +40,7 @@ def platform(pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
 def cloud_on(platform: Platform) -> VolumeCloud:
     """The sample inventory with a Ready template, driven by the unit tests' harness."""
     app = platform.app
-    load_inventory_file(platform.commands, SAMPLE_INVENTORY)
-    template_id = next(UUID(str(n.originator_id)) for n in app.recorder.select_notifications(
-        start=None, limit=1000, topics=("template.Registered",)))
-    store_id = next(UUID(str(n.originator_id)) for n in app.recorder.select_notifications(
-        start=None, limit=1000, topics=("image_store.Added",)))
-    template: Template = app.repository.get(template_id)
-    template.start_download(store_id)
-    template.download_completed(2 * GIB)
-    app.save(template)
+    load_sample_with_ready_template(app, platform.commands)
     return VolumeCloud(app)
 
 

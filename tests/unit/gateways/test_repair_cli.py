@@ -4,24 +4,20 @@ store; what it prints; bad input exits 2, names the problem and writes nothing."
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
+from support.sample import load_sample_with_ready_template
 
-from aggregates.template import Template
 from aggregates.vm import VirtualMachine, VmState
 from gateways.cli.main import main
 from gateways.cli.repair import os_user
-from kernel.bootstrap import SAMPLE_INVENTORY
-from kernel.commands import CommandService
-from kernel.inventory.loader import LoadInventory, handle_load_inventory, load_inventory_file
 from kernel.settings import Settings, load_settings
 from kernel.store.application import KernelApplication, PlatformApplication, open_application
 from projections.catalog import MODELS
 from projections.runner import ProjectionRunner
 from projections.views import open_view
 from tests.unit.operations._volume_cloud import VolumeCloud, running_vm
-from tests.unit.operations.test_vm_deploy import GIB
 
 REASON = "hypervisor rebooted during the stop"
 
@@ -47,16 +43,7 @@ def app(settings: Settings) -> Iterator[KernelApplication]:
 def stuck_vm(app: KernelApplication) -> VirtualMachine:
     """web-1 deployed (steps answered by the test harness), then left Stopping: the stop
     operation's outcome never came."""
-    load_inventory_file(CommandService(app, {LoadInventory: handle_load_inventory}),
-                        SAMPLE_INVENTORY)
-    template_id = next(UUID(str(n.originator_id)) for n in app.recorder.select_notifications(
-        start=None, limit=1000, topics=("template.Registered",)))
-    store_id = next(UUID(str(n.originator_id)) for n in app.recorder.select_notifications(
-        start=None, limit=1000, topics=("image_store.Added",)))
-    template: Template = app.repository.get(template_id)
-    template.start_download(store_id)
-    template.download_completed(2 * GIB)
-    app.save(template)
+    load_sample_with_ready_template(app)
     vm = running_vm(VolumeCloud(app))
     vm.stop()
     app.save(vm)

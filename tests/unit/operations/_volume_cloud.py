@@ -9,18 +9,15 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
+from support.sample import load_sample_with_ready_template
 
 from aggregates.offering import DiskOffering
 from aggregates.operation import Operation, OperationState
 from aggregates.storage_pool import PrimaryStoragePool
-from aggregates.template import Template
 from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import Volume
-from kernel.bootstrap import SAMPLE_INVENTORY
 from kernel.cloud.volumes import CreateVolumeCommand
-from kernel.commands import CommandService
 from kernel.contracts import StepMessage, StepOutcome
-from kernel.inventory.loader import LoadInventory, handle_load_inventory, load_inventory_file
 from kernel.steps.backup import (
     BackupCreated,
     BackupDeleted,
@@ -240,16 +237,7 @@ class VolumeCloud(Cloud):
 def make_cloud() -> VolumeCloud:
     """The sample inventory with a Ready template, under the volume harness."""
     app = scratch_application()
-    commands = CommandService(app, {LoadInventory: handle_load_inventory})
-    load_inventory_file(commands, SAMPLE_INVENTORY)
-    template_id = next(UUID(str(n.originator_id)) for n in app.recorder.select_notifications(
-        start=None, limit=1000, topics=("template.Registered",)))
-    store_id = next(UUID(str(n.originator_id)) for n in app.recorder.select_notifications(
-        start=None, limit=1000, topics=("image_store.Added",)))
-    template: Template = app.repository.get(template_id)
-    template.start_download(store_id)
-    template.download_completed(2 * GIB)
-    app.save(template)
+    load_sample_with_ready_template(app)
     return VolumeCloud(app)
 
 

@@ -12,6 +12,7 @@ from uuid import UUID, uuid4
 
 import msgspec
 import pytest
+from support.sample import load_sample_with_ready_template
 
 from aggregates.host import Host
 from aggregates.image_store import ImageStore
@@ -21,14 +22,11 @@ from aggregates.storage_pool import PrimaryStoragePool
 from aggregates.template import Template
 from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import Volume, VolumeState
-from kernel.bootstrap import SAMPLE_INVENTORY
 from kernel.cloud.catalog import CLOUD_COMMANDS, cloud_effects
 from kernel.cloud.directory import Directory
 from kernel.cloud.vms import DeployVm, DestroyVm, StartVm, StopVm
-from kernel.commands import CommandService
 from kernel.contracts import StepMessage, StepOutcome
 from kernel.dispatch_feed import DispatchFeed
-from kernel.inventory.loader import LoadInventory, handle_load_inventory, load_inventory_file
 from kernel.operations import OperationEngine
 from kernel.steps.hypervisor import (
     DefineDomain,
@@ -160,16 +158,7 @@ class Cloud:
 @pytest.fixture
 def cloud() -> Iterator[Cloud]:
     app = scratch_application()
-    commands = CommandService(app, {LoadInventory: handle_load_inventory})
-    load_inventory_file(commands, SAMPLE_INVENTORY)
-    template_id = next(UUID(str(n.originator_id)) for n in app.recorder.select_notifications(
-        start=None, limit=1000, topics=("template.Registered",)))
-    store_id = next(UUID(str(n.originator_id)) for n in app.recorder.select_notifications(
-        start=None, limit=1000, topics=("image_store.Added",)))
-    template: Template = app.repository.get(template_id)
-    template.start_download(store_id)
-    template.download_completed(2 * GIB)
-    app.save(template)
+    load_sample_with_ready_template(app)
     yield Cloud(app)
     app.close()
 
