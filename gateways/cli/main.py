@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     from gateways.cli.repair import add_repair_command
 
     add_repair_command(sub)
+    from gateways.cli.audit import add_audit_command
+
+    add_audit_command(sub)
     from gateways.cli.acl import add_acl_commands
 
     add_acl_commands(sub)

@@ -1,0 +1,1 @@
+"""Tamper evidence for the platform log: Merkle tree, signed checkpoints, verification."""

@@ -1,0 +1,107 @@
+"""The small verifier: checks an `audit prove` proof with the public key alone.
+
+Standalone on purpose (hashlib, json and cryptography only, no cloudkernel import), so an
+auditor can copy this file:  python -m gateways.audit.verifier PROOF.json --public-key KEY.pem
+Exit code 0 when the proof holds, 1 when it does not, 2 for unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def _root(index: int, size: int, leaf: bytes, path: Sequence[bytes]) -> bytes | None:
+    """The root the audit path leads to (RFC 9162 2.1.3.2), None for a malformed path."""
+    if not 0 <= index < size:
+        return None
+    fn, sn, r = index, size - 1, leaf
+    for p in path:
+        if sn == 0:
+            return None
+        if fn % 2 == 1 or fn == sn:
+            r = _node(p, r)
+            if fn % 2 == 0:
+                while fn % 2 == 0 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = _node(r, p)
+        fn >>= 1
+        sn >>= 1
+    return r if sn == 0 else None
+
+
+def check_proof(proof: dict[str, Any], public_pem: bytes) -> list[str]:
+    """The reasons the proof fails; empty when it holds. Raises ValueError on malformed input."""
+    public = serialization.load_pem_public_key(public_pem)
+    if not isinstance(public, Ed25519PublicKey):
+        raise ValueError("the public key is not an Ed25519 key")
+    cp = proof["checkpoint"]
+    failures = []
+    text = (f"cloudkernel-checkpoint\n{cp['tree_size']}\n{cp['root_hash']}\n"
+            f"{cp['timestamp']}").encode()
+    try:
+        public.verify(bytes.fromhex(cp["signature"]), text)
+    except InvalidSignature:
+        failures.append("the checkpoint's signature does not verify with this public key")
+    data = bytes.fromhex(proof["leaf_bytes"])
+    leaf = hashlib.sha256(b"\x00" + data).digest()
+    if leaf.hex() != proof.get("leaf_hash", leaf.hex()):
+        failures.append("the leaf hash is not the hash of the leaf bytes")
+    header = json.loads(data.split(b"\n", 1)[0])
+    if header.get("position") != proof["position"]:
+        failures.append(f"the leaf is the event at position {header.get('position')}, "
+                        f"not {proof['position']}")
+    if proof["tree_size"] != cp["tree_size"]:
+        failures.append("the proof's tree size is not the checkpoint's")
+    path = [bytes.fromhex(h) for h in proof["audit_path"]]
+    root = _root(int(proof["leaf_index"]), int(cp["tree_size"]), leaf, path)
+    if root is None or root.hex() != cp["root_hash"]:
+        failures.append("the audit path does not lead to the checkpoint's root")
+    return failures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Check a proof file; print OK or the failures."""
+    parser = argparse.ArgumentParser(prog="verifier", description=__doc__)
+    parser.add_argument("proof", help="the JSON printed by `cloudkernel audit prove`")
+    parser.add_argument("--public-key", required=True, help="the PEM public key (signing.pub)")
+    args = parser.parse_args(argv)
+    return run(args.proof, args.public_key)
+
+
+def run(proof_path: str, key_path: str) -> int:
+    """Check the proof at `proof_path` with the key at `key_path`; print and return the code."""
+    try:
+        with open(proof_path, "rb") as f:
+            proof = json.load(f)
+        with open(key_path, "rb") as f:
+            failures = check_proof(proof, f.read())
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"verifier: cannot check the proof: {e!r}", file=sys.stderr)
+        return 2
+    if failures:
+        for reason in failures:
+            print(f"FAIL: {reason}")
+        return 1
+    root = proof["checkpoint"]["root_hash"]
+    print(f"OK: the event at position {proof['position']} is leaf {proof['leaf_index']} of the "
+          f"signed checkpoint tree_size={proof['tree_size']} root {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
