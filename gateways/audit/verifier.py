@@ -74,13 +74,81 @@ def check_proof(proof: dict[str, Any], public_pem: bytes) -> list[str]:
     return failures
 
 
+def _tree_root(hashes: Sequence[bytes]) -> bytes:
+    """RFC 6962 Merkle tree hash over leaf hashes."""
+    if not hashes:
+        return hashlib.sha256(b"").digest()
+    if len(hashes) == 1:
+        return hashes[0]
+    k = 1
+    while k * 2 < len(hashes):
+        k *= 2
+    return _node(_tree_root(hashes[:k]), _tree_root(hashes[k:]))
+
+
+def check_export(lines: Sequence[str], public_pem: bytes) -> list[str]:
+    """The reasons an `audit export` file fails; empty when every event in it is proven by
+    its signed checkpoint. Raises ValueError on malformed input."""
+    public = serialization.load_pem_public_key(public_pem)
+    if not isinstance(public, Ed25519PublicKey):
+        raise ValueError("the public key is not an Ed25519 key")
+    header, *events, tail = (json.loads(line) for line in lines if line.strip())
+    cp = header["checkpoint"]
+    failures = []
+    text = (f"cloudkernel-checkpoint\n{cp['tree_size']}\n{cp['root_hash']}\n"
+            f"{cp['timestamp']}").encode()
+    try:
+        public.verify(bytes.fromhex(cp["signature"]), text)
+    except InvalidSignature:
+        failures.append("the checkpoint's signature does not verify with this public key")
+    hashes = [bytes.fromhex(h) for h in tail["leaf_hashes"]]
+    if len(hashes) != cp["tree_size"] or _tree_root(hashes).hex() != cp["root_hash"]:
+        failures.append("the leaf hashes do not make the checkpoint's root")
+    positions = []
+    for event in events:
+        data = bytes.fromhex(event["leaf_bytes"])
+        index = int(event["leaf_index"])
+        if not 0 <= index < len(hashes) or \
+                hashlib.sha256(b"\x00" + data).digest() != hashes[index]:
+            failures.append(f"the event at position {event['position']} is not the sealed one")
+        elif json.loads(data.split(b"\n", 1)[0]).get("position") != event["position"]:
+            failures.append(f"the leaf of position {event['position']} names another position")
+        positions.append(event["position"])
+    if positions != list(range(header["from"], header["to"] + 1)):
+        failures.append(f"the export does not hold exactly positions {header['from']}.."
+                        f"{header['to']}")
+    return failures
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Check a proof file; print OK or the failures."""
     parser = argparse.ArgumentParser(prog="verifier", description=__doc__)
-    parser.add_argument("proof", help="the JSON printed by `cloudkernel audit prove`")
+    parser.add_argument("proof", help="the JSON printed by `cloudkernel audit prove`, or "
+                        "(with --export) a file written by `cloudkernel audit export`")
     parser.add_argument("--public-key", required=True, help="the PEM public key (signing.pub)")
+    parser.add_argument("--export", action="store_true", help="the file is an export")
     args = parser.parse_args(argv)
+    if args.export:
+        return run_export(args.proof, args.public_key)
     return run(args.proof, args.public_key)
+
+
+def run_export(export_path: str, key_path: str) -> int:
+    """Check the export at `export_path`; print and return the exit code."""
+    try:
+        with open(export_path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        with open(key_path, "rb") as f:
+            failures = check_export(lines, f.read())
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"verifier: cannot check the export: {e!r}", file=sys.stderr)
+        return 2
+    if failures:
+        for reason in failures:
+            print(f"FAIL: {reason}")
+        return 1
+    print("OK: every event of the export is in the signed checkpoint it names")
+    return 0
 
 
 def run(proof_path: str, key_path: str) -> int:

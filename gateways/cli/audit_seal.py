@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -61,10 +62,22 @@ def add_seal_commands(actions: Any) -> None:
                    help="the checkpoint's tree size (default: the latest checkpoint)")
     p.set_defaults(run=cmd_prove)
 
-    c = actions.add_parser("check-proof", help="check a proof with the public key alone")
-    c.add_argument("file", type=Path, metavar="FILE", help="the JSON `audit prove` printed")
+    c = actions.add_parser("check-proof", help="check a proof (or, with --export, an "
+                           "export) with the public key alone")
+    c.add_argument("file", type=Path, metavar="FILE", help="the JSON `audit prove` printed, or "
+                   "the file `audit export` wrote")
     c.add_argument("--public-key", type=Path, required=True, metavar="PATH")
+    c.add_argument("--export", action="store_true", help="FILE is an `audit export` file")
     c.set_defaults(run=cmd_check_proof)
+
+    e = actions.add_parser("export", help="write a range of events as JSONL with the proof "
+                           "material (the signed checkpoint and the tree's leaf hashes)")
+    e.add_argument("--from", dest="first", type=int, required=True, metavar="POSITION")
+    e.add_argument("--to", dest="last", type=int, required=True, metavar="POSITION")
+    e.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="write here (default: standard output)")
+    _dir_option(e)
+    e.set_defaults(run=cmd_export)
 
 
 def _dir_option(p: argparse.ArgumentParser) -> None:
@@ -173,10 +186,26 @@ def cmd_prove(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_check_proof(_: Settings, args: argparse.Namespace) -> int:
-    """Check a proof with the standalone verifier."""
-    from gateways.audit.verifier import run
+    """Check a proof (or an export) with the standalone verifier."""
+    from gateways.audit.verifier import run, run_export
 
-    return run(str(args.file), str(args.public_key))
+    return (run_export if args.export else run)(str(args.file), str(args.public_key))
+
+
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    """Write the export of a range of positions."""
+    from gateways.audit.export import export_lines
+
+    with _app(settings) as app:
+        lines = list(export_lines(app, audit_dir(settings, args.dir), args.first, args.last))
+    text = "\n".join(lines) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text, encoding="utf-8")
+        print(f"exported positions {args.first}..{args.last} ({len(lines) - 2} events) to "
+              f"{args.out}")
+    return 0
 
 
 @contextmanager
