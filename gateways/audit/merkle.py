@@ -37,9 +37,10 @@ def event_leaf_bytes(position: int, originator_id: object, originator_version: i
     The header holds the position (notification id), originator id and version, the topic
     and the state's length, with sorted keys and no spaces, so the encoding is unambiguous.
     """
-    header = json.dumps({"position": position, "originator_id": str(originator_id),
-                         "originator_version": originator_version, "topic": topic,
-                         "state_length": len(state)}, sort_keys=True, separators=(",", ":"))
+    # json.dumps(..., sort_keys=True, separators=(",", ":")) of those five fields, written out
+    # (a third of the sealing time went to the generic encoder); the topic is JSON-escaped
+    header = (f'{{"originator_id":"{originator_id}","originator_version":{originator_version},'
+              f'"position":{position},"state_length":{len(state)},"topic":{json.dumps(topic)}}}')
     return header.encode() + b"\n" + bytes(state)
 
 
