@@ -137,10 +137,13 @@ def projection_caught_up(tmp_path: Path, name: str, timeout: float = 15) -> bool
 def read_banner(proc: subprocess.Popen[str]) -> tuple[str, str]:
     """The web page's URL and the admin password `up` prints once, after the "up" line."""
     assert proc.stdout is not None
-    lines = [proc.stdout.readline() for _ in range(3)]
-    url = re.search(r"admin web page at (http://\S+)/", lines[0])
-    password = re.search(r"password:\s+(\S+)", lines[2])
-    assert url and password and "log in as: admin" in lines[1], lines
+    lines: list[str] = []
+    while len(lines) < 20 and not any("password:" in line for line in lines):
+        lines.append(proc.stdout.readline())  # a log line of another thread may come first
+    text = "".join(lines)
+    url = re.search(r"admin web page at (http://\S+)/", text)
+    password = re.search(r"password:\s+(\S+)", text)
+    assert url and password and "log in as: admin" in text, lines
     return url[1], password[1]
 
 
