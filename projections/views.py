@@ -123,12 +123,12 @@ class RowView:
         """Close the store's connections."""
         raise NotImplementedError
 
-    def all_rows(self) -> builtins.list[Row]:
-        """Every row, by key (for tests and checks)."""
+    def all_rows(self, **filters: Any) -> builtins.list[Row]:
+        """Every row (matching the equality filters), by key."""
         rows: builtins.list[Row] = []
         after = None
         while True:
-            page = self.list(after=after, limit=MAX_LIMIT)
+            page = self.list(after=after, limit=MAX_LIMIT, **filters)
             rows.extend(page.rows)
             if page.next_after is None:
                 return rows

@@ -14,7 +14,6 @@ from eventsourcing.application import AggregateNotFoundError
 
 from aggregates.offering import ServiceOffering
 from gateways.api.context import ApiContext
-from projections.query import MAX_LIMIT
 
 GIB = 1024**3
 _GONE_VMS = frozenset({"Destroyed", "Expunging", "Expunged"})
@@ -76,16 +75,7 @@ def usage(ctx: ApiContext, account: str) -> dict[str, int]:
 
 
 def _rows(ctx: ApiContext, model: str, account: str) -> list[dict[str, Any]]:
-    if model not in ctx.runners:
-        return []
-    rows: list[dict[str, Any]] = []
-    after = None
-    while True:
-        page = ctx.view(model).list(after=after, limit=MAX_LIMIT, account=account)
-        rows += page.rows
-        if page.next_after is None:
-            return rows
-        after = page.next_after
+    return ctx.view(model).all_rows(account=account) if model in ctx.runners else []
 
 
 def _offering(ctx: ApiContext, offering_id: UUID) -> ServiceOffering | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from aggregates.errors import ValidationError
 from gateways.audit.merkle import leaf_hash, notification_leaf_bytes
-from gateways.audit.seal import read_checkpoints, read_notifications
+from gateways.audit.prove import sealed
 
 
 def export_lines(app: Any, audit_dir: Path, first: int, last: int) -> Iterator[str]:
@@ -24,16 +24,7 @@ def export_lines(app: Any, audit_dir: Path, first: int, last: int) -> Iterator[s
     if first < 1 or last < first:
         raise ValidationError(f"--from {first} --to {last}: a range of positions from 1 up, "
                               "the first not after the last")
-    checkpoints = read_checkpoints(audit_dir)
-    if not checkpoints:
-        raise ValidationError(f"no checkpoints in {audit_dir}: run `cloudkernel audit seal` "
-                              "first, or pass --dir")
-    checkpoint = max(checkpoints, key=lambda cp: cp.tree_size)
-    notes: list[Any] = []
-    for note in read_notifications(app):
-        if len(notes) == checkpoint.tree_size:
-            break
-        notes.append(note)
+    checkpoint, notes = sealed(app, audit_dir)
     if not notes or last > notes[-1].id:
         raise ValidationError(f"--to {last} is past the latest checkpoint (it seals positions up "
                               f"to {notes[-1].id if notes else 0}): seal first")

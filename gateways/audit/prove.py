@@ -7,15 +7,13 @@ from typing import Any
 
 from aggregates.errors import ValidationError
 from gateways.audit.merkle import inclusion_path, leaf_hash, notification_leaf_bytes
-from gateways.audit.seal import read_checkpoints, read_notifications
+from gateways.audit.seal import Checkpoint, read_checkpoints, read_notifications
 
 
-def prove(app: Any, audit_dir: Path, position: int, tree_size: int | None = None) -> dict[str, Any]:
-    """The proof, as JSON-ready data, that the event at `position` is in a checkpoint's tree.
-
-    The checkpoint is the latest one, or the one of `tree_size`. The leaves are read from the
-    store, so a proof of a tampered event does not verify.
-    """
+def sealed(app: Any, audit_dir: Path, tree_size: int | None = None
+           ) -> tuple[Checkpoint, list[Any]]:
+    """A checkpoint (the latest, or the one of `tree_size`) and the stored events its tree
+    covers, in order."""
     checkpoints = read_checkpoints(audit_dir)
     if not checkpoints:
         raise ValidationError(f"no checkpoints in {audit_dir}: run `cloudkernel audit seal` "
@@ -33,6 +31,16 @@ def prove(app: Any, audit_dir: Path, position: int, tree_size: int | None = None
         if len(notes) == checkpoint.tree_size:
             break
         notes.append(note)
+    return checkpoint, notes
+
+
+def prove(app: Any, audit_dir: Path, position: int, tree_size: int | None = None) -> dict[str, Any]:
+    """The proof, as JSON-ready data, that the event at `position` is in a checkpoint's tree.
+
+    The checkpoint is the latest one, or the one of `tree_size`. The leaves are read from the
+    store, so a proof of a tampered event does not verify.
+    """
+    checkpoint, notes = sealed(app, audit_dir, tree_size)
     index = next((k for k, n in enumerate(notes) if n.id == position), None)
     if index is None:
         raise ValidationError(f"position {position} is not in the tree of checkpoint "

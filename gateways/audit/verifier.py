@@ -11,7 +11,7 @@ import argparse
 import hashlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -44,19 +44,24 @@ def _root(index: int, size: int, leaf: bytes, path: Sequence[bytes]) -> bytes | 
     return r if sn == 0 else None
 
 
-def check_proof(proof: dict[str, Any], public_pem: bytes) -> list[str]:
-    """The reasons the proof fails; empty when it holds. Raises ValueError on malformed input."""
+def _signature_failures(cp: dict[str, Any], public_pem: bytes) -> list[str]:
+    """[the reason] when the checkpoint's signature does not verify with the key, else []."""
     public = serialization.load_pem_public_key(public_pem)
     if not isinstance(public, Ed25519PublicKey):
         raise ValueError("the public key is not an Ed25519 key")
-    cp = proof["checkpoint"]
-    failures = []
     text = (f"cloudkernel-checkpoint\n{cp['tree_size']}\n{cp['root_hash']}\n"
             f"{cp['timestamp']}").encode()
     try:
         public.verify(bytes.fromhex(cp["signature"]), text)
     except InvalidSignature:
-        failures.append("the checkpoint's signature does not verify with this public key")
+        return ["the checkpoint's signature does not verify with this public key"]
+    return []
+
+
+def check_proof(proof: dict[str, Any], public_pem: bytes) -> list[str]:
+    """The reasons the proof fails; empty when it holds. Raises ValueError on malformed input."""
+    cp = proof["checkpoint"]
+    failures = _signature_failures(cp, public_pem)
     data = bytes.fromhex(proof["leaf_bytes"])
     leaf = hashlib.sha256(b"\x00" + data).digest()
     if leaf.hex() != proof.get("leaf_hash", leaf.hex()):
@@ -89,18 +94,9 @@ def _tree_root(hashes: Sequence[bytes]) -> bytes:
 def check_export(lines: Sequence[str], public_pem: bytes) -> list[str]:
     """The reasons an `audit export` file fails; empty when every event in it is proven by
     its signed checkpoint. Raises ValueError on malformed input."""
-    public = serialization.load_pem_public_key(public_pem)
-    if not isinstance(public, Ed25519PublicKey):
-        raise ValueError("the public key is not an Ed25519 key")
     header, *events, tail = (json.loads(line) for line in lines if line.strip())
     cp = header["checkpoint"]
-    failures = []
-    text = (f"cloudkernel-checkpoint\n{cp['tree_size']}\n{cp['root_hash']}\n"
-            f"{cp['timestamp']}").encode()
-    try:
-        public.verify(bytes.fromhex(cp["signature"]), text)
-    except InvalidSignature:
-        failures.append("the checkpoint's signature does not verify with this public key")
+    failures = _signature_failures(cp, public_pem)
     hashes = [bytes.fromhex(h) for h in tail["leaf_hashes"]]
     if len(hashes) != cp["tree_size"] or _tree_root(hashes).hex() != cp["root_hash"]:
         failures.append("the leaf hashes do not make the checkpoint's root")
@@ -135,41 +131,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_export(export_path: str, key_path: str) -> int:
     """Check the export at `export_path`; print and return the exit code."""
-    try:
+    def check(key: bytes) -> tuple[list[str], str]:
         with open(export_path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-        with open(key_path, "rb") as f:
-            failures = check_export(lines, f.read())
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        print(f"verifier: cannot check the export: {e!r}", file=sys.stderr)
-        return 2
-    if failures:
-        for reason in failures:
-            print(f"FAIL: {reason}")
-        return 1
-    print("OK: every event of the export is in the signed checkpoint it names")
-    return 0
+            failures = check_export(f.read().splitlines(), key)
+        return failures, "OK: every event of the export is in the signed checkpoint it names"
+
+    return _report("export", key_path, check)
 
 
 def run(proof_path: str, key_path: str) -> int:
     """Check the proof at `proof_path` with the key at `key_path`; print and return the code."""
-    try:
+    def check(key: bytes) -> tuple[list[str], str]:
         with open(proof_path, "rb") as f:
             proof = json.load(f)
-        with open(key_path, "rb") as f:
-            failures = check_proof(proof, f.read())
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        print(f"verifier: cannot check the proof: {e!r}", file=sys.stderr)
-        return 2
-    if failures:
-        for reason in failures:
-            print(f"FAIL: {reason}")
-        return 1
-    root = proof["checkpoint"]["root_hash"]
-    print(f"OK: the event at position {proof['position']} is leaf {proof['leaf_index']} of the "
-          f"signed checkpoint tree_size={proof['tree_size']} root {root}")
-    return 0
+        return check_proof(proof, key), (
+            f"OK: the event at position {proof['position']} is leaf {proof['leaf_index']} of "
+            f"the signed checkpoint tree_size={proof['tree_size']} root "
+            f"{proof['checkpoint']['root_hash']}")
 
+    return _report("proof", key_path, check)
+
+
+def _report(what: str, key_path: str,
+            check: Callable[[bytes], tuple[list[str], str]]) -> int:
+    """Run `check` with the key's bytes; print OK or each failure; 0, 1, or 2 (unreadable)."""
+    try:
+        with open(key_path, "rb") as f:
+            failures, ok = check(f.read())
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"verifier: cannot check the {what}: {e!r}", file=sys.stderr)
+        return 2
+    for reason in failures:
+        print(f"FAIL: {reason}")
+    if failures:
+        return 1
+    print(ok)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
