@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aggregates.errors import ValidationError
 from gateways.audit.keys import key_id
-from gateways.audit.merkle import CompactTree, leaf_hash, notification_leaf_bytes
+from gateways.audit.merkle import CompactTree, LeafHasher
 
 SUBJECT = "cloudkernel.audit.checkpoints"
 CHECKPOINTS_NAME = "checkpoints.jsonl"
@@ -84,9 +84,12 @@ def content_hash(notification: Any) -> bytes:
     return hashlib.sha256(head + b"\n" + bytes(notification.state)).digest()
 
 
+_leaf_hash = LeafHasher()
+
+
 def record_of(notification: Any) -> LeafRecord:
     """The leaf record of a stored notification."""
-    return LeafRecord(notification.id, leaf_hash(notification_leaf_bytes(notification)),
+    return LeafRecord(notification.id, _leaf_hash(notification),
                       content_hash(notification))
 
 
@@ -117,13 +120,20 @@ def read_checkpoints(audit_dir: Path) -> list[Checkpoint]:
     return out
 
 
-def read_leaf_records(audit_dir: Path, limit: int | None = None) -> list[LeafRecord]:
-    """The sealed leaf records (the first `limit` of them)."""
+def read_leaf_bytes(audit_dir: Path, limit: int | None = None) -> bytes:
+    """The sealed leaf records' bytes (the first `limit` records, whole records only)."""
     path = audit_dir / LEAVES_NAME
     if not path.is_file():
-        return []
-    data = path.read_bytes()
-    count = len(data) // RECORD_SIZE if limit is None else min(limit, len(data) // RECORD_SIZE)
+        return b""
+    with path.open("rb") as f:
+        data = f.read(-1 if limit is None else limit * RECORD_SIZE)
+    return data[:len(data) - len(data) % RECORD_SIZE]
+
+
+def read_leaf_records(audit_dir: Path, limit: int | None = None) -> list[LeafRecord]:
+    """The sealed leaf records (the first `limit` of them)."""
+    data = read_leaf_bytes(audit_dir, limit)
+    count = len(data) // RECORD_SIZE
     return [LeafRecord(int.from_bytes(data[o:o + 8], "big"), data[o + 8:o + 40],
                        data[o + 40:o + 72])
             for o in range(0, count * RECORD_SIZE, RECORD_SIZE)]

@@ -21,11 +21,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aggregates.errors import ValidationError
 from gateways.audit.keys import key_id
-from gateways.audit.merkle import CompactTree
+from gateways.audit.merkle import CompactTree, LeafHasher, roots_at
 from gateways.audit.seal import (
+    RECORD_SIZE,
     Checkpoint,
     LeafRecord,
     read_checkpoints,
+    read_leaf_bytes,
     read_leaf_records,
     read_notifications,
     record_of,
@@ -93,7 +95,14 @@ class Report:
 
 
 def verify_store(app: Any, audit_dir: Path, public: Ed25519PublicKey) -> Report:
-    """Check the app's log against the checkpoints and leaf records kept in `audit_dir`."""
+    """Check the app's log against the checkpoints and leaf records kept in `audit_dir`.
+
+    The common case, an untouched log, is one streaming pass: the sealed leaf file is checked
+    against every checkpoint's root once, then each stored event's leaf hash is compared with
+    its sealed record (equal leaves make equal roots, so the store's own tree is not built).
+    Only when something differs does the full pass run, which aligns the two sequences and
+    recomputes the store's roots to name every difference.
+    """
     checkpoints = read_checkpoints(audit_dir)
     if not checkpoints:
         raise ValidationError(f"no checkpoints in {audit_dir}: run `cloudkernel audit seal` "
@@ -102,6 +111,18 @@ def verify_store(app: Any, audit_dir: Path, public: Ed25519PublicKey) -> Report:
     _check_signatures(checkpoints, public, report)
     sealed_size = max(cp.tree_size for cp in checkpoints)
     report.sealed = sealed_size
+    leaves = read_leaf_bytes(audit_dir, sealed_size)
+    if len(leaves) == sealed_size * RECORD_SIZE and not _failing_roots(leaves, checkpoints):
+        stored = _count_if_store_matches(app, leaves)
+        if stored is not None:
+            report.store_events, report.unsealed = stored, stored - sealed_size
+            return report
+    return _full_pass(app, audit_dir, checkpoints, sealed_size, report)
+
+
+def _full_pass(app: Any, audit_dir: Path, checkpoints: list[Checkpoint], sealed_size: int,
+               report: Report) -> Report:
+    """Every stored event against every sealed record: names what differs, and where."""
     sealed = read_leaf_records(audit_dir, sealed_size)
     if not _leaf_file_matches(sealed, checkpoints, report):
         sealed = []  # untrustworthy: only the roots are compared
@@ -115,6 +136,28 @@ def verify_store(app: Any, audit_dir: Path, public: Ed25519PublicKey) -> Report:
     else:
         report.unsealed = max(0, len(store) - sealed_size)
     return report
+
+
+def _failing_roots(leaves: bytes, checkpoints: list[Checkpoint]) -> list[int]:
+    """The checkpoints whose root the sealed leaf hashes (in leaves.bin bytes) don't give."""
+    hashes = [leaves[o + 8:o + 40] for o in range(0, len(leaves), RECORD_SIZE)]
+    roots = roots_at(hashes, sorted({cp.tree_size for cp in checkpoints}))
+    return [cp.tree_size for cp in checkpoints if roots[cp.tree_size].hex() != cp.root_hash]
+
+
+def _count_if_store_matches(app: Any, leaves: bytes) -> int | None:
+    """How many events the store holds, if its first ones are exactly the sealed records;
+    None at the first event that differs (or when the store holds fewer)."""
+    sealed = len(leaves) // RECORD_SIZE
+    view = memoryview(leaves)
+    hasher = LeafHasher()
+    count = 0
+    for note in read_notifications(app):
+        if count < sealed and hasher(note) != view[count * RECORD_SIZE + 8:
+                                                   count * RECORD_SIZE + 40]:
+            return None
+        count += 1
+    return count if count >= sealed else None
 
 
 def _check_signatures(checkpoints: list[Checkpoint], public: Ed25519PublicKey,

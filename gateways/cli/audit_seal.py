@@ -14,7 +14,7 @@ import json
 import signal
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,12 @@ def cmd_seal(settings: Settings, args: argparse.Namespace) -> int:
         sealer = Sealer(app, folder, key, every=args.every, interval=args.interval,
                         on_checkpoint=made.append)
         if args.follow:
-            asyncio.run(_follow(sealer, settings, args, made))
+            from gateways.audit.follower import SealFollower
+
+            follower = SealFollower(sealer, settings.nats_servers, poll=args.poll,
+                                    publish=args.publish)
+            asyncio.run(_until_signal(follower))
+            made = follower.made
         else:
             sealer.seal_once()
             if args.publish:
@@ -140,21 +145,13 @@ async def _publish_all(settings: Settings, checkpoints: list[Any]) -> None:
         await nc.close()
 
 
-async def _follow(sealer: Any, settings: Settings, args: argparse.Namespace,
-                  made: list[Any]) -> None:
-    """The async edge: the sync sealer runs in a thread; new checkpoints are published."""
+async def _until_signal(follower: Any) -> None:
+    """Run the sealing follower until SIGINT/SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    published = 0
-    while not stop.is_set():
-        await asyncio.to_thread(sealer.seal_available)
-        if args.publish and len(made) > published:
-            await _publish_all(settings, made[published:])
-            published = len(made)
-        with suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=args.poll)
+    await follower.run(stop)
 
 
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:

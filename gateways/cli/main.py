@@ -248,6 +248,7 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
     from gateways.acl.access import AclAccess
     from gateways.acl.relay import acl_relay
     from gateways.acl.service import AclService
+    from gateways.audit.follower import platform_follower
     from gateways.cli.api import api_server
     from gateways.cli.projections import projection_runners
     from gateways.ownership import store_lookup
@@ -282,6 +283,7 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
     observers: list[Any] = [listener_for(engine, settings, servers),
                             *(r for r in reporters if r is not None)]
     relay = EventRelay(EventFeed(engine.app), servers)
+    sealing = platform_follower(platform.app, settings.data_dir / "audit", servers)
     # The intake shares the kernel's engine: operations it accepts get their timers here.
     # The ACL service decides for its users' keys and tokens; the keyring's own keys (the
     # admin key printed on the first start) keep working beside it.
@@ -303,6 +305,7 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
         api.mount = functools.partial(mount_web_page, servers=servers, login=acl.login)
         tasks = [asyncio.create_task(runner.run(stop)), asyncio.create_task(relay.run(stop)),
                  asyncio.create_task(acl_events.run(stop)),
+                 asyncio.create_task(sealing.run(stop)),
                  asyncio.create_task(api.run(stop)),
                  asyncio.create_task(intake.run(stop)), asyncio.create_task(webhooks.run(stop)),
                  *(asyncio.create_task(w.run(stop)) for w in workers),
@@ -317,6 +320,7 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
         names = ", ".join(p.name for p in registry.plugins)
         print(f"cloudkernel is up: store={settings.store} data={settings.data_dir} nats={url} "
               f"api={api.url}; kernel, event relay, command intake, webhooks, admin API, "
+              "audit sealing, "
               f"{len(projections)} projections and "
               f"workers for {names} "
               "running; Ctrl-C stops it", flush=True)

@@ -196,6 +196,15 @@ def test_up_on_the_embedded_default(tmp_path: Path) -> None:
     assert "cloudkernel stopped" in out
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass  # the embedded nats-server is gone
+    # up sealed its log from the first start (a key made then) and checkpointed it on stop
+    assert "audit: created the log's signing key" in log
+    verified = subprocess.run(
+        [*CLI, "audit", "verify"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "CLOUDKERNEL_DATA_DIR": str(tmp_path / "data"),
+             "PYTHONPATH": str(ROOT)})
+    assert verified.returncode == 0, verified
+    assert "OK: the store matches every checkpoint" in verified.stdout
+    assert f"{log_head(Settings(data_dir=tmp_path / 'data'))} events sealed" in verified.stdout
 
     # a second start finds everything in place and writes nothing new
     head = log_head(Settings(data_dir=tmp_path / "data"))

@@ -7,10 +7,12 @@ import pytest
 from gateways.audit.merkle import (
     EMPTY_ROOT,
     CompactTree,
+    LeafHasher,
     event_leaf_bytes,
     inclusion_path,
     leaf_hash,
     root_from_leaf_hashes,
+    roots_at,
     verify_inclusion,
 )
 
@@ -125,3 +127,21 @@ def test_event_leaf_bytes_are_canonical_and_bind_every_field() -> None:
               event_leaf_bytes(5, "a-b", 3, "t", b"{}"), event_leaf_bytes(5, "a-b", 2, "u", b"{}"),
               event_leaf_bytes(5, "a-b", 2, "t", b"{ }")]
     assert base not in others
+
+
+def test_roots_at_equals_the_rfc_definition_at_every_size() -> None:
+    hashes = [leaf_hash(str(i).encode()) for i in range(70)]
+    roots = roots_at(hashes, range(71))
+    assert all(roots[n] == root_from_leaf_hashes(hashes[:n]) for n in range(71))
+
+
+def test_the_leaf_hasher_hashes_what_event_leaf_bytes_defines() -> None:
+    from types import SimpleNamespace
+    from uuid import uuid4
+
+    hasher = LeafHasher()
+    for topic, state in (("vm:VirtualMachine.Started", b"{}"), ('q"\\\u00e9\u2603', b"\x00\xff")):
+        n = SimpleNamespace(id=12, originator_id=uuid4(), originator_version=3, topic=topic,
+                            state=state)
+        want = leaf_hash(event_leaf_bytes(12, n.originator_id, 3, topic, state))
+        assert hasher(n) == want and hasher(n) == want  # cached topic too

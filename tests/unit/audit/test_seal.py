@@ -144,3 +144,26 @@ def test_proofs_of_every_position_check_and_forgeries_fail(
         "the audit path does not lead to the checkpoint's root"]
     with pytest.raises(ValidationError, match="not in the tree"):
         prove(app, tmp_path, 9, 8)
+
+
+def test_an_untouched_log_is_verified_in_one_streaming_pass(
+        tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    from gateways.audit.seal import read_leaf_bytes
+    from gateways.audit.verify import _count_if_store_matches
+
+    app = app_with(25)
+    app.recorder.rows.append(Notification(originator_id=uuid4(), originator_version=7,
+                                          topic='odd:"tøpic"\\', state=b"\x00\xff", id=26))
+    Sealer(app, tmp_path, key, every=10).seal_once()
+    app.recorder.add(3)  # not sealed yet
+    leaves = read_leaf_bytes(tmp_path)
+    # the inlined leaf hash is merkle's, so a clean log never needs the full pass
+    assert _count_if_store_matches(app, leaves) == 29
+    report = verify_store(app, tmp_path, key.public_key())
+    assert report.clean and (report.sealed, report.store_events, report.unsealed) == (26, 29, 3)
+    app.recorder.rows[11] = Notification(originator_id=app.recorder.rows[11].originator_id,
+                                         originator_version=1, topic="t:E", state=b'{"n":0}',
+                                         id=12)
+    assert _count_if_store_matches(app, leaves) is None
+    assert [f.describe() for f in verify_store(app, tmp_path, key.public_key()).findings] == [
+        "position 12 edited (leaf 11; exposed by checkpoint tree_size=20)"]
