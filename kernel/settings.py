@@ -55,6 +55,12 @@ class Settings:
     acl_ldap_role: str = "user"  # their role: user or domain_admin
     acl_ldap_timeout_seconds: float = 3.0
     acl_token_hours: float = 8.0
+    # services on the platform (issue 9): each one a separate process talking NATS only
+    services: tuple[str, ...] = ("enduser", "ec2")  # the ones `up` starts; () starts none
+    service_heartbeat_seconds: float = 2.0  # liveness TTL is three heartbeats
+    enduser_port: int = 8481
+    ec2_port: int = 8482
+    ec2_region: str = "cloudkernel-1"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -146,6 +152,19 @@ def _nats_urls(v: Any) -> tuple[str, ...]:
     return urls
 
 
+KNOWN_SERVICES = ("enduser", "ec2")
+
+
+def _services(v: Any) -> tuple[str, ...]:
+    items = [s.strip() for s in v.split(",")] if isinstance(v, str) else v
+    if not isinstance(items, list | tuple):
+        raise ValueError
+    names = tuple(dict.fromkeys(i for i in items if i))
+    if any(n not in KNOWN_SERVICES for n in names):
+        raise ValueError
+    return names
+
+
 _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "data_dir": (_path, "a directory path"),
     "store": _choice("sqlite", "postgres"),
@@ -174,6 +193,12 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "acl_ldap_role": _choice("user", "domain_admin"),
     "acl_ldap_timeout_seconds": _number_in(0.1, 60),
     "acl_token_hours": _number_in(0.01, 720),
+    "services": (_services, "a list of service names among enduser, ec2 (comma-separated "
+                            "in the env; empty starts none)"),
+    "service_heartbeat_seconds": _number_in(0.05, 3600),
+    "enduser_port": _int_in(1, 65535),
+    "ec2_port": _int_in(1, 65535),
+    "ec2_region": (_text, "an AWS-style region name"),
 }
 
 

@@ -35,6 +35,14 @@ def test_env_list_is_comma_separated() -> None:
     assert s.nats_urls == ("nats://a:1", "nats://b:2")
 
 
+def test_services_to_start_are_a_list_and_empty_starts_none(tmp_path: Path) -> None:
+    assert load_settings(env={}).services == ("enduser", "ec2")
+    assert load_settings(env={"CLOUDKERNEL_SERVICES": "ec2, ec2"}).services == ("ec2",)
+    assert load_settings(env={"CLOUDKERNEL_SERVICES": ""}).services == ()
+    (tmp_path / "c.toml").write_text('services = ["enduser"]\n')
+    assert load_settings(env={}, config_path=tmp_path / "c.toml").services == ("enduser",)
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
@@ -47,6 +55,8 @@ def test_env_list_is_comma_separated() -> None:
         ({"CLOUDKERNEL_POSTGRES_DSN": "mysql://x"}, "setting postgres_dsn"),
         ({"CLOUDKERNEL_STOER": "sqlite"}, "unknown setting 'stoer' (from CLOUDKERNEL_STOER)"),
         ({"CLOUDKERNEL_STORE": "postgres"}, "setting postgres_dsn: required when store is"),
+        ({"CLOUDKERNEL_SERVICES": "ec2,s3"}, "setting services (from CLOUDKERNEL_SERVICES): "
+                                             "expected a list of service names among enduser"),
     ],
 )
 def test_bad_settings_fail_with_one_line_naming_them(env: dict[str, str], expected: str) -> None:
