@@ -77,11 +77,16 @@ class LeafRecord:
         return self.position.to_bytes(8, "big") + self.leaf + self.content
 
 
+_topics: dict[str, str] = {}  # each topic's JSON text, made once
+
+
 def content_hash(notification: Any) -> bytes:
     """The hash of an event without its position: finds it again after a renumbering."""
-    head = (f'["{notification.originator_id}",{notification.originator_version},'
-            f'{json.dumps(notification.topic)}]').encode()
-    return hashlib.sha256(head + b"\n" + bytes(notification.state)).digest()
+    topic = _topics.get(notification.topic)
+    if topic is None:
+        topic = _topics[notification.topic] = json.dumps(notification.topic)
+    head = f'["{notification.originator_id}",{notification.originator_version},{topic}]\n'
+    return hashlib.sha256(head.encode() + bytes(notification.state)).digest()
 
 
 _leaf_hash = LeafHasher()
