@@ -40,6 +40,7 @@ from gateways.access import (
     SignedRequest,
     verify,
 )
+from gateways.acl.directory import AclDirectory
 from gateways.acl.secrets import read_token
 from gateways.acl.service import AclService
 
@@ -85,6 +86,23 @@ class ReplayCache:
             return True
 
 
+def key_user(directory: AclDirectory, key: AclApiKey, replays: ReplayCache, signature: str,
+             now: float) -> AclUser:
+    """The enabled user of a live key whose (already checked) signature is used for the first
+    time; UnauthenticatedError naming why not."""
+    if not replays.first_use(signature.lower(), now):
+        raise UnauthenticatedError("this signature was used before: a replayed request is "
+                                   "refused (sign every request anew)")
+    if key.revoked:
+        raise UnauthenticatedError(f"key {key.key_id} was revoked")
+    if key.expires_at is not None and key.expires_at.timestamp() <= now:
+        raise UnauthenticatedError(f"key {key.key_id} expired at {key.expires_at.isoformat()}")
+    user = directory.users.get(key.username)
+    if user is None or user.disabled:
+        raise UnauthenticatedError(f"the user of key {key.key_id} is disabled")
+    return user
+
+
 class AclAccess:
     """AccessControl backed by the ACL service."""
 
@@ -114,17 +132,7 @@ class AclAccess:
         try:
             verify(self.service.master.key_secret(key.key_id), request, now=now,
                    max_skew=self.max_skew)
-            if not self.replays.first_use(request.signature.lower(), now):
-                raise UnauthenticatedError("this signature was used before: a replayed request "
-                                           "is refused (sign every request anew)")
-            if key.revoked:
-                raise UnauthenticatedError(f"key {key.key_id} was revoked")
-            if key.expires_at is not None and key.expires_at.timestamp() <= now:
-                raise UnauthenticatedError(f"key {key.key_id} expired at "
-                                           f"{key.expires_at.isoformat()}")
-            user = directory.users.get(key.username)
-            if user is None or user.disabled:
-                raise UnauthenticatedError(f"the user of key {key.key_id} is disabled")
+            user = key_user(directory, key, self.replays, request.signature, now)
         except UnauthenticatedError as e:
             self._audit_refusal(key.username, key.key_id, request.subject, str(e), now)
             raise

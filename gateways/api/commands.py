@@ -27,8 +27,8 @@ from aggregates.errors import ForbiddenError, NotFoundError
 from gateways.access import IDEMPOTENCY_KEY_HEADER
 from gateways.api.context import CONTEXT, ApiContext, authenticator
 from gateways.api.errors import ApiError
-from gateways.api.quotas import check_quota
 from gateways.ownership import owner_of as shared_owner_of
+from gateways.quotas import check_quota
 from gateways.stream.intake import MalformedError, UnknownCommandError, decode_command
 from kernel.commands import Command
 

@@ -2,7 +2,9 @@
 
 An integrator sends a core NATS request to `cloudkernel.commands.<tag>` (for example
 `cloudkernel.commands.operation.cancel`). The body is a JSON object of the command's fields,
-the headers carry `Idempotency-Key` and the signature (`gateways.access`). The reply is JSON:
+the headers carry `Idempotency-Key` and either the signature (`gateways.access`) or
+`Authorization: Bearer <token>`, a token from the ACL service (its login, or a service's SigV4
+check), which sends the command as the token's user. The reply is JSON:
 
     {"ok": true, "command": ..., "idempotency_key": ..., "replayed": ..., "positions": [...],
      "correlation_id": ..., "result": ...}
@@ -20,7 +22,7 @@ import logging
 import re
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,9 +44,11 @@ from aggregates.errors import (
 from gateways.access import (
     IDEMPOTENCY_KEY_HEADER,
     KEY_ID_HEADER,
+    SCHEME,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     AccessControl,
+    Principal,
     SignedRequest,
 )
 from gateways.ownership import AccountLookup, owner_of
@@ -58,6 +62,8 @@ log = logging.getLogger(__name__)
 COMMANDS_PREFIX = "cloudkernel.commands."
 QUEUE_GROUP = "cloudkernel-intake"
 ERROR_HEADER = "Cloudkernel-Error"
+AUTHORIZATION_HEADER = "Authorization"
+SIGNED_HEADERS = (KEY_ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
 Catalog = Mapping[str, tuple[type[Command], CommandRunner]]
 
 # Known refusals, most specific first; anything else is an `internal` error.
@@ -140,6 +146,9 @@ class CommandIntake:
     max_in_flight: int = 256
     # where the account owning a command's target is found (None: no resource checks)
     owner_lookup: AccountLookup | None = None
+    # (tag, command, owner) -> None, or raises ForbiddenError naming a limit the command
+    # would pass (gateways.quotas.quota_check); None: no limits checked here
+    quota: Callable[[str, Command, str | None], None] | None = None
     drain_timeout: float = 30.0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stats: Counter[str] = field(default_factory=Counter)
@@ -166,20 +175,19 @@ class CommandIntake:
         if not key.strip():
             raise MalformedError(f"header {IDEMPOTENCY_KEY_HEADER} is required: a key of your "
                                  "choice, the same when you retry the same command")
-        principal = self.access.authenticate(SignedRequest(
-            subject=subject, idempotency_key=key, body=body,
-            key_id=headers.get(KEY_ID_HEADER.lower(), ""),
-            timestamp=headers.get(TIMESTAMP_HEADER.lower(), ""),
-            signature=headers.get(SIGNATURE_HEADER.lower(), "")))
+        principal = self._authenticate(subject, headers, key, body)
         if tag not in self.catalog:
             raise UnknownCommandError(f"unknown command {tag[:100]!r} on {subject[:140]}; known: "
                                       f"{', '.join(sorted(self.catalog))}")
-        self.access.authorize(principal, tag)  # the command at all, before its body is read
         type_, run = self.catalog[tag]
         command = self._decode(tag, type_, body)
         owner = None if self.owner_lookup is None else owner_of(command, self.owner_lookup)
-        if owner is not None:  # and on this account's resource
-            self.access.authorize(principal, tag, owner=owner)
+        # One decision, with the owner: "no owner" means a command on no account's resource,
+        # which only a platform-wide principal may send, so it is never asked before the owner
+        # is known (a tenant's command on its own VM would be refused).
+        self.access.authorize(principal, tag, owner=owner)
+        if self.quota is not None:
+            self.quota(tag, command, owner)
         # Keys are scoped by actor: another principal's same key is another command, and
         # never replays (or reveals) this one's result.
         scoped = f"{principal.actor}/{key}"
@@ -191,6 +199,25 @@ class CommandIntake:
         log.debug("intake: %s by %s (key %s): %s", tag, principal.actor, principal.key_id,
                   "replayed" if outcome.replayed else f"{len(outcome.positions)} events")
         return Reply(data, {CORRELATION_ID: str(correlation_id)})
+
+    def _authenticate(self, subject: str, headers: Mapping[str, str], key: str,
+                      body: bytes) -> Principal:
+        """A bearer token's user (`Authorization: Bearer <token>`), or the key that signed."""
+        authorization = headers.get(AUTHORIZATION_HEADER.lower())
+        if authorization is not None:
+            scheme, _, token = authorization.strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise UnauthenticatedError(f"header {AUTHORIZATION_HEADER} must be 'Bearer "
+                                           "<token>' (a token from the ACL service's login)")
+            if any(h.lower() in headers for h in SIGNED_HEADERS):
+                raise UnauthenticatedError(f"send either {AUTHORIZATION_HEADER}: Bearer or the "
+                                           f"{SCHEME} headers, not both")
+            return self.access.authenticate_bearer(token.strip())
+        return self.access.authenticate(SignedRequest(
+            subject=subject, idempotency_key=key, body=body,
+            key_id=headers.get(KEY_ID_HEADER.lower(), ""),
+            timestamp=headers.get(TIMESTAMP_HEADER.lower(), ""),
+            signature=headers.get(SIGNATURE_HEADER.lower(), "")))
 
     def _decode(self, tag: str, type_: type[Command], body: bytes) -> Command:
         return decode_command(tag, type_, self._decoders[tag], body)

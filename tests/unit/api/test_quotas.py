@@ -51,7 +51,7 @@ def test_a_deploy_past_its_accounts_limit_is_refused_and_writes_nothing(
         api_env: tuple[ApiContext, ApiKey, Keyring, dict[str, UUID]], monkeypatch: Any) -> None:
     import asyncio
 
-    from gateways.api import quotas
+    from gateways import quotas
 
     real_usage = quotas.usage
 

@@ -56,4 +56,4 @@ def test_the_intake_asks_about_the_owner_of_the_commands_target() -> None:
     reply = intake.handle(COMMANDS_PREFIX + "vm.stop", {IDEMPOTENCY_KEY_HEADER: "k-1"},
                           msgspec.json.encode(StopVm(vm_id=VM)))
     assert reply.error is None
-    assert access.asked == [("vm.stop", None), ("vm.stop", "alice")]
+    assert access.asked == [("vm.stop", "alice")]

@@ -7,22 +7,45 @@ Usage counts what still holds resources: VMs not Destroyed/Expunging/Expunged (t
 memory from their offerings), volumes not Expunged (their GiB, rounded up).
 """
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 
 from aggregates.offering import ServiceOffering
-from gateways.api.context import ApiContext
 
 GIB = 1024**3
 _GONE_VMS = frozenset({"Destroyed", "Expunging", "Expunged"})
 _GONE_VOLUMES = frozenset({"Expunged"})
 
 
-def check_quota(ctx: ApiContext, tag: str, command: Any, owner: str | None) -> None:
+@dataclass(frozen=True)
+class QuotaContext:
+    """Where limits and usage come from: the access control (the ACL's limits), the platform
+    application (offerings) and the read models (what each account holds)."""
+
+    access: Any
+    app: Any
+    views: Mapping[str, Any]  # read-model name -> RowView; vms and volumes are counted
+
+    def view(self, name: str) -> Any:
+        """The read model with this name."""
+        return self.views[name]
+
+
+def quota_check(access: Any, app: Any,
+                views: Mapping[str, Any]) -> Callable[[str, Any, str | None], None]:
+    """`check_quota` bound to these sources: what the NATS intake calls before a command."""
+    ctx = QuotaContext(access, app, views)
+    return lambda tag, command, owner: check_quota(ctx, tag, command, owner)
+
+
+def check_quota(ctx: Any, tag: str, command: Any, owner: str | None) -> None:
     """Refuse (ForbiddenError naming the limit) a vm.deploy or volume.create that would pass
-    a limit of its account or of a domain above it; other commands pass."""
+    a limit of its account or of a domain above it; other commands pass. `ctx` has `access`,
+    `app` and `view(name)` (the admin API's context, or a QuotaContext)."""
     check = getattr(ctx.access, "check_limits", None)
     governs = getattr(ctx.access, "governs", None)
     if owner is None or check is None or tag not in ("vm.deploy", "volume.create"):
@@ -52,7 +75,7 @@ def check_quota(ctx: ApiContext, tag: str, command: Any, owner: str | None) -> N
     check(owner, used[owner], delta, domain_usage=domain_usage)
 
 
-def usage(ctx: ApiContext, account: str) -> dict[str, int]:
+def usage(ctx: Any, account: str) -> dict[str, int]:
     """What the account holds now, by counter."""
     used = {"vms": 0, "cpu_cores": 0, "memory_mib": 0, "volumes": 0, "volume_gib": 0}
     offerings: dict[UUID, ServiceOffering | None] = {}
@@ -74,11 +97,15 @@ def usage(ctx: ApiContext, account: str) -> dict[str, int]:
     return used
 
 
-def _rows(ctx: ApiContext, model: str, account: str) -> list[dict[str, Any]]:
-    return ctx.view(model).all_rows(account=account) if model in ctx.runners else []
+def _rows(ctx: Any, model: str, account: str) -> list[dict[str, Any]]:
+    try:
+        view = ctx.view(model)
+    except KeyError:
+        return []  # that read model is not followed here: nothing counted from it
+    return list(view.all_rows(account=account))
 
 
-def _offering(ctx: ApiContext, offering_id: UUID) -> ServiceOffering | None:
+def _offering(ctx: Any, offering_id: UUID) -> ServiceOffering | None:
     try:
         found: object = ctx.app.repository.get(offering_id)
     except AggregateNotFoundError:
