@@ -12,6 +12,7 @@ from aggregates.nic import Nic
 from aggregates.offering import DiskOffering, ServiceOffering
 from aggregates.operation import Operation
 from aggregates.pod import Pod
+from aggregates.service import ServiceRegistration
 from aggregates.snapshot import Snapshot
 from aggregates.storage_pool import PrimaryStoragePool
 from aggregates.template import Template
@@ -42,6 +43,7 @@ ALL_AGGREGATES: tuple[type[PlatformAggregate], ...] = (
     VlanPool,
     MacPool,
     UnmanagedDomain,
+    ServiceRegistration,
 )
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "Pod",
     "PrimaryStoragePool",
     "ServiceOffering",
+    "ServiceRegistration",
     "Snapshot",
     "Template",
     "UnmanagedDomain",

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kernel.cloud.services import SERVICE_HANDLERS
 from kernel.commands import Command, CommandOutcome, CommandService, Handler
 from kernel.inventory.loader import LoadInventory, handle_load_inventory
 from kernel.settings import Settings
@@ -18,6 +19,7 @@ SAMPLE_INVENTORY = Path(__file__).resolve().parent.parent / "examples" / "invent
 
 PLATFORM_HANDLERS: dict[type, Handler] = {
     LoadInventory: handle_load_inventory,
+    **SERVICE_HANDLERS,
 }
 
 

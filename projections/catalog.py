@@ -5,9 +5,10 @@ from projections.fleet import HostModel
 from projections.inventory import InventoryModel
 from projections.models import OperationModel, RowModel, VmModel
 from projections.networks import NetworkModel
+from projections.services import ServiceModel
 from projections.storage import SnapshotModel, TemplateModel, VolumeModel
 
 MODELS: dict[str, type[RowModel]] = {m.name: m for m in (
     VmModel, OperationModel, HostModel, NetworkModel, VolumeModel, SnapshotModel,
-    TemplateModel, AuditModel, InventoryModel,
+    TemplateModel, AuditModel, InventoryModel, ServiceModel,
 )}

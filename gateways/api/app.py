@@ -22,6 +22,7 @@ from gateways.api.errors import error_middleware
 from gateways.api.inventory import add_inventory_routes
 from gateways.api.metrics import CONTENT_TYPE, HttpStats, StepStats, core_metrics
 from gateways.api.openapi import encoded_document
+from gateways.api.services import add_service_routes
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def make_app(context: ApiContext, *, own_context: bool = True) -> web.Applicatio
     from gateways.api.operations import add_operation_routes
 
     add_operation_routes(app)  # before the generic GET /v1/{model}/{id} routes
+    add_service_routes(app)  # ditto
     add_inventory_routes(app)
     add_command_routes(app, context.catalog)
     return app

@@ -32,7 +32,8 @@ PAGING = ("limit", "after", "wait_for")
 PLATFORM_MODELS = frozenset({"hosts", "operations", "audit"})
 SINGULAR = {"vms": "vm", "volumes": "volume", "hosts": "host", "networks": "network",
             "snapshots": "snapshot", "templates": "template", "operations": "operation",
-            "audit": "audit entry", "inventory": "inventory entry"}
+            "audit": "audit entry", "inventory": "inventory entry",
+            "services": "service"}
 
 _encode = msgspec.json.Encoder().encode
 

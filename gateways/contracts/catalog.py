@@ -27,7 +27,8 @@ COMMAND_MODULES: tuple[str, ...] = ("kernel.operations", "kernel.inventory.loade
                                      "kernel.cloud.volume_copies", "kernel.cloud.vm_moves",
                                      "kernel.cloud.volume_moves",
                                      "kernel.cloud.repair",
-                                     "kernel.cloud.hosts")
+                                     "kernel.cloud.hosts",
+                                     "kernel.cloud.services")
 # The stored JSON of an event omits these: they have their own columns and NATS headers.
 _ORIGINATOR_FIELDS = frozenset({"originator_id", "originator_version"})
 

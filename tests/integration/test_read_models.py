@@ -62,6 +62,20 @@ def views(platform: Platform, tmp_path: Path) -> Iterator[dict[tuple[str, str], 
             view.close()
 
 
+def service_activity(platform: Platform) -> dict[str, tuple[str, str, str, int]]:
+    """Two services registered, one described anew and disabled; what their rows must say."""
+    from kernel.cloud.services import DisableService, RegisterService
+
+    for i, command in enumerate((
+            RegisterService(name="billing", version="1.0", endpoints={"http": "http://b/"}),
+            RegisterService(name="ec2", version="2.1", consumes=("cloudkernel.events.vm.>",)),
+            RegisterService(name="billing", version="1.1", endpoints={"http": "http://b/"}),
+            DisableService(name="billing", reason="month-end audit"))):
+        platform.commands.execute(command, idempotency_key=f"svc-{i}", actor="ops")
+    return {"billing": ("Disabled", "month-end audit", "1.1", 3),
+            "ec2": ("Enabled", "", "2.1", 1)}
+
+
 def get(platform: Platform, aggregate_id: Any) -> Any:
     return platform.app.repository.get(aggregate_id)
 
@@ -92,6 +106,7 @@ def test_every_model_on_both_stores_matches_the_aggregates_and_a_rebuild(
     storage_activity(app, story, zone_id, pools, image_store)
     scripted_run(app)
     bulk_vms(app, 40)
+    services = service_activity(platform)
     for runner in runners.values():
         assert runner.run_once() > 0
         assert runner.lag().positions == 0
@@ -114,6 +129,10 @@ def test_every_model_on_both_stores_matches_the_aggregates_and_a_rebuild(
         for name, rows in expected.items():
             for agg_id, want in rows:
                 assert views[store, name].get(agg_id) == want, (store, name)
+    for store in STORES:
+        rows = {r["name"]: r for r in views[store, "services"].all_rows()}
+        assert {n: (r["state"], r["disabled_reason"], r["version"], r["revision"])
+                for n, r in rows.items()} == services, store
     busy = views["postgres", "hosts"].get(hosts[0].id)
     assert busy is not None and busy["cpu_overprovisioning"] == 2.0
     assert (busy["total_cpu_cores"], busy["used_cpu_cores"]) == (32, 4)
