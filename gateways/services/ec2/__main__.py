@@ -1,0 +1,12 @@
+"""`python -m gateways.services.ec2 [--config FILE]`: the EC2 API service as a process;
+SIGTERM or SIGINT stops it cleanly."""
+
+import sys
+
+from gateways.services.ec2 import SERVICE_NAME, serve
+from gateways.services.hosting import service_main
+
+if __name__ == "__main__":
+    sys.exit(service_main(SERVICE_NAME, "the EC2 API service", serve,
+                          lambda s: f"http://{s.api_host}:{s.ec2_port}/ "
+                                    f"(region {s.ec2_region})"))

@@ -1,0 +1,192 @@
+"""The EC2 service's own store (SQLite): key pairs, and what EC2 knows of an instance that
+the platform does not (its reservation, key name, launch index, a terminate under way, the
+device names volumes were attached as).
+
+Key pairs are generated here with `cryptography`; the private key is answered once and never
+kept, only the public key and its fingerprint (EC2's forms: for an RSA key made by EC2, the
+SHA-1 of the private key's PKCS#8 DER; for ed25519, the base64 SHA-256 of the public key).
+"""
+
+import base64
+import hashlib
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID, uuid4
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from gateways.services.ec2.protocol import Ec2Error
+
+KEY_TYPES = ("rsa", "ed25519")
+_KEY_NAME = re.compile(r"^[\x20-\x7e]{1,255}$")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS key_pairs (account TEXT NOT NULL, name TEXT NOT NULL,
+    key_pair_id TEXT NOT NULL UNIQUE, key_type TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    public_key TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (account, name));
+CREATE TABLE IF NOT EXISTS instances (vm_id TEXT PRIMARY KEY, reservation_id TEXT NOT NULL,
+    key_name TEXT, launch_index INTEGER NOT NULL DEFAULT 0, client_token TEXT,
+    terminating INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS attachments (volume_id TEXT PRIMARY KEY, vm_id TEXT NOT NULL,
+    device TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A key pair as kept (no private key)."""
+
+    account: str
+    name: str
+    key_pair_id: str
+    key_type: str
+    fingerprint: str
+    public_key: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class InstanceNote:
+    """What EC2 remembers of an instance."""
+
+    vm_id: UUID
+    reservation_id: str
+    key_name: str | None
+    launch_index: int
+    client_token: str | None
+    terminating: bool
+
+
+def generate(key_type: str) -> tuple[str, str, str]:
+    """A new key: (private key PEM, OpenSSH public key, EC2 fingerprint)."""
+    if key_type == "ed25519":
+        key = ed25519.Ed25519PrivateKey.generate()
+        private = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.OpenSSH,
+                                    serialization.NoEncryption()).decode()
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH).decode()
+        blob = base64.b64decode(public.split()[1])
+        fingerprint = base64.b64encode(hashlib.sha256(blob).digest()).decode()
+        return private, public, fingerprint
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = rsa_key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.TraditionalOpenSSL,
+                                    serialization.NoEncryption()).decode()
+    pkcs8 = rsa_key.private_bytes(serialization.Encoding.DER,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+    digest = hashlib.sha1(pkcs8, usedforsecurity=False).hexdigest()
+    fingerprint = ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    public = rsa_key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH).decode()
+    return private, public, fingerprint
+
+
+class Ec2Store:
+    """Key pairs per account and notes on instances, in one SQLite file (WAL)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------ key pairs
+
+    def create_key_pair(self, account: str, name: str,
+                        key_type: str = "rsa") -> tuple[KeyPair, str]:
+        """A new key pair of the account and its private key (shown this once)."""
+        if not _KEY_NAME.match(name):
+            raise Ec2Error("InvalidParameterValue", "KeyName must be 1 to 255 printable "
+                           "ASCII characters")
+        if key_type not in KEY_TYPES:
+            raise Ec2Error("InvalidParameterValue", f"Value ({key_type[:20]}) for parameter "
+                           "KeyType is invalid. Expected rsa or ed25519.")
+        private, public, fingerprint = generate(key_type)
+        pair = KeyPair(account=account, name=name, key_pair_id="key-" + uuid4().hex[:17],
+                       key_type=key_type, fingerprint=fingerprint, public_key=public,
+                       created_at=datetime.now(UTC).isoformat())
+        with self._lock:
+            try:
+                self._db.execute("INSERT INTO key_pairs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 (pair.account, pair.name, pair.key_pair_id, pair.key_type,
+                                  pair.fingerprint, pair.public_key, pair.created_at))
+            except sqlite3.IntegrityError:
+                raise Ec2Error("InvalidKeyPair.Duplicate",
+                               f"The keypair '{name}' already exists.") from None
+        return pair, private
+
+    def key_pairs(self, account: str | None) -> list[KeyPair]:
+        """The account's key pairs (None: every account's), by name."""
+        with self._lock:
+            if account is None:
+                rows = self._db.execute("SELECT * FROM key_pairs ORDER BY name").fetchall()
+            else:
+                rows = self._db.execute("SELECT * FROM key_pairs WHERE account = ? "
+                                        "ORDER BY name", (account,)).fetchall()
+        return [KeyPair(*r) for r in rows]
+
+    def delete_key_pair(self, account: str | None, *, name: str | None = None,
+                        key_pair_id: str | None = None) -> bool:
+        """Delete one key pair by name or id; whether there was one."""
+        pairs = [p for p in self.key_pairs(account)
+                 if (name is not None and p.name == name)
+                 or (key_pair_id is not None and p.key_pair_id == key_pair_id)]
+        with self._lock:
+            for pair in pairs:
+                self._db.execute("DELETE FROM key_pairs WHERE key_pair_id = ?",
+                                 (pair.key_pair_id,))
+        return bool(pairs)
+
+    # ------------------------------------------------------------------ instances
+
+    def note_instance(self, vm_id: UUID, *, reservation_id: str, key_name: str | None,
+                      launch_index: int, client_token: str | None) -> None:
+        """Remember how an instance was launched (the same again changes nothing)."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO instances (vm_id, reservation_id, "
+                             "key_name, launch_index, client_token) VALUES (?, ?, ?, ?, ?)",
+                             (str(vm_id), reservation_id, key_name, launch_index,
+                              client_token))
+
+    def mark_terminating(self, vm_id: UUID) -> None:
+        """Remember that the instance is being terminated."""
+        with self._lock:
+            self._db.execute("INSERT INTO instances (vm_id, reservation_id, terminating) "
+                             "VALUES (?, ?, 1) ON CONFLICT (vm_id) DO UPDATE SET "
+                             "terminating = 1", (str(vm_id), ""))
+
+    def instances(self, vm_ids: list[UUID]) -> dict[UUID, InstanceNote]:
+        """The notes of these instances (those that have one)."""
+        if not vm_ids:
+            return {}
+        marks = ", ".join("?" for _ in vm_ids)
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM instances WHERE vm_id IN ({marks})",
+                                    tuple(str(v) for v in vm_ids)).fetchall()
+        return {UUID(r[0]): InstanceNote(UUID(r[0]), r[1], r[2], r[3], r[4], bool(r[5]))
+                for r in rows}
+
+    def note_attachment(self, volume_id: UUID, vm_id: UUID, device: str) -> None:
+        """Remember the device name a volume was attached as."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO attachments VALUES (?, ?, ?)",
+                             (str(volume_id), str(vm_id), device))
+
+    def attachment_device(self, volume_id: UUID, vm_id: UUID) -> str | None:
+        """The device name asked for when the volume was attached to this VM."""
+        with self._lock:
+            row = self._db.execute("SELECT device FROM attachments WHERE volume_id = ? AND "
+                                   "vm_id = ?", (str(volume_id), str(vm_id))).fetchone()
+        return None if row is None else str(row[0])

@@ -1,0 +1,350 @@
+"""The End User API's routes: a tenant's VMs and volumes, read from the service's own view
+and changed through the platform's command intake as the calling user.
+
+Reads come from the service's `TenantView` (fed by the public events), filtered to the
+caller's account: another account's id answers 404, as a missing one does, so ids do not
+leak. Changes are commands sent with the caller's bearer token (`ServiceRuntime.command`), so
+the platform's ACL decides each one again. Creating needs an `Idempotency-Key` header (a retry
+with the same key answers the first result); the other actions take one if given.
+"""
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+from uuid import UUID
+
+import msgspec
+from aiohttp import web
+
+from gateways.services.enduser.auth import Authenticator, Caller
+from gateways.services.enduser.errors import (
+    COMMAND_STATUS,
+    ApiError,
+    error_middleware,
+    invalid_body,
+    json_response,
+    not_found,
+)
+from gateways.services.enduser.render import operation_json, vm_json, volume_json
+from gateways.services.framework import CommandRefusedError
+from gateways.services.tenant_view import TenantView
+
+T = TypeVar("T")
+IDEMPOTENCY_KEY = "Idempotency-Key"
+MAX_BODY = 64 * 1024
+
+
+class Runtime(Protocol):
+    """What the routes use of `gateways.services.framework.ServiceRuntime`."""
+
+    @property
+    def enabled(self) -> bool:
+        """The admin's switch."""
+        ...
+
+    async def command(self, tag: str, body: Mapping[str, Any], *, idempotency_key: str,
+                      bearer_token: str | None = None, timeout: float = 30) -> Any:
+        """Send a command; its CommandResult."""
+        ...
+
+
+@dataclass
+class EndUser:
+    """What the routes share: the runtime, the ACL, the view."""
+
+    runtime: Runtime
+    auth: Authenticator
+    view: TenantView
+    name: str = "enduser"
+    view_wait: float = 3.0  # how long an answer waits for the view to show its own change
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """A view query, off the event loop (SQLite blocks)."""
+        return await asyncio.to_thread(fn, *args)
+
+
+ENDUSER: web.AppKey[EndUser] = web.AppKey("cloudkernel_enduser", EndUser)
+
+
+class LoginBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /v1/login`."""
+
+    username: str
+    password: str
+
+
+class DeployBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /v1/vms`: what a tenant chooses; its account is the caller's."""
+
+    name: str
+    zone_id: UUID
+    offering_id: UUID
+    template_id: UUID
+    network_ids: tuple[UUID, ...] = ()
+    root_size_bytes: int | None = None
+
+
+class VolumeBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /v1/volumes`: a blank data volume (a disk offering's size or `size_bytes`)."""
+
+    name: str
+    zone_id: UUID
+    size_bytes: int | None = None
+    disk_offering_id: UUID | None = None
+    vm_id: UUID | None = None  # attach it to this (Running) VM of the account at once
+
+
+class AttachBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /v1/volumes/{id}/attach`."""
+
+    vm_id: UUID
+
+
+class NoBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An action without fields (`{}` or nothing)."""
+
+
+async def _body(request: web.Request, type_: type[T], what: str) -> T:
+    data = await request.read()
+    if len(data) > MAX_BODY:
+        raise ApiError(413, "invalid", f"body over {MAX_BODY} bytes")
+    try:
+        return msgspec.json.decode(data or b"{}", type=type_)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise invalid_body(e, what) from None
+
+
+def _id(request: web.Request, kind: str) -> UUID:
+    try:
+        return UUID(request.match_info["id"])
+    except ValueError:
+        raise not_found(kind, request.match_info["id"][:64]) from None
+
+
+def _key(request: web.Request, *, required: bool) -> str:
+    key = request.headers.get(IDEMPOTENCY_KEY, "").strip()
+    if not key and required:
+        raise ApiError(400, "invalid", f"header {IDEMPOTENCY_KEY} is required: a key of your "
+                       "choice, the same when you retry the same request", field=IDEMPOTENCY_KEY)
+    if len(key) > 200:
+        raise ApiError(400, "invalid", f"{IDEMPOTENCY_KEY} is over 200 characters",
+                       field=IDEMPOTENCY_KEY)
+    return key or uuid.uuid4().hex
+
+
+async def _command(request: web.Request, caller: Caller, tag: str, body: Mapping[str, Any],
+                   key: str) -> web.Response:
+    """Send a command as the caller; 202 with the operation, once the view shows it."""
+    ctx = request.app[ENDUSER]
+    try:
+        result = await ctx.runtime.command(tag, body, idempotency_key=key,
+                                           bearer_token=caller.token)
+    except CommandRefusedError as e:
+        raise ApiError(COMMAND_STATUS.get(e.code, 502), e.code, e.message,
+                       field=e.field) from None
+    await _caught_up(ctx, max(result.positions, default=0))
+    answer = dict(result.result) if isinstance(result.result, dict) else {"result": result.result}
+    operation_id = answer.get("operation_id")
+    answer.update(replayed=result.replayed,
+                  operation_url=None if operation_id is None
+                  else f"/v1/operations/{operation_id}")
+    return json_response(answer, status=202)
+
+
+async def _caught_up(ctx: EndUser, position: int) -> None:
+    """Wait (a little) until the view has the command's events: a client reads its write."""
+    deadline = asyncio.get_running_loop().time() + ctx.view_wait
+    while position and ctx.view.position < position:
+        if asyncio.get_running_loop().time() > deadline:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _caller(request: web.Request) -> Caller:
+    return await request.app[ENDUSER].auth.caller(request)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+async def login(request: web.Request) -> web.Response:
+    """`POST /v1/login` {username, password} -> {token, principal}."""
+    body = await _body(request, LoginBody, "login")
+    token, principal = await request.app[ENDUSER].auth.login(body.username, body.password)
+    return json_response({"token": token, "principal": principal})
+
+
+async def list_vms(request: web.Request) -> web.Response:
+    """`GET /v1/vms`: the caller's account's VMs."""
+    ctx, caller = request.app[ENDUSER], await _caller(request)
+    vms = await ctx.read(ctx.view.vms, caller.account)
+    return json_response({"items": [vm_json(v) for v in vms]})
+
+
+async def get_vm(request: web.Request) -> web.Response:
+    """`GET /v1/vms/{id}`: one VM with its volumes."""
+    ctx, caller = request.app[ENDUSER], await _caller(request)
+    vm_id = _id(request, "VM")
+    vm = await ctx.read(ctx.view.vm, vm_id, caller.account)
+    if vm is None:
+        raise not_found("VM", vm_id)
+    return json_response(vm_json(vm, await ctx.read(ctx.view.vm_volumes, vm_id)))
+
+
+async def deploy_vm(request: web.Request) -> web.Response:
+    """`POST /v1/vms`: deploy a VM in the caller's account."""
+    caller = await _caller(request)
+    key = _key(request, required=True)
+    body = await _body(request, DeployBody, "vm.deploy")
+    command = {"name": body.name, "account": caller.account, "zone_id": body.zone_id,
+               "service_offering_id": body.offering_id, "template_id": body.template_id,
+               "network_ids": body.network_ids}
+    if body.root_size_bytes is not None:
+        command["root_size_bytes"] = body.root_size_bytes
+    return await _command(request, caller, "vm.deploy", msgspec.to_builtins(command), key)
+
+
+async def vm_action(request: web.Request) -> web.Response:
+    """`POST /v1/vms/{id}/start|stop|destroy`."""
+    ctx, caller = request.app[ENDUSER], await _caller(request)
+    vm_id, action = _id(request, "VM"), request.match_info["action"]
+    key = _key(request, required=False)
+    await _body(request, NoBody, f"vm.{action}")
+    if await ctx.read(ctx.view.vm, vm_id, caller.account) is None:
+        raise not_found("VM", vm_id)
+    return await _command(request, caller, f"vm.{action}", {"vm_id": str(vm_id)}, key)
+
+
+async def list_volumes(request: web.Request) -> web.Response:
+    """`GET /v1/volumes`: the caller's account's volumes."""
+    ctx, caller = request.app[ENDUSER], await _caller(request)
+    volumes = await ctx.read(ctx.view.volumes, caller.account)
+    return json_response({"items": [volume_json(v) for v in volumes]})
+
+
+async def get_volume(request: web.Request) -> web.Response:
+    """`GET /v1/volumes/{id}`."""
+    ctx, caller = request.app[ENDUSER], await _caller(request)
+    volume_id = _id(request, "volume")
+    volume = await ctx.read(ctx.view.volume, volume_id, caller.account)
+    if volume is None:
+        raise not_found("volume", volume_id)
+    return json_response(volume_json(volume))
+
+
+async def create_volume(request: web.Request) -> web.Response:
+    """`POST /v1/volumes`: a data volume in the caller's account (attached with `vm_id`)."""
+    ctx, caller = request.app[ENDUSER], await _caller(request)
+    key = _key(request, required=True)
+    body = await _body(request, VolumeBody, "volume.create")
+    if body.vm_id is not None and await ctx.read(ctx.view.vm, body.vm_id, caller.account) \
+            is None:
+        raise ApiError(404, "not_found", f"no VM {body.vm_id} in your account", field="vm_id")
+    command = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
+    return await _command(request, caller, "volume.create",
+                          msgspec.to_builtins({**command, "account": caller.account}), key)
+
+
+async def volume_action(request: web.Request) -> web.Response:
+    """`POST /v1/volumes/{id}/attach` {vm_id} and `/detach`."""
+    ctx, caller = request.app[ENDUSER], await _caller(request)
+    volume_id, action = _id(request, "volume"), request.match_info["action"]
+    key = _key(request, required=False)
+    command: dict[str, Any] = {"volume_id": str(volume_id)}
+    if action == "attach":
+        body = await _body(request, AttachBody, "volume.attach")
+        if await ctx.read(ctx.view.vm, body.vm_id, caller.account) is None:
+            raise ApiError(404, "not_found", f"no VM {body.vm_id} in your account",
+                           field="vm_id")
+        command["vm_id"] = str(body.vm_id)
+    else:
+        await _body(request, NoBody, "volume.detach")
+    if await ctx.read(ctx.view.volume, volume_id, caller.account) is None:
+        raise not_found("volume", volume_id)
+    return await _command(request, caller, f"volume.{action}", command, key)
+
+
+async def delete_volume(request: web.Request) -> web.Response:
+    """`DELETE /v1/volumes/{id}`: delete a detached data volume."""
+    ctx, caller = request.app[ENDUSER], await _caller(request)
+    volume_id = _id(request, "volume")
+    key = _key(request, required=False)
+    if await ctx.read(ctx.view.volume, volume_id, caller.account) is None:
+        raise not_found("volume", volume_id)
+    return await _command(request, caller, "volume.delete", {"volume_id": str(volume_id)}, key)
+
+
+async def get_operation(request: web.Request) -> web.Response:
+    """`GET /v1/operations/{id}`: an operation on one of the account's VMs or volumes."""
+    ctx, caller = request.app[ENDUSER], await _caller(request)
+    operation_id = _id(request, "operation")
+    operation = await ctx.read(ctx.view.operation, operation_id)
+    if operation is None or not await ctx.read(_touches_account, ctx.view,
+                                               operation.entity_ids, caller.account):
+        raise not_found("operation", operation_id)
+    return json_response(operation_json(operation))
+
+
+def _touches_account(view: TenantView, entity_ids: tuple[str, ...], account: str) -> bool:
+    for entity in entity_ids:
+        try:
+            entity_id = UUID(entity)
+        except ValueError:
+            continue
+        if view.vm(entity_id, account) or view.volume(entity_id, account) \
+                or view.snapshot(entity_id, account):
+            return True
+    return False
+
+
+async def catalog(request: web.Request) -> web.Response:
+    """`GET /v1/catalog`: the zones, Ready templates and offerings a tenant deploys from."""
+    ctx = request.app[ENDUSER]
+    await _caller(request)
+
+    def read() -> dict[str, Any]:
+        return {"zones": [{"id": z.id, "name": z.name} for z in ctx.view.zones()],
+                "templates": [{"id": t.id, "name": t.name, "zone_id": t.zone_id}
+                              for t in ctx.view.templates() if t.state == "Ready"],
+                "offerings": [{"id": o.id, "name": o.name, "cpu_cores": o.cpu_cores,
+                               "memory_mib": o.memory_mib} for o in ctx.view.offerings()],
+                "disk_offerings": [{"id": o.id, "name": o.name, "size_bytes": o.size_bytes}
+                                   for o in ctx.view.offerings("disk")]}
+
+    return json_response(await ctx.read(read))
+
+
+@web.middleware
+async def enabled_middleware(request: web.Request,
+                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                             ) -> web.StreamResponse:
+    """A service the admin disabled answers 503, naming itself."""
+    ctx = request.app[ENDUSER]
+    if not ctx.runtime.enabled:
+        raise ApiError(503, "service_disabled", f"the {ctx.name} service is disabled by the "
+                       "platform's admin; orchestration itself is unaffected",
+                       headers={"Retry-After": "30"})
+    return await handler(request)
+
+
+def make_app(ctx: EndUser) -> web.Application:
+    """The End User API as an aiohttp application."""
+    app = web.Application(middlewares=[error_middleware, enabled_middleware],
+                          client_max_size=MAX_BODY)
+    app[ENDUSER] = ctx
+    r = app.router
+    r.add_post("/v1/login", login)
+    r.add_get("/v1/catalog", catalog)
+    r.add_get("/v1/vms", list_vms)
+    r.add_post("/v1/vms", deploy_vm)
+    r.add_get("/v1/vms/{id}", get_vm)
+    r.add_post("/v1/vms/{id}/{action:start|stop|destroy}", vm_action)
+    r.add_get("/v1/volumes", list_volumes)
+    r.add_post("/v1/volumes", create_volume)
+    r.add_get("/v1/volumes/{id}", get_volume)
+    r.add_delete("/v1/volumes/{id}", delete_volume)
+    r.add_post("/v1/volumes/{id}/{action:attach|detach}", volume_action)
+    r.add_get("/v1/operations/{id}", get_operation)
+    return app

@@ -1,0 +1,374 @@
+"""The EC2 service's HTTP side driven by boto3, over fakes of what it reaches through NATS:
+signatures are checked by a fake ACL (with the real SigV4 helpers), and commands run on the
+in-memory engine of the operation tests (its subsystems answered by their harness), whose
+public events feed the tenant view as the relay and the durable consumer would."""
+
+import asyncio
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import boto3
+import msgspec
+import pytest
+from aiohttp import web
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from aggregates.errors import (
+    DomainRuleError,
+    IdempotencyKeyReusedError,
+    NotFoundError,
+    UnauthenticatedError,
+    ValidationError,
+)
+from gateways.acl.client import AclPrincipal
+from gateways.acl.sigv4 import signature as sigv4_signature
+from gateways.ownership import owner_of, store_lookup
+from gateways.services.ec2.auth import Authenticator, Caller
+from gateways.services.ec2.context import Refused
+from gateways.services.ec2.service import Ec2Http
+from gateways.services.ec2.store import Ec2Store
+from gateways.services.tenant_view import TenantView
+from kernel.cloud.vms import DeployVm, DestroyVm, StartVm, StopVm
+from kernel.cloud.volume_copies import SnapshotVolumeCommand
+from kernel.cloud.volume_moves import DeleteVolumeCommand
+from kernel.cloud.volumes import AttachVolumeCommand, CreateVolumeCommand, DetachVolumeCommand
+from kernel.event_feed import EventFeed
+from tests.unit.operations._volume_cloud import VolumeCloud, make_cloud
+from tests.unit.services.test_tenant_view import Event, wanted
+
+REGION = "test-1"
+COMMANDS: dict[str, type[Any]] = {
+    "vm.deploy": DeployVm, "vm.start": StartVm, "vm.stop": StopVm, "vm.destroy": DestroyVm,
+    "volume.create": CreateVolumeCommand, "volume.attach": AttachVolumeCommand,
+    "volume.detach": DetachVolumeCommand, "volume.snapshot": SnapshotVolumeCommand,
+    "volume.delete": DeleteVolumeCommand}
+KEYS = {"ak_alice": ("alice-secret", "alice"), "ak_bob": ("bob-secret", "bob")}
+
+
+class FakeAcl:
+    """Checks signatures as the ACL responder does, with known secrets."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def verify_sigv4(self, *, access_key_id: str, date: str, region: str, service: str,
+                           string_to_sign: str, signature: str) -> tuple[str, AclPrincipal]:
+        self.calls += 1
+        if access_key_id not in KEYS:
+            raise UnauthenticatedError(f"unknown access key id {access_key_id!r}")
+        secret, user = KEYS[access_key_id]
+        if sigv4_signature(secret, date, region, service, string_to_sign) != signature:
+            raise UnauthenticatedError("the SigV4 signature does not match the request")
+        return f"token-{user}", AclPrincipal(actor=user, account=user, role="user",
+                                             domain="ROOT", key_id=access_key_id)
+
+
+@dataclass
+class Done:
+    result: Any
+    positions: tuple[int, ...]
+
+
+class EnginePlatform:
+    """The platform as the service sees it, over the in-memory engine."""
+
+    def __init__(self, cloud: VolumeCloud, view: TenantView, store: Ec2Store) -> None:
+        self.cloud, self.view, self.store, self.region = cloud, view, store, REGION
+        self.sent: list[tuple[str, str]] = []
+
+    def feed(self) -> None:
+        found = [Event(e) for e in EventFeed(self.cloud.app).read(self.view.position, 100_000)]
+        for event in wanted(self.view, found):
+            self.view.apply(event)
+
+    async def command(self, caller: Caller, tag: str, body: Mapping[str, Any], *,
+                      idempotency_key: str) -> Done:
+        command = msgspec.json.decode(msgspec.json.encode(dict(body)), type=COMMANDS[tag])
+        self.sent.append((tag, idempotency_key))
+        try:
+            owner = owner_of(command, store_lookup(self.cloud.app.repository))
+            if owner is not None and owner != caller.account:
+                raise Refused("forbidden", f"{caller.principal.actor} may not touch {owner}'s")
+            out = self.cloud.engine.execute(command, actor=caller.principal.actor,
+                                            idempotency_key=f"{caller.principal.actor}/"
+                                                            f"{idempotency_key}")
+        except NotFoundError as e:
+            raise Refused("not_found", str(e)) from None
+        except IdempotencyKeyReusedError as e:
+            raise Refused("idempotency_key_reused", str(e)) from None
+        except (ValidationError, DomainRuleError) as e:
+            raise Refused("invalid", str(e)) from None
+        return Done(msgspec.json.decode(out.result), out.positions)
+
+    async def settle(self, outcome: Any, timeout: float = 5.0) -> None:
+        self.feed()
+
+
+class Served:
+    """The service's HTTP app on loopback, in a thread of its own."""
+
+    def __init__(self, http: Ec2Http) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(http.app())
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self) -> int:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        return int(self.runner.addresses[0][1])
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@dataclass
+class Stack:
+    cloud: VolumeCloud
+    platform: EnginePlatform
+    acl: FakeAcl
+    served: Served
+    enabled: list[bool]
+
+    def client(self, key: str = "ak_alice", secret: str | None = None) -> Any:
+        return boto3.client("ec2", endpoint_url=f"http://127.0.0.1:{self.served.port}",
+                            region_name=REGION, aws_access_key_id=key,
+                            aws_secret_access_key=secret or KEYS.get(key, ("x",))[0],
+                            config=Config(retries={"max_attempts": 1}))
+
+    def progress(self) -> None:
+        """The subsystems answer every step; the view follows."""
+        self.cloud.run()
+        self.platform.feed()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    cloud = make_cloud()
+    view, store = TenantView(tmp_path / "view.db"), Ec2Store(tmp_path / "ec2.db")
+    platform = EnginePlatform(cloud, view, store)
+    platform.feed()
+    acl, enabled = FakeAcl(), [True]
+    served = Served(Ec2Http(platform, Authenticator(acl, region=REGION),  # type: ignore[arg-type]
+                            enabled=lambda: enabled[0]))
+    yield Stack(cloud, platform, acl, served, enabled)
+    served.close()
+    view.close()
+    store.close()
+    cloud.app.close()
+
+
+def code_of(e: pytest.ExceptionInfo[ClientError]) -> str:
+    return str(e.value.response["Error"]["Code"])
+
+
+def image_id(ec2: Any) -> str:
+    images = ec2.describe_images(Filters=[{"Name": "state", "Values": ["available"]}])
+    [image] = images["Images"]
+    assert image["Name"] == "empty-qcow2"
+    return str(image["ImageId"])
+
+
+def test_a_whole_lifecycle_through_boto3(stack: Stack) -> None:
+    ec2 = stack.client()
+    [zone] = ec2.describe_availability_zones()["AvailabilityZones"]
+    assert zone["ZoneName"] == "zone-1" and zone["RegionName"] == REGION
+    key = ec2.create_key_pair(KeyName="mine")
+    assert key["KeyMaterial"].startswith("-----BEGIN RSA PRIVATE KEY-----")
+    run = ec2.run_instances(ImageId=image_id(ec2), InstanceType="small", MinCount=1,
+                            MaxCount=1, KeyName="mine", ClientToken="launch-1",
+                            Placement={"AvailabilityZone": "zone-1"})
+    [instance] = run["Instances"]
+    iid = instance["InstanceId"]
+    vm_id = UUID(hex=iid.removeprefix("i-"))
+    assert instance["State"] == {"Code": 0, "Name": "pending"}
+    assert stack.cloud.get(vm_id).state.value == "Allocated"
+    # the same ClientToken again launches nothing more
+    again = ec2.run_instances(ImageId=image_id(ec2), InstanceType="small", MinCount=1,
+                              MaxCount=1, KeyName="mine", ClientToken="launch-1")
+    assert [i["InstanceId"] for i in again["Instances"]] == [iid]
+    assert again["ReservationId"] == run["ReservationId"]
+    assert len(stack.cloud.ids("vm.Allocated")) == 1
+
+    stack.progress()
+    [reservation] = ec2.describe_instances()["Reservations"]
+    [described] = reservation["Instances"]
+    assert described["State"]["Name"] == "running" and described["KeyName"] == "mine"
+    assert stack.cloud.get(vm_id).state.value == "Running"
+    [root] = described["BlockDeviceMappings"]
+    assert root["DeviceName"] == "/dev/vda"
+    running = ec2.describe_instances(Filters=[{"Name": "instance-state-name",
+                                               "Values": ["running"]}])
+    assert len(running["Reservations"]) == 1
+    assert ec2.describe_instances(Filters=[{"Name": "instance-state-name",
+                                            "Values": ["stopped"]}])["Reservations"] == []
+
+    stop = ec2.stop_instances(InstanceIds=[iid])["StoppingInstances"][0]
+    assert stop["PreviousState"]["Name"] == "running"
+    assert stop["CurrentState"]["Name"] == "stopping"
+    stack.progress()
+    assert stack.cloud.get(vm_id).state.value == "Stopped"
+    again_stop = ec2.stop_instances(InstanceIds=[iid])["StoppingInstances"][0]
+    assert again_stop["PreviousState"]["Name"] == again_stop["CurrentState"]["Name"] == \
+        "stopped"
+    start = ec2.start_instances(InstanceIds=[iid])["StartingInstances"][0]
+    assert (start["PreviousState"]["Code"], start["CurrentState"]["Code"]) == (80, 0)
+    stack.progress()
+    assert stack.cloud.get(vm_id).state.value == "Running"
+
+    volume = ec2.create_volume(Size=3, AvailabilityZone="zone-1")
+    vol = volume["VolumeId"]
+    assert volume["Size"] == 3 and volume["State"] == "creating"
+    stack.progress()
+    [ready] = ec2.describe_volumes(VolumeIds=[vol])["Volumes"]
+    assert ready["State"] == "available" and ready["Attachments"] == []
+    attach = ec2.attach_volume(VolumeId=vol, InstanceId=iid, Device="/dev/sdf")
+    assert attach["Device"] == "/dev/sdf" and attach["State"] in ("attaching", "attached")
+    stack.progress()
+    platform_volume = stack.cloud.get(UUID(hex=vol.removeprefix("vol-")))
+    assert platform_volume.vm_id == vm_id
+    [attached] = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id",
+                                                "Values": [iid]}, {"Name": "size",
+                                                                   "Values": ["3"]}])["Volumes"]
+    assert attached["State"] == "in-use"
+    assert attached["Attachments"][0]["Device"] == "/dev/sdf"
+    ec2.detach_volume(VolumeId=vol)
+    stack.progress()
+    assert stack.cloud.get(platform_volume.id).vm_id is None
+    snap = ec2.create_snapshot(VolumeId=vol, Description="before")
+    stack.progress()
+    [snapshot] = ec2.describe_snapshots(SnapshotIds=[snap["SnapshotId"]])["Snapshots"]
+    assert snapshot["State"] == "completed" and snapshot["VolumeId"] == vol
+
+    end = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"][0]
+    assert end["PreviousState"]["Name"] == "running"
+    assert end["CurrentState"]["Name"] == "shutting-down"
+    stack.progress()
+    assert stack.cloud.get(vm_id).state.value == "Expunged"
+    [gone] = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"]
+    assert gone["State"] == {"Code": 48, "Name": "terminated"}
+
+
+def test_errors_have_ec2s_codes(stack: Stack) -> None:
+    ec2 = stack.client()
+    missing = "i-" + "0" * 32
+    with pytest.raises(ClientError) as e:
+        ec2.describe_instances(InstanceIds=[missing])
+    assert code_of(e) == "InvalidInstanceID.NotFound"
+    with pytest.raises(ClientError) as e:
+        ec2.stop_instances(InstanceIds=["i-nope"])
+    assert code_of(e) == "InvalidInstanceID.Malformed"
+    with pytest.raises(ClientError) as e:
+        ec2.run_instances(ImageId="ami-" + "0" * 32, MinCount=1, MaxCount=1)
+    assert code_of(e) == "InvalidAMIID.NotFound"
+    with pytest.raises(ClientError) as e:
+        ec2.run_instances(ImageId=image_id(ec2), MinCount=1, MaxCount=1, InstanceType="huge")
+    assert code_of(e) == "InvalidParameterValue"
+    with pytest.raises(ClientError) as e:
+        ec2.attach_volume(VolumeId="vol-" + "1" * 32, InstanceId=missing, Device="/dev/sdf")
+    assert code_of(e) == "InvalidVolume.NotFound"
+    with pytest.raises(ClientError) as e:
+        ec2.describe_vpcs()
+    assert code_of(e) == "InvalidAction"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    with pytest.raises(ClientError) as e:
+        ec2.create_key_pair(KeyName="dup") and ec2.create_key_pair(KeyName="dup")
+    assert code_of(e) == "InvalidKeyPair.Duplicate"
+    assert stack.platform.sent == []  # nothing reached the platform
+
+
+def test_bad_credentials_are_refused_before_anything_runs(stack: Stack) -> None:
+    with pytest.raises(ClientError) as e:
+        stack.client(secret="wrong").describe_instances()
+    assert code_of(e) == "SignatureDoesNotMatch"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    with pytest.raises(ClientError) as e:
+        stack.client(key="ak_nobody").run_instances(ImageId="ami-" + "0" * 32, MinCount=1,
+                                                    MaxCount=1)
+    assert code_of(e) == "AuthFailure"
+    assert stack.platform.sent == []
+
+
+def test_a_disabled_service_answers_unavailable(stack: Stack) -> None:
+    stack.enabled[0] = False
+    with pytest.raises(ClientError) as e:
+        stack.client().describe_instances()
+    assert code_of(e) == "Unavailable"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    stack.enabled[0] = True
+    assert stack.client().describe_instances()["Reservations"] == []
+
+
+def test_a_tenant_sees_and_touches_only_its_own_account(stack: Stack) -> None:
+    alice, bob = stack.client(), stack.client("ak_bob")
+    run = alice.run_instances(ImageId=image_id(alice), MinCount=2, MaxCount=2)
+    ids = [i["InstanceId"] for i in run["Instances"]]
+    assert len(ids) == 2 and [i["AmiLaunchIndex"] for i in run["Instances"]] == [0, 1]
+    stack.progress()
+    [reservation] = alice.describe_instances()["Reservations"]
+    assert sorted(i["InstanceId"] for i in reservation["Instances"]) == sorted(ids)
+    assert reservation["OwnerId"] == "alice"
+    assert bob.describe_instances()["Reservations"] == []
+    for call in (lambda: bob.describe_instances(InstanceIds=[ids[0]]),
+                 lambda: bob.stop_instances(InstanceIds=[ids[0]]),
+                 lambda: bob.terminate_instances(InstanceIds=ids)):
+        with pytest.raises(ClientError) as e:
+            call()
+        assert code_of(e) == "InvalidInstanceID.NotFound"
+    assert bob.describe_volumes()["Volumes"] == []
+    assert len(alice.describe_volumes()["Volumes"]) == 2
+    assert all(stack.cloud.get(UUID(hex=i[2:])).state.value == "Running" for i in ids)
+
+
+def test_an_identical_signed_request_is_verified_once() -> None:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    acl = FakeAcl()
+    auth = Authenticator(acl, region=REGION)  # type: ignore[arg-type]
+    body = b"Action=DescribeRegions&Version=2016-11-15"
+    request = AWSRequest(method="POST", url="http://127.0.0.1:1/", data=body,
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    SigV4Auth(Credentials("ak_alice", "alice-secret"), "ec2", REGION).add_auth(request)
+    headers = [("Host", "127.0.0.1:1"), *request.headers.items()]
+
+    async def twice() -> list[Caller]:
+        return [await auth.caller("POST", "/", "", headers, body) for _ in range(2)]
+
+    first, second = asyncio.run(twice())
+    assert first == second and first.principal.actor == "alice" and acl.calls == 1
+    with pytest.raises(Exception) as e:
+        asyncio.run(auth.caller("POST", "/", "", headers, body + b"&x=1"))
+    assert getattr(e.value, "code", "") == "SignatureDoesNotMatch" and acl.calls == 2
+
+
+def test_a_presigned_get_is_authenticated_and_served(stack: Stack) -> None:
+    import urllib.error
+    import urllib.request
+
+    from botocore.auth import SigV4QueryAuth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    def presigned(secret: str) -> str:
+        url = f"http://127.0.0.1:{stack.served.port}/?Action=DescribeRegions&Version=2016-11-15"
+        request = AWSRequest(method="GET", url=url)
+        SigV4QueryAuth(Credentials("ak_alice", secret), "ec2", REGION, expires=60) \
+            .add_auth(request)
+        return str(request.url)
+
+    with urllib.request.urlopen(presigned("alice-secret"), timeout=10) as answer:
+        assert answer.status == 200 and b"<regionName>test-1</regionName>" in answer.read()
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(presigned("not-her-secret"), timeout=10)
+    assert e.value.code == 403 and b"<Code>SignatureDoesNotMatch</Code>" in e.value.read()
