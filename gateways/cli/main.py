@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     from gateways.cli.api import add_api_command
 
     add_api_command(sub)
+    from gateways.cli.services import add_services_commands
+
+    add_services_commands(sub)
     return parser
 
 
@@ -199,7 +202,7 @@ def cmd_subsystems(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     """Migrate, start NATS, load the inventory, then run the kernel and the workers."""
     from gateways.stream.embedded import EmbeddedNatsServer
     from kernel.bootstrap import open_engine
@@ -226,7 +229,8 @@ def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
                      " (loaded before)" if outcome.replayed else "")
         import asyncio
 
-        asyncio.run(_serve_kernel_and_workers(settings, platform, engine, feed, url))
+        asyncio.run(_serve_kernel_and_workers(settings, platform, engine, feed, url,
+                                              config=args.config))
     finally:
         if platform is not None:
             platform.close()
@@ -238,8 +242,9 @@ def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
 
 async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
                                     engine: "OperationEngine", feed: "DispatchFeed",
-                                    url: str) -> None:
-    """Kernel loops, relay, intake, projections and a worker per subsystem, until a signal."""
+                                    url: str, *, config: Path | None = None) -> None:
+    """Kernel loops, relay, intake, projections, a worker per subsystem, the ACL and services
+    directory responders, then the enabled services as their own processes, until a signal."""
     import asyncio
     import contextlib
     import functools
@@ -247,11 +252,15 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
     from gateways.access import KeyringAccess, LayeredAccess
     from gateways.acl.access import AclAccess
     from gateways.acl.relay import acl_relay
+    from gateways.acl.responder import AclResponder
     from gateways.acl.service import AclService
     from gateways.audit.follower import platform_follower
     from gateways.cli.api import api_server
     from gateways.cli.projections import projection_runners
+    from gateways.cli.service_processes import service_processes
     from gateways.ownership import store_lookup
+    from gateways.quotas import quota_check
+    from gateways.services.directory import DirectoryServer, StoreRegistrations
     from gateways.stream.intake import CommandIntake
     from gateways.stream.kernel_runner import KernelRunner
     from gateways.stream.observer import listener_for, reporter_for
@@ -291,6 +300,8 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
     access = LayeredAccess(AclAccess(acl), KeyringAccess(_admin_keyring(settings)))
     admin_password = ensure_admin_user(acl)
     acl_events = acl_relay(acl.app, servers)
+    acl_answers = AclResponder(acl, servers)  # login, tokens and SigV4 for the services
+    directory = DirectoryServer(StoreRegistrations(platform.app), servers)
     intake = CommandIntake(command_catalog(platform, engine), access, servers,
                            owner_lookup=store_lookup(platform.app.repository))
     webhook_store = open_webhook_store(settings)
@@ -299,6 +310,8 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
             contextlib.closing(webhook_store):
         for projection in projections:
             projection.start()
+        # account and domain limits hold for commands from NATS too (the services send there)
+        intake.quota = quota_check(access, platform.app, {p.name: p.view for p in projections})
         api = api_server(settings, platform, engine, projections, access,
                          kernel_stats=lambda: runner.stats,
                          drift_stats=lambda: observers[0].reconciler.stats)
@@ -306,25 +319,35 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
         tasks = [asyncio.create_task(runner.run(stop)), asyncio.create_task(relay.run(stop)),
                  asyncio.create_task(acl_events.run(stop)),
                  asyncio.create_task(sealing.run(stop)),
+                 asyncio.create_task(acl_answers.run(stop)),
+                 asyncio.create_task(directory.run(stop)),
                  asyncio.create_task(api.run(stop)),
                  asyncio.create_task(intake.run(stop)), asyncio.create_task(webhooks.run(stop)),
                  *(asyncio.create_task(w.run(stop)) for w in workers),
                  *(asyncio.create_task(o.run(stop)) for o in observers)]
         ready: asyncio.Future[Any] = asyncio.ensure_future(
             asyncio.gather(intake.ready.wait(), webhooks.ready.wait(), api.ready.wait(),
+                           acl_answers.ready.wait(), directory.ready.wait(),
                            *(w.ready.wait() for w in workers)))
         await asyncio.wait([*tasks, ready], return_when=asyncio.FIRST_COMPLETED)
         for task in tasks:  # a loop that ended before the workers were ready failed
             if task.done():
                 task.result()
         names = ", ".join(p.name for p in registry.plugins)
+        # the services talk NATS only, so they start once the platform answers there
+        services = service_processes(settings.services, config)
+        tasks += [asyncio.create_task(p.run(stop)) for p in services]
         print(f"cloudkernel is up: store={settings.store} data={settings.data_dir} nats={url} "
               f"api={api.url}; kernel, event relay, command intake, webhooks, admin API, "
               "audit sealing, "
               f"{len(projections)} projections and "
-              f"workers for {names} "
-              "running; Ctrl-C stops it", flush=True)
+              f"workers for {names} running"
+              + (f"; services {', '.join(settings.services)} starting as their own processes"
+                 if settings.services else "; no services (setting services)")
+              + "; Ctrl-C stops it", flush=True)
         print(banner(api.url, ADMIN_USER, admin_password), flush=True)
+        for line in _service_lines(settings):
+            print(line, flush=True)
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -332,6 +355,14 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
             for projection in projections:
                 await asyncio.to_thread(projection.stop)
             acl.close()
+
+
+def _service_lines(settings: Settings) -> list[str]:
+    """Where each service `up` starts will answer."""
+    where = {"enduser": ("end-user API", settings.enduser_port, ""),
+             "ec2": ("EC2 API", settings.ec2_port, f" (region {settings.ec2_region})")}
+    return [f"{where[n][0]} at http://{settings.api_host}:{where[n][1]}/{where[n][2]}"
+            for n in settings.services]
 
 
 def _admin_keyring(settings: Settings) -> "Keyring":

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
@@ -37,7 +38,9 @@ def free_port() -> int:
 
 def start_up(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
     full = {**os.environ, "CLOUDKERNEL_DATA_DIR": str(tmp_path / "data"),
-            "CLOUDKERNEL_API_PORT": str(free_port()), "PYTHONPATH": str(ROOT), **env}
+            "CLOUDKERNEL_API_PORT": str(free_port()), "PYTHONPATH": str(ROOT),
+            "CLOUDKERNEL_ENDUSER_PORT": str(free_port()),
+            "CLOUDKERNEL_EC2_PORT": str(free_port()), **env}
     return subprocess.Popen([*CLI, "up"], cwd=tmp_path, env=full, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -96,7 +99,7 @@ def log_head(settings: Settings) -> int:
         app.close()
 
 
-def run_an_echo_operation(settings: Settings) -> str:
+def run_an_echo_operation(settings: Settings, key: str = "echo-1") -> str:
     """Submit a two-step echo operation through the store; wait for the running platform."""
     app = open_application(PlatformApplication, settings)
     try:
@@ -105,7 +108,7 @@ def run_an_echo_operation(settings: Settings) -> str:
                         args=msgspec.Raw(b'{"message": "hi"}'))
         b = PlannedStep(step_id=uuid.uuid4(), subsystem="echo", action="echo",
                         args=msgspec.Raw(b'{"message": "there"}'), depends_on=(a.step_id,))
-        out = engine.submit("test.echo", Plan(steps=(a, b)), idempotency_key="echo-1")
+        out = engine.submit("test.echo", Plan(steps=(a, b)), idempotency_key=key)
         op_id = uuid.UUID(msgspec.json.decode(out.result)["operation_id"])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -132,6 +135,25 @@ def projection_caught_up(tmp_path: Path, name: str, timeout: float = 15) -> bool
             return True
         time.sleep(0.5)
     return False
+
+
+def services_alive(tmp_path: Path, nats_port: int, timeout: float = 60,
+                   without: str = "") -> dict[str, Any]:
+    """`cloudkernel services --json` by name, once each of the two services has exactly one
+    live instance (and none is instance `without`)."""
+    env = {**os.environ, "CLOUDKERNEL_DATA_DIR": str(tmp_path / "data"),
+           "CLOUDKERNEL_NATS_PORT": str(nats_port), "PYTHONPATH": str(ROOT)}
+    deadline, found = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        out = subprocess.run([*CLI, "services", "--json"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out
+        found = json.loads(out.stdout)
+        if len(found) == 2 and all(s["live"] == 1 and s["instances"][0]["instance_id"] != without
+                                   for s in found):
+            return {s["name"]: s for s in found}
+        time.sleep(0.5)
+    raise AssertionError(f"the services did not come up: {found}")
 
 
 def read_banner(proc: subprocess.Popen[str]) -> tuple[str, str]:
@@ -190,6 +212,19 @@ def test_up_on_the_embedded_default(tmp_path: Path) -> None:
         assert sent.returncode == 1 and '"not_found"' in sent.stdout, sent
         # The projections follow the log: the operation's row reached its end.
         assert projection_caught_up(tmp_path, "operations")
+        # The services run as their own processes, registered and alive in the directory.
+        alive = services_alive(tmp_path, port)
+        assert {n: s["state"] for n, s in alive.items()} == {"ec2": "Enabled",
+                                                              "enduser": "Enabled"}
+        # Killing one leaves orchestration and the other service alone; up starts it again.
+        ec2 = alive["ec2"]["instances"][0]
+        os.kill(ec2["pid"], signal.SIGKILL)
+        assert run_an_echo_operation(Settings(data_dir=tmp_path / "data"), "echo-2") == \
+            "Succeeded"
+        again = services_alive(tmp_path, port, without=ec2["instance_id"])
+        assert again["ec2"]["instances"][0]["pid"] != ec2["pid"]
+        assert [i["instance_id"] for i in again["enduser"]["instances"]] == \
+            [i["instance_id"] for i in alive["enduser"]["instances"]]
     finally:
         out = stop(proc)
     assert proc.returncode == 0, out
