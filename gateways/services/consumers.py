@@ -77,7 +77,7 @@ class DurableConsumer:
             while not stop.is_set():
                 try:
                     msgs = await sub.fetch(self.batch, timeout=0.5)
-                except FetchTimeout:
+                except (FetchTimeout, TimeoutError):  # nothing new (nats-py raises either)
                     continue
                 except Exception as e:
                     log.warning("service consumer %s: fetch failed (%s); retrying",
