@@ -86,6 +86,24 @@ class ReplayCache:
             return True
 
 
+class RefusalAudit:
+    """Records refused credentials as `AccessDenied` events in the ACL log, at most one a
+    second per key: a flood of bad requests is not an event storm."""
+
+    def __init__(self, service: AclService) -> None:
+        """Audit into this ACL service's log."""
+        self.service = service
+        self._last: dict[str, float] = {}
+
+    def __call__(self, actor: str, key_id: str, command: str, reason: str, now: float) -> None:
+        """Record one refusal of `key_id`'s request for `command`, unless one was this second."""
+        if now - self._last.get(key_id, float("-inf")) < 1.0:
+            return
+        self._last[key_id] = now
+        self.service.record_denial(principal=actor, key_id=key_id, command=command[:200],
+                                   owner=None, reason=reason)
+
+
 def key_user(directory: AclDirectory, key: AclApiKey, replays: ReplayCache, signature: str,
              now: float) -> AclUser:
     """The enabled user of a live key whose (already checked) signature is used for the first
@@ -111,7 +129,7 @@ class AclAccess:
         self.service, self.clock, self.max_skew = service, clock, max_skew
         # A signature stays valid 2 x skew (timestamp from now-skew to now+skew).
         self.replays = ReplayCache(2 * max_skew + 1, replay_capacity)
-        self._last_audit: dict[str, float] = {}
+        self._audit_refusal = RefusalAudit(service)
 
     # ----------------------------------------------------------------------- authentication
 
@@ -146,15 +164,6 @@ class AclAccess:
         if user is None or user.disabled:
             raise UnauthenticatedError(f"user {claims.sub} no longer exists or is disabled")
         return _principal(user, TOKEN_KEY_PREFIX + claims.jti, ())
-
-    def _audit_refusal(self, actor: str, key_id: str, command: str, reason: str,
-                       now: float) -> None:
-        # At most one event a second per key: a flood of bad requests is not an event storm.
-        if now - self._last_audit.get(key_id, float("-inf")) < 1.0:
-            return
-        self._last_audit[key_id] = now
-        self.service.record_denial(principal=actor, key_id=key_id, command=command[:200],
-                                   owner=None, reason=reason)
 
     # ----------------------------------------------------------------------- authorization
 

@@ -45,7 +45,7 @@ from aggregates.errors import (
     UnauthenticatedError,
     ValidationError,
 )
-from gateways.acl.access import TOKEN_KEY_PREFIX, ReplayCache, key_user
+from gateways.acl.access import TOKEN_KEY_PREFIX, RefusalAudit, ReplayCache, key_user
 from gateways.acl.client import (
     AUTHENTICATE_SUBJECT,
     LOGIN_SUBJECT,
@@ -105,7 +105,7 @@ class AclResponder:
     def __post_init__(self) -> None:
         # A signature stays valid 2 x skew (X-Amz-Date from now - skew to now + skew).
         self.replays = ReplayCache(2 * self.max_skew + 1)
-        self._last_audit: dict[str, float] = {}
+        self._audit_refusal = RefusalAudit(self.service)
         self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="acl")
 
     # ------------------------------------------------------------------ the decisions
@@ -195,15 +195,6 @@ class AclResponder:
             raise UnauthenticatedError("the SigV4 signature does not match the request (check "
                                        "the secret key and how the request was signed)")
         return key_user(self.service.directory, key, self.replays, request.signature, now)
-
-    def _audit_refusal(self, actor: str, key_id: str, command: str, reason: str,
-                       now: float) -> None:
-        # At most one event a second per key: a flood of bad requests is not an event storm.
-        if now - self._last_audit.get(key_id, float("-inf")) < 1.0:
-            return
-        self._last_audit[key_id] = now
-        self.service.record_denial(principal=actor, key_id=key_id, command=command[:200],
-                                   owner=None, reason=reason)
 
     # ------------------------------------------------------------------ the NATS loop
 
