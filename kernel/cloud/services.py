@@ -7,7 +7,7 @@ nothing. A service's own key may register only its own name. `service.enable`,
 the intake refuses them to any key that does not allow them. None starts an operation.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -122,34 +122,26 @@ def handle_register(app: KernelApplication,
     return [], _changed(reg, "unchanged")
 
 
-def handle_enable(app: KernelApplication,
-                  command: EnableService) -> tuple[Sequence[Aggregate], ServiceChanged]:
-    """service.enable."""
-    _service_actor("enable", command.name)
-    reg = _existing(app, command.name)
-    if reg.enable():
-        return [reg], _changed(reg, "enabled")
-    return [], _changed(reg, "unchanged")
+def _switch(action: str, change: str,
+            act: Callable[[ServiceRegistration, Any], bool]) -> Any:
+    """The handler of admin command `service.<action>` on an existing registration: `act`
+    changes it (and says whether it did); the result names the change, or "unchanged"."""
+
+    def handle(app: KernelApplication,
+               command: Any) -> tuple[Sequence[Aggregate], ServiceChanged]:
+        _service_actor(action, command.name)
+        reg = _existing(app, command.name)
+        if act(reg, command):
+            return [reg], _changed(reg, change)
+        return [], _changed(reg, "unchanged")
+
+    handle.__doc__ = f"service.{action}: an admin's command"
+    return handle
 
 
-def handle_disable(app: KernelApplication,
-                   command: DisableService) -> tuple[Sequence[Aggregate], ServiceChanged]:
-    """service.disable."""
-    _service_actor("disable", command.name)
-    reg = _existing(app, command.name)
-    if reg.disable(command.reason):
-        return [reg], _changed(reg, "disabled")
-    return [], _changed(reg, "unchanged")
-
-
-def handle_deregister(app: KernelApplication,
-                      command: DeregisterService) -> tuple[Sequence[Aggregate], ServiceChanged]:
-    """service.deregister."""
-    _service_actor("deregister", command.name)
-    reg = _existing(app, command.name)
-    if reg.deregister():
-        return [reg], _changed(reg, "deregistered")
-    return [], _changed(reg, "unchanged")
+handle_enable = _switch("enable", "enabled", lambda reg, _c: reg.enable())
+handle_disable = _switch("disable", "disabled", lambda reg, c: reg.disable(c.reason))
+handle_deregister = _switch("deregister", "deregistered", lambda reg, _c: reg.deregister())
 
 
 SERVICE_HANDLERS: dict[type, Any] = {

@@ -85,9 +85,10 @@ def test_a_service_registers_only_its_own_name_and_switches_nothing(
     with pytest.raises(ForbiddenError, match="only its own name 'billing'"):
         run(service, RegisterService(**SPEC), actor="service:billing")
     run(service, RegisterService(**SPEC), actor="service:ec2")
-    for command in (DisableService(name="ec2", reason="x"), EnableService(name="ec2"),
-                    DeregisterService(name="ec2")):
-        with pytest.raises(ForbiddenError, match="admin"):
+    for verb, command in (("disable", DisableService(name="ec2", reason="x")),
+                          ("enable", EnableService(name="ec2")),
+                          ("deregister", DeregisterService(name="ec2"))):
+        with pytest.raises(ForbiddenError, match=f"may not {verb} services: that is an admin"):
             run(service, command, actor="service:ec2")
     assert service.app.recorder.max_notification_id() == (head or 0) + 1
 
