@@ -139,6 +139,63 @@ def verify_inclusion(index: int, tree_size: int, leaf: bytes, path: Sequence[byt
         return False
 
 
+def consistency_path(m: int, hashes: Sequence[bytes]) -> list[bytes]:
+    """PROOF(m, D[n]) (RFC 6962 section 2.1.2): the hashes that prove the tree of the first `m`
+    of these n leaf hashes is the start of the tree of all of them (empty for m = 0 or n)."""
+    n = len(hashes)
+    if not 0 <= m <= n:
+        raise ValueError(f"tree size {m} is outside 0..{n}")
+    return _subproof(m, hashes, True) if 0 < m < n else []
+
+
+def _subproof(m: int, hashes: Sequence[bytes], whole: bool) -> list[bytes]:
+    """SUBPROOF(m, D[n], b): `whole` is true while the old tree's root is this subtree's."""
+    n = len(hashes)
+    if m == n:
+        # the verifier knows the old root itself, so it is left out only when it is that root
+        return [] if whole else [root_from_leaf_hashes(hashes)]
+    k = _split(n)
+    if m <= k:
+        return [*_subproof(m, hashes[:k], whole), root_from_leaf_hashes(hashes[k:])]
+    return [*_subproof(m - k, hashes[k:], False), root_from_leaf_hashes(hashes[:k])]
+
+
+def verify_consistency(m: int, n: int, old_root: bytes, new_root: bytes,
+                       proof: Sequence[bytes]) -> bool:
+    """True when `proof` shows the tree of size `m` and root `old_root` is the first m leaves
+    of the tree of size `n` and root `new_root` (RFC 9162 section 2.1.4.2).
+
+    Equal sizes need an empty proof and equal roots; the empty tree (m = 0) an empty proof.
+    """
+    if not 0 <= m <= n:
+        return False
+    if m == n:
+        return not proof and old_root == new_root
+    if m == 0:
+        return not proof and old_root == EMPTY_ROOT
+    if not proof:
+        return False
+    path = [old_root, *proof] if m & (m - 1) == 0 else list(proof)  # m a power of two
+    fn, sn = m - 1, n - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and fr == old_root and sr == new_root
+
+
 def roots_at(hashes: Sequence[bytes], sizes: Sequence[int]) -> dict[int, bytes]:
     """MTH of the first `size` leaves for each size (each at most len(hashes)), from the
     leaf hashes: the tree's levels are hashed once, level by level, and each root folds the

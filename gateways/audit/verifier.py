@@ -1,7 +1,11 @@
 """The small verifier: checks an `audit prove` proof with the public key alone.
 
-Standalone on purpose (hashlib, json and cryptography only, no cloudkernel import), so an
-auditor can copy this file:  python -m gateways.audit.verifier PROOF.json --public-key KEY.pem
+Standalone on purpose (the stdlib, cryptography and gateways/audit/merkle.py only, no other
+cloudkernel import), so an auditor can copy the two files:
+  python -m gateways.audit.verifier PROOF.json --public-key KEY.pem [--trusted CHECKPOINT]
+The proof is an inclusion proof (one event in a signed checkpoint) or a consistency proof (a
+signed checkpoint extends an older signed one); --trusted names the checkpoint the auditor
+already holds, which the consistency proof must start from.
 Exit code 0 when the proof holds, 1 when it does not, 2 for unreadable input.
 """
 
@@ -17,6 +21,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateways.audit.merkle import verify_consistency
 
 
 def _node(left: bytes, right: bytes) -> bytes:
@@ -44,7 +50,8 @@ def _root(index: int, size: int, leaf: bytes, path: Sequence[bytes]) -> bytes | 
     return r if sn == 0 else None
 
 
-def _signature_failures(cp: dict[str, Any], public_pem: bytes) -> list[str]:
+def _signature_failures(cp: dict[str, Any], public_pem: bytes,
+                        name: str = "the checkpoint") -> list[str]:
     """[the reason] when the checkpoint's signature does not verify with the key, else []."""
     public = serialization.load_pem_public_key(public_pem)
     if not isinstance(public, Ed25519PublicKey):
@@ -54,8 +61,43 @@ def _signature_failures(cp: dict[str, Any], public_pem: bytes) -> list[str]:
     try:
         public.verify(bytes.fromhex(cp["signature"]), text)
     except InvalidSignature:
-        return ["the checkpoint's signature does not verify with this public key"]
+        return [f"{name}'s signature does not verify with this public key"]
     return []
+
+
+def check_consistency(proof: dict[str, Any], public_pem: bytes,
+                      trusted: dict[str, Any] | None = None) -> list[str]:
+    """The reasons a consistency proof fails (empty when the new checkpoint extends the old
+    one, and the old one is `trusted` when given). Raises ValueError on malformed input."""
+    old, new = proof["old_checkpoint"], proof["new_checkpoint"]
+    m, n = int(old["tree_size"]), int(new["tree_size"])
+    failures = [*_signature_failures(old, public_pem, "the old checkpoint"),
+                *_signature_failures(new, public_pem, "the new checkpoint")]
+    if trusted is not None and (int(trusted["tree_size"]), trusted["root_hash"]) != (
+            m, old["root_hash"]):
+        failures.append(f"the proof starts from tree_size={m} root {old['root_hash']}, not "
+                        f"the checkpoint you hold (tree_size={trusted['tree_size']} root "
+                        f"{trusted['root_hash']})")
+    if m > n:
+        failures.append(f"the old checkpoint (tree_size={m}) is larger than the new one "
+                        f"(tree_size={n})")
+    elif not verify_consistency(m, n, bytes.fromhex(old["root_hash"]),
+                                bytes.fromhex(new["root_hash"]),
+                                [bytes.fromhex(h) for h in proof["consistency_path"]]):
+        failures.append(f"the consistency path does not prove that tree_size={n} extends "
+                        f"tree_size={m}: the log was not only appended to")
+    return failures
+
+
+def held_checkpoint(data: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint an auditor holds, from a checkpoint (a checkpoints.jsonl line or NATS
+    message) or from an earlier proof (its newest checkpoint)."""
+    for key in ("new_checkpoint", "checkpoint"):
+        if key in data:
+            return dict(data[key])
+    if "tree_size" in data and "root_hash" in data:
+        return data
+    raise ValueError("the trusted file holds no checkpoint (tree_size and root_hash)")
 
 
 def check_proof(proof: dict[str, Any], public_pem: bytes) -> list[str]:
@@ -123,10 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(with --export) a file written by `cloudkernel audit export`")
     parser.add_argument("--public-key", required=True, help="the PEM public key (signing.pub)")
     parser.add_argument("--export", action="store_true", help="the file is an export")
+    parser.add_argument("--trusted", default=None, metavar="CHECKPOINT",
+                        help="a consistency proof must start from this checkpoint, which you "
+                        "hold (a checkpoints.jsonl line, or an earlier proof file)")
     args = parser.parse_args(argv)
     if args.export:
         return run_export(args.proof, args.public_key)
-    return run(args.proof, args.public_key)
+    return run(args.proof, args.public_key, args.trusted)
 
 
 def run_export(export_path: str, key_path: str) -> int:
@@ -139,11 +184,24 @@ def run_export(export_path: str, key_path: str) -> int:
     return _report("export", key_path, check)
 
 
-def run(proof_path: str, key_path: str) -> int:
-    """Check the proof at `proof_path` with the key at `key_path`; print and return the code."""
+def run(proof_path: str, key_path: str, trusted_path: str | None = None) -> int:
+    """Check the proof at `proof_path` with the key at `key_path` (a consistency proof against
+    the checkpoint at `trusted_path` too, when given); print and return the exit code."""
     def check(key: bytes) -> tuple[list[str], str]:
         with open(proof_path, "rb") as f:
             proof = json.load(f)
+        trusted = None
+        if trusted_path is not None:
+            with open(trusted_path, "rb") as f:
+                trusted = held_checkpoint(json.load(f))
+        if "consistency_path" in proof:
+            old, new = proof["old_checkpoint"], proof["new_checkpoint"]
+            return check_consistency(proof, key, trusted), (
+                f"OK: the signed checkpoint tree_size={new['tree_size']} root "
+                f"{new['root_hash']} extends tree_size={old['tree_size']} root "
+                f"{old['root_hash']}")
+        if trusted is not None:
+            raise ValueError("--trusted is for consistency proofs, not inclusion proofs")
         return check_proof(proof, key), (
             f"OK: the event at position {proof['position']} is leaf {proof['leaf_index']} of "
             f"the signed checkpoint tree_size={proof['tree_size']} root "

@@ -1,4 +1,4 @@
-"""`cloudkernel audit keygen|seal|verify|prove|check-proof`: tamper evidence for the log.
+"""`cloudkernel audit keygen|seal|verify|prove|check-proof|export`: tamper evidence for the log.
 
 The audit folder (--dir, default <data_dir>/audit) keeps the signed checkpoints, the sealed
 leaf records and the sealer's tree; keygen writes signing.key (0600) and signing.pub there by
@@ -55,11 +55,17 @@ def add_seal_commands(actions: Any) -> None:
     v.add_argument("--json", action="store_true", help="print JSON instead of text")
     v.set_defaults(run=cmd_verify)
 
-    p = actions.add_parser("prove", help="print an inclusion proof of one event (JSON)")
-    p.add_argument("position", type=int, metavar="POSITION", help="the event's log position")
+    p = actions.add_parser("prove", help="print an inclusion proof of one event, or (with "
+                           "--consistency) proof that a checkpoint extends an older one (JSON)")
+    p.add_argument("position", type=int, nargs="?", default=None, metavar="POSITION",
+                   help="the event's log position")
     _dir_option(p)
     p.add_argument("--checkpoint", type=int, default=None, metavar="SIZE",
                    help="the checkpoint's tree size (default: the latest checkpoint)")
+    p.add_argument("--consistency", type=int, nargs="+", default=None,
+                   metavar=("OLD_SIZE", "NEW_SIZE"),
+                   help="prove that the checkpoint of tree size NEW_SIZE (default: the latest) "
+                   "extends the one of OLD_SIZE: the log was only appended to between them")
     p.set_defaults(run=cmd_prove)
 
     c = actions.add_parser("check-proof", help="check a proof (or, with --export, an "
@@ -68,6 +74,9 @@ def add_seal_commands(actions: Any) -> None:
                    "the file `audit export` wrote")
     c.add_argument("--public-key", type=Path, required=True, metavar="PATH")
     c.add_argument("--export", action="store_true", help="FILE is an `audit export` file")
+    c.add_argument("--trusted", type=Path, default=None, metavar="CHECKPOINT",
+                   help="a consistency proof must start from this checkpoint, which you hold "
+                   "(a checkpoints.jsonl line, or an earlier proof file)")
     c.set_defaults(run=cmd_check_proof)
 
     e = actions.add_parser("export", help="write a range of events as JSONL with the proof "
@@ -171,9 +180,24 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_prove(settings: Settings, args: argparse.Namespace) -> int:
-    """Print the inclusion proof of one position."""
-    from gateways.audit.prove import prove
+    """Print the inclusion proof of one position, or a consistency proof."""
+    from gateways.audit.prove import prove, prove_consistency
 
+    if args.consistency is not None:
+        if args.position is not None or args.checkpoint is not None:
+            raise ValidationError("--consistency OLD_SIZE [NEW_SIZE] takes no POSITION and no "
+                                  "--checkpoint")
+        if len(args.consistency) > 2:
+            raise ValidationError("--consistency takes OLD_SIZE and at most one NEW_SIZE, not "
+                                  f"{len(args.consistency)} sizes")
+        sizes = args.consistency
+        proof = prove_consistency(audit_dir(settings, args.dir), sizes[0],
+                                  sizes[1] if len(sizes) == 2 else None)
+        print(json.dumps(proof, indent=2))
+        return 0
+    if args.position is None:
+        raise ValidationError("give the POSITION of the event to prove, or --consistency "
+                              "OLD_SIZE [NEW_SIZE]")
     if args.position < 1:
         raise ValidationError(f"POSITION must be 1 or more, not {args.position}")
     with _app(settings) as app:
@@ -186,7 +210,12 @@ def cmd_check_proof(_: Settings, args: argparse.Namespace) -> int:
     """Check a proof (or an export) with the standalone verifier."""
     from gateways.audit.verifier import run, run_export
 
-    return (run_export if args.export else run)(str(args.file), str(args.public_key))
+    if args.export:
+        if args.trusted is not None:
+            raise ValidationError("--trusted is for consistency proofs, not exports")
+        return run_export(str(args.file), str(args.public_key))
+    return run(str(args.file), str(args.public_key),
+               None if args.trusted is None else str(args.trusted))
 
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
