@@ -8,6 +8,8 @@
   the API has no login route of its own;
 * `GET /v1/web/catalog`: zones, pods, clusters and service offerings by id and name, read
   from the log (no read model holds them), for the fleet tree and the deploy form;
+* `GET /v1/web/services`: the Services Directory's registrations with their live instances
+  (`gateways.web.services`), for the Services panel;
 * `GET /v1/stream?token=<bearer token>[&untyped=1]`: Server-Sent Events, one per platform
   event the relay published on NATS (`cloudkernel.events.>`): `event:` the topic (left out
   with `untyped=1`, so that EventSource's `onmessage` sees every event), `data:` a JSON
@@ -37,6 +39,7 @@ from aggregates.errors import UnauthenticatedError, ValidationError
 from gateways.access import Principal
 from gateways.api.context import CONTEXT, ApiContext, authenticator
 from gateways.stream.connection import connect
+from gateways.web.services import add_services_route
 from kernel.event_feed import (
     ORIGINATOR_ID,
     ORIGINATOR_VERSION,
@@ -276,6 +279,7 @@ def add_web_routes(app: web.Application, *, servers: Sequence[str],
     app.router.add_static("/static/", STATIC_DIR, name="web_static")
     app.router.add_get("/v1/stream", stream, name="web_stream")
     app.router.add_get("/v1/web/catalog", catalog, name="web_catalog")
+    add_services_route(app, servers)
     if not _has_route(app, "POST", "/v1/login"):
         app.router.add_post("/v1/login", login_route, name="web_login")
     app.on_shutdown.append(_close_streams)

@@ -1,6 +1,7 @@
 """The admin web page end to end: headless Chromium (Debian's) drives the page served by the
 admin API, over a real platform: PostgreSQL, nats-server, the kernel, every worker, the
-projections, the event relay and the ACL service (its login issues the page's token).
+projections, the event relay, the NATS command intake (services register through it) and the
+ACL service (its login issues the page's token).
 
 Log in, deploy a VM through the form, watch its operation's steps advance to Succeeded (the
 page refreshes from the live event stream, never by polling), stop the VM from the VMs table
@@ -9,10 +10,12 @@ and see it Stopped.
 
 import asyncio
 import contextlib
+import os
 import re
 import shutil
+import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,8 @@ class Platform:
         self.error: BaseException | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop: asyncio.Event | None = None
+        self.cloud: Any = None  # the running kernel (`support.cloud.Cloud`)
+        self.context: Any = None  # the admin API's `ApiContext` (its read models)
         self.thread = threading.Thread(target=self._main, name="platform", daemon=True)
 
     def _main(self) -> None:
@@ -68,11 +73,13 @@ class Platform:
     async def _run(self) -> None:
         from aiohttp import web
 
+        from gateways.access import Keyring, KeyringAccess, LayeredAccess, keys_path
         from gateways.acl.access import AclAccess
         from gateways.acl.service import AclService
         from gateways.api.app import make_app
         from gateways.api.context import ApiContext
         from gateways.cli.projections import projection_runners
+        from gateways.stream.intake import CommandIntake
         from gateways.stream.relay import EventRelay
         from gateways.web import add_web_routes, ensure_admin_user
         from kernel.bootstrap import command_catalog, open_platform
@@ -84,15 +91,22 @@ class Platform:
         self.password = await asyncio.to_thread(ensure_admin_user, acl)
         async with running_cloud(self.settings) as cloud:
             await prepare(cloud, self.inventory)
+            self.cloud = cloud
             platform = await asyncio.to_thread(open_platform, self.settings)
             relay = EventRelay(EventFeed(cloud.app), list(self.settings.nats_urls))
-            relay_task = asyncio.create_task(relay.run(self.stop))
+            # Services register over NATS, signed with their own keys from the keyring.
+            intake = CommandIntake(command_catalog(platform, cloud.engine), LayeredAccess(
+                AclAccess(acl), KeyringAccess(Keyring(keys_path(self.settings)))),
+                list(self.settings.nats_urls))
+            edge_tasks = [asyncio.create_task(x.run(self.stop)) for x in (relay, intake)]
+            await asyncio.wait_for(intake.ready.wait(), 20)
             with projection_runners(self.settings, list(MODELS)) as runners:
                 for runner in runners:
                     runner.start()
                 context = ApiContext(command_catalog(platform, cloud.engine), AclAccess(acl),
                                      cloud.app, {r.name: r for r in runners},
                                      engine=cloud.engine)
+                self.context = context
                 app = make_app(context)
                 # The one call `up` makes to mount the page on the API it serves:
                 add_web_routes(app, servers=self.settings.nats_urls, login=acl.login)
@@ -109,9 +123,14 @@ class Platform:
                     await site_runner.cleanup()
                     for runner in runners:
                         await asyncio.to_thread(runner.stop)
-            await relay_task
+            await asyncio.gather(*edge_tasks)
             platform.close()
         acl.close()
+
+    def on_loop(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
+        """Run a coroutine on the platform's loop and wait for its result."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def __enter__(self) -> "Platform":
         self.thread.start()
@@ -208,6 +227,166 @@ def test_log_in_deploy_watch_and_stop(platform: Platform) -> None:
             expect(page.locator("#networks tr[data-id]")).to_contain_text("Implemented")
             page.click("#nav a[href='#/operations']")
             expect(page.locator("#operations")).to_contain_text("vm.stop")
+            expect(page.locator("#error")).to_have_text("")
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+# --------------------------------------------------------------------------- services panel
+
+SERVICE = "billing"
+ODD_URL = "javascript://%0Aalert(1)"  # a registrable "URL" the page must not make a link of
+
+
+class RunningService:
+    """A `ServiceRuntime` (registered through the intake, heartbeating into the KV bucket,
+    following the admin's switch) run on the platform's loop until the block ends."""
+
+    def __init__(self, platform: Platform) -> None:
+        from gateways.services import ServiceRuntime, ServiceSpec, service_credentials
+
+        spec = ServiceSpec(name=SERVICE, version="1.2",
+                           endpoints={"http": "http://127.0.0.1:8490/billing", "odd": ODD_URL},
+                           consumes=("cloudkernel.events.vm.>",),
+                           publishes=("billing.invoices",), description="bills for tests")
+        self.platform = platform
+        self.rt = ServiceRuntime(spec, list(platform.settings.nats_urls),
+                                 credentials=service_credentials(platform.settings, SERVICE),
+                                 data_dir=platform.settings.data_dir, heartbeat_seconds=1.0)
+        self.halt: asyncio.Event | None = None
+        self.running: Any = None
+
+    def __enter__(self) -> "RunningService":
+        async def start() -> None:
+            self.halt = asyncio.Event()
+            await self.rt.start()
+            self.running = asyncio.ensure_future(self.rt.run(self.halt))
+
+        self.platform.on_loop(start())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        async def stop() -> None:
+            assert self.halt is not None
+            self.halt.set()
+            await self.running
+
+        self.platform.on_loop(stop())
+
+
+def eventually(check: Callable[[], Any], what: str, timeout: float = 15) -> Any:
+    """Poll `check` until it returns something true."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not seen within {timeout} s: {what}")
+        time.sleep(0.1)
+
+
+def test_services_panel_lists_disables_and_enables(platform: Platform) -> None:
+    from aggregates.service import ServiceRegistration, ServiceState
+
+    expect = playwright_sync.expect
+    reg_id = ServiceRegistration.create_id(SERVICE)
+    app, view = platform.cloud.app, platform.context.view("services")
+
+    def stored() -> Any:
+        return app.repository.get(reg_id)
+
+    def registration_events() -> int:
+        return len(platform.cloud.ids("service_registration.Registered")) + len(
+            app.recorder.select_notifications(start=None, limit=1000, topics=(
+                "service_registration.Updated", "service_registration.Enabled",
+                "service_registration.Disabled")))
+
+    with RunningService(platform) as first, playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(platform.url + "/")
+            assert platform.password is not None
+            page.fill("#login-form input[name=username]", USER)
+            page.fill("#login-form input[name=password]", platform.password)
+            page.click("#login-form button")
+            page.click("#nav a[href='#/services']")
+
+            # listed: version, state, endpoints (links only for web URLs), one live instance
+            row = page.locator(f"#services tr[data-name={SERVICE}]")
+            expect(row.locator(".service-state")).to_have_text("Enabled")
+            expect(row).to_contain_text("1.2")
+            instance = row.locator(f"tr[data-instance='{first.rt.instance_id}']")
+            expect(row.locator("tr[data-instance]")).to_have_count(1)
+            expect(instance).to_contain_text(str(os.getpid()))
+            expect(instance).to_contain_text(socket.gethostname())
+            expect(instance.locator(".heartbeat")).to_have_text(re.compile(r"^\d+\.\d s ago$"))
+            expect(row.locator(".endpoints a")).to_have_count(1)
+            expect(row.locator(".endpoints a")).to_have_attribute(
+                "href", "http://127.0.0.1:8490/billing")
+            expect(row.locator(".endpoints")).to_contain_text(ODD_URL)
+
+            # the subjects are collapsed until asked for, and stay open across refreshes
+            expect(row.locator("ul.consumes")).to_be_hidden()
+            row.locator("details.subjects summary").click()
+            expect(row.locator("ul.consumes")).to_have_text("cloudkernel.events.vm.>")
+            expect(row.locator("ul.publishes")).to_have_text("billing.invoices")
+
+            # liveness is polled (heartbeats are not events): a second instance with the
+            # same description writes no event, yet shows up, and goes when it stops
+            before = registration_events()
+            with RunningService(platform) as second:
+                expect(row.locator("tr[data-instance]")).to_have_count(2, timeout=15_000)
+                expect(row.locator(f"tr[data-instance='{second.rt.instance_id}']")
+                       ).to_be_visible()
+            assert registration_events() == before
+            expect(row.locator("tr[data-instance]")).to_have_count(1, timeout=15_000)
+            expect(row.locator("ul.consumes")).to_be_visible()
+
+            # a blank reason: the API's refusal is shown and nothing changes
+            row.locator("button[data-action=disable]").click()
+            row.locator(".disable-form input[name=reason]").fill("   ")
+            row.locator("button[data-action=confirm-disable]").click()
+            expect(page.locator("#error")).to_contain_text("reason")
+            assert stored().state is ServiceState.ENABLED
+
+            # disable with a reason, sent with an Idempotency-Key
+            reason = "invoices paused for the audit"
+            row.locator(".disable-form input[name=reason]").fill(reason)
+            with page.expect_request(lambda r: r.method == "POST" and r.url.endswith(
+                    "/v1/commands/service.disable")) as sent:
+                row.locator("button[data-action=confirm-disable]").click()
+            key = sent.value.all_headers().get("idempotency-key", "")
+            assert re.fullmatch(r"[0-9a-f]{32}", key), key
+            assert sent.value.response().json()["idempotency_key"] == key
+            expect(row.locator(".service-state")).to_have_text("Disabled")
+            expect(row.locator(".reason")).to_have_text(reason)
+            expect(page.locator("#error")).to_have_text("")
+            reg = stored()
+            assert (reg.state, reg.disabled_reason) == (ServiceState.DISABLED, reason)
+            eventually(lambda: (view.get(reg_id) or {}).get("disabled_reason") == reason,
+                       "the read model's row disabled")
+            assert view.get(reg_id)["state"] == "Disabled"
+            eventually(lambda: not first.rt.enabled, "the service following the switch")
+            assert first.rt.disabled_reason == reason
+            expect(row.locator("tr[data-instance]")).to_have_count(1)  # still heartbeating
+
+            # enable it again
+            row.locator("button[data-action=enable]").click()
+            expect(row.locator(".service-state")).to_have_text("Enabled")
+            expect(row.locator(".reason")).to_have_count(0)
+            expect(row.locator("button[data-action=disable]")).to_be_visible()
+            assert stored().state is ServiceState.ENABLED
+            eventually(lambda: (view.get(reg_id) or {}).get("state") == "Enabled",
+                       "the read model's row enabled")
+            eventually(lambda: first.rt.enabled, "the service enabled again")
             expect(page.locator("#error")).to_have_text("")
             assert not errors, errors
         finally:

@@ -2,6 +2,8 @@
 // It talks to the admin API (/v1) with a bearer token kept in sessionStorage, and follows
 // the platform's events over Server-Sent Events (/v1/stream) to refresh what it shows.
 
+import { LIVENESS_MS, servicesPanel } from "./services.js";
+
 const TOKEN = "cloudkernel.token";
 const $ = (sel) => document.querySelector(sel);
 let source = null;
@@ -33,8 +35,8 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body) {
-  const headers = { Accept: "application/json" };
+async function api(method, path, body, extraHeaders = {}) {
+  const headers = { Accept: "application/json", ...extraHeaders };
   const token = sessionStorage.getItem(TOKEN);
   if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -124,6 +126,7 @@ const RELEVANT = {
   volumes: ["volume", "operation"],
   networks: ["network", "operation"],
   operations: ["operation"],
+  services: ["service_registration"],
 };
 
 function onEvent(e) {
@@ -318,8 +321,13 @@ async function historyView(id) {
       : h("p", { class: "muted" }, "No events (yet) for this entity.")];
 }
 
+const services = servicesPanel({ h, api, stateTag, showError, ApiError,
+                                 refresh: () => show(false) });
+const servicesView = () => services.view();
+
 const VIEWS = { fleet: fleetView, vms: vmsView, volumes: volumesView, networks: networksView,
-                operations: operationsView, operation: operationView, history: historyView };
+                services: servicesView, operations: operationsView, operation: operationView,
+                history: historyView };
 
 function route() {
   const parts = location.hash.replace(/^#\/?/, "").split("/");
@@ -340,8 +348,10 @@ async function show(clearError = true) {
   try {
     const content = await VIEWS[current.name](current.arg);
     if (mine !== generation) return; // a newer view was asked for meanwhile
-    // Keep what the user is typing in the deploy form across live refreshes.
-    const typing = document.activeElement && document.activeElement.closest("#deploy-form");
+    // Keep what the user is typing in a form across live refreshes.
+    const active = document.activeElement;
+    const typing = active && active.matches("input, select, textarea") &&
+      active.closest("#deploy-form, .disable-form");
     if (typing && !clearError) return;
     $("#view").replaceChildren(...[content].flat().filter(Boolean));
   } catch (e) {
@@ -363,4 +373,10 @@ $("#login-form").addEventListener("submit", onLogin);
 $("#token-form").addEventListener("submit", onToken);
 $("#logout").addEventListener("click", () => logout(""));
 window.addEventListener("hashchange", () => sessionStorage.getItem(TOKEN) && show());
+// Heartbeats are not events: the Services panel asks again every few seconds.
+setInterval(() => {
+  if (current.name === "services" && sessionStorage.getItem(TOKEN) && !document.hidden) {
+    scheduleRefresh();
+  }
+}, LIVENESS_MS);
 render();
