@@ -7,7 +7,8 @@ to them only over NATS. boto3 signs with an ACL user's key.
 
 The lifecycle test checks the platform's own store at each step; the restart test kills the
 service (SIGKILL), changes things through the intake meanwhile, and restarts it: its durable
-consumer resumes and its view shows every change, while orchestration never stopped.
+consumer resumes and its view shows every change, while orchestration never stopped, and the
+tags (the service's own data) are still there.
 """
 
 import asyncio
@@ -188,10 +189,13 @@ async def lifecycle(settings: Settings, cloud: Cloud, ids: Prepared, users: User
     [image] = (await call(ec2.describe_images, ImageIds=["ami-" + ids.template_id.hex]))["Images"]
     assert image["State"] == "available" and image["Name"] == "tiny"
     run = await call(ec2.run_instances, ImageId=image["ImageId"], InstanceType="small",
-                     MinCount=1, MaxCount=1, Placement={"AvailabilityZone": "z1"})
+                     MinCount=1, MaxCount=1, Placement={"AvailabilityZone": "z1"},
+                     TagSpecifications=[tag_spec("instance", Name="web", env="test"),
+                                        tag_spec("volume", backup="daily")])
     [instance] = run["Instances"]
     iid, vm_id = instance["InstanceId"], platform_id(instance["InstanceId"])
     assert instance["State"]["Name"] == "pending" and run["OwnerId"] == "acme"
+    assert tags_of(instance) == {"Name": "web", "env": "test"}
     vm = await cloud.get(vm_id)
     assert vm.account == "acme" and vm.template_id == ids.template_id
     await reach_state(ec2, iid, "running")
@@ -199,6 +203,7 @@ async def lifecycle(settings: Settings, cloud: Cloud, ids: Prepared, users: User
     running = await call(ec2.describe_instances, Filters=[
         {"Name": "instance-state-name", "Values": ["running"]}])
     assert [i["InstanceId"] for r in running["Reservations"] for i in r["Instances"]] == [iid]
+    await check_tags(ec2, iid)
 
     stopped = await call(ec2.stop_instances, InstanceIds=[iid])
     assert stopped["StoppingInstances"][0]["PreviousState"]["Name"] == "running"
@@ -241,6 +246,10 @@ async def lifecycle(settings: Settings, cloud: Cloud, ids: Prepared, users: User
     with pytest.raises(ClientError) as e:
         await call(bob.describe_instances, InstanceIds=[iid])
     assert code_of(e) == "InvalidInstanceID.NotFound"
+    with pytest.raises(ClientError) as e:
+        await call(bob.create_tags, Resources=[iid], Tags=[{"Key": "Name", "Value": "his"}])
+    assert code_of(e) == "InvalidInstanceID.NotFound"
+    assert (await call(bob.describe_tags))["Tags"] == []
     assert (await call(bob.describe_volumes))["Volumes"] == []
     with pytest.raises(ClientError) as e:
         await call(ec2.describe_vpcs)
@@ -267,6 +276,47 @@ async def lifecycle(settings: Settings, cloud: Cloud, ids: Prepared, users: User
     assert ended["TerminatingInstances"][0]["PreviousState"]["Name"] == "running"
     await reach_state(ec2, iid, "terminated")
     assert (await cloud.get(vm_id)).state.value in ("Destroyed", "Expunging", "Expunged")
+
+
+def tag_spec(kind: str, **tags: str) -> dict[str, Any]:
+    return {"ResourceType": kind, "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+
+
+def tags_of(described: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in described.get("Tags", [])}
+
+
+def ids_of(answer: dict[str, Any]) -> list[str]:
+    return [i["InstanceId"] for r in answer["Reservations"] for i in r["Instances"]]
+
+
+async def check_tags(ec2: Any, iid: str) -> None:
+    """The tags given at launch: in DescribeInstances, selected by tag filters, on the root
+    volume; CreateTags and DeleteTags change them; boto3's paginator walks DescribeTags."""
+    [described] = (await call(ec2.describe_instances, InstanceIds=[iid]))["Reservations"][0][
+        "Instances"]
+    assert tags_of(described) == {"Name": "web", "env": "test"}
+    for filters, expected in (([{"Name": "tag:env", "Values": ["test"]}], [iid]),
+                              ([{"Name": "tag:Name", "Values": ["w?b"]}], [iid]),
+                              ([{"Name": "tag-key", "Values": ["env"]}], [iid]),
+                              ([{"Name": "tag:env", "Values": ["prod"]}], [])):
+        assert ids_of(await call(ec2.describe_instances, Filters=filters)) == expected
+    [root] = (await call(ec2.describe_volumes, Filters=[
+        {"Name": "tag:backup", "Values": ["daily"]}]))["Volumes"]
+    assert root["Attachments"][0]["InstanceId"] == iid
+    await call(ec2.create_tags, Resources=[iid, root["VolumeId"]],
+               Tags=[{"Key": "owner", "Value": "alice"}])
+    await call(ec2.delete_tags, Resources=[iid], Tags=[{"Key": "env"}])
+    found = (await call(ec2.describe_tags, Filters=[{"Name": "key", "Values": ["owner"]}]))
+    assert sorted((t["ResourceType"], t["ResourceId"]) for t in found["Tags"]) == [
+        ("instance", iid), ("volume", root["VolumeId"])]
+    assert ids_of(await call(ec2.describe_instances, Filters=[
+        {"Name": "tag-key", "Values": ["env"]}])) == []
+    await call(ec2.create_tags, Resources=[iid], Tags=[{"Key": "env", "Value": "test"},
+                                                       {"Key": "tier", "Value": "web"}])
+    pages = await asyncio.to_thread(lambda: list(ec2.get_paginator("describe_tags").paginate(
+        PaginationConfig={"PageSize": 5})))
+    assert [len(p["Tags"]) for p in pages] == [5, 1]
 
 
 async def _is(check: Callable[[], Any], expected: str) -> bool:
@@ -332,9 +382,12 @@ def test_a_killed_service_resumes_from_its_durable_consumer_and_misses_nothing(
                 await asyncio.to_thread(service.start)
                 ec2 = client(settings, users.alice)
                 run = await call(ec2.run_instances, ImageId="ami-" + ids.template_id.hex,
-                                 MinCount=1, MaxCount=1)
+                                 MinCount=1, MaxCount=1,
+                                 TagSpecifications=[tag_spec("instance", role="api")])
                 first = run["Instances"][0]["InstanceId"]
                 await reach_state(ec2, first, "running")
+                await call(ec2.create_tags, Resources=[first],
+                           Tags=[{"Key": "Name", "Value": "api-1"}])
                 await asyncio.to_thread(service.kill)
                 # The ACL refuses a signature seen before, and the new process cannot know
                 # what the old one verified: no request after the restart may be signed in
@@ -370,6 +423,15 @@ def test_a_killed_service_resumes_from_its_durable_consumer_and_misses_nothing(
                     await reach_state(ec2, second, "running")
                 except AssertionError as e:
                     raise AssertionError(f"{e}\n{''.join(service.output)}") from None
+                # the tags survived the restart, and tag filters select with them
+                [described] = (await call(ec2.describe_instances, InstanceIds=[first]))[
+                    "Reservations"][0]["Instances"]
+                assert tags_of(described) == {"Name": "api-1", "role": "api"}
+                assert ids_of(await call(ec2.describe_instances, Filters=[
+                    {"Name": "tag:role", "Values": ["api"]}])) == [first]
+                # a VM made outside EC2 has its name as its Name tag
+                assert ids_of(await call(ec2.describe_instances, Filters=[
+                    {"Name": "tag:Name", "Values": ["made-meanwhile"]}])) == [second]
                 assert await asyncio.to_thread(service.stop) == 0, "".join(service.output)
 
                 # the same durable consumer went on, and the view has every change

@@ -4,8 +4,8 @@ talks to the platform only over NATS.
 * It registers with the Services Directory as `ec2`, heartbeats, and follows the admin's
   enable/disable switch (disabled: every request gets EC2's 503 `Unavailable`).
 * It keeps its own tenant view (`gateways.services.tenant_view`) and EC2 store (key pairs,
-  reservations) in `<data_dir>/services/ec2/`, the view fed by a durable consumer of the public
-  events, so a restart resumes where it stopped without missing an event.
+  tags, reservations) in `<data_dir>/services/ec2/`, the view fed by a durable consumer of the
+  public events, so a restart resumes where it stopped without missing an event.
 * Requests are signed with AWS Signature V4 using an ACL API key (access key id = the key id,
   secret = its secret); the ACL service checks the signature over NATS and answers a bearer
   token, and each change is a command sent with that token, so the platform's ACL decides it as

@@ -89,6 +89,7 @@ class Request:
         return uuid5(NAMESPACE_URL, f"{self.account}/{self.key(action, *parts)}")
 
 
+TAG_FILTER = "tag:"
 Action = Callable[[Request], Awaitable[dict[str, Any]]]
 
 
@@ -112,12 +113,17 @@ def refused(e: Refused, *, invalid: str = "InvalidParameterValue",
 
 def matches(filters: Iterable[Filter], known: Mapping[str, Callable[[Any], Iterable[Any]]],
             item: Any) -> bool:
-    """Whether the item passes every filter (values may use EC2's `*` and `?`)."""
+    """Whether the item passes every filter (values may use EC2's `*` and `?`); `tag:<key>`
+    filters use the getter `tag:`, which gives the item's (key, value) pairs."""
     for f in filters:
         getter = known.get(f.name)
-        if getter is None:
+        if getter is not None:
+            have = [str(v) for v in getter(item) if v is not None]
+        elif f.name.startswith(TAG_FILTER) and len(f.name) > 4 and TAG_FILTER in known:
+            key = f.name[len(TAG_FILTER):]
+            have = [str(v) for k, v in known[TAG_FILTER](item) if k == key]
+        else:
             raise Ec2Error("InvalidParameterValue", f"The filter '{f.name[:60]}' is invalid")
-        have = [str(v) for v in getter(item) if v is not None]
         if not any(fnmatch.fnmatchcase(h, pattern) for h in have for pattern in f.values):
             return False
     return True

@@ -6,10 +6,13 @@ a service offering (by name), an availability zone a zone (by name). Each launch
 `vm.deploy` sent as the caller, with an idempotency key and a VM id fixed by the request's
 ClientToken (or its request id), so a retried call launches nothing twice. Start, stop and
 terminate check every id first (nothing is changed if one is unknown), skip instances already
-where asked, and answer EC2's previous and current states.
+where asked, and answer EC2's previous and current states. `TagSpecification` tags an instance
+before its deploy is sent (so it never shows untagged), and its root volume once the deploy
+named it. DescribeInstances pages with MaxResults/NextToken (`gateways.services.ec2.pages`).
 """
 
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -21,6 +24,7 @@ from gateways.services.ec2.ids import (
     PENDING,
     SHUTTING_DOWN,
     STOPPING,
+    VOLUME,
     device_name,
     from_ec2,
     instance_state,
@@ -28,8 +32,10 @@ from gateways.services.ec2.ids import (
     reservation_of,
     to_ec2,
 )
+from gateways.services.ec2.pages import page_of, paginate
 from gateways.services.ec2.protocol import Ec2Error, timestamp
 from gateways.services.ec2.store import InstanceNote
+from gateways.services.ec2.tags import tag_filters, tag_new, tag_set, tag_specifications, tags_of
 from gateways.services.tenant_rows import VmRow, ZoneRow
 
 MAX_INSTANCES = 20
@@ -85,6 +91,7 @@ async def run_instances(req: Request) -> dict[str, Any]:
     if key_name and not any(k.name == key_name for k in store.key_pairs(account)):
         raise Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{key_name[:80]}' does not "
                        "exist")
+    specs = tag_specifications(p, ("instance", "volume"))
     subnet = p.get("SubnetId")
     networks = [str(from_subnet(subnet))] if subnet else []
     reservation = reservation_of(f"{account}/{req.token()}")
@@ -93,6 +100,9 @@ async def run_instances(req: Request) -> dict[str, Any]:
     last: Outcome | None = None
     for index in range(high):
         vm_id = req.derived_id("RunInstances", index)
+        fresh = view.vm(vm_id, None) is None  # a retry tags nothing again
+        if fresh:
+            tag_new(req, to_ec2(INSTANCE, vm_id), account, specs.get("instance", {}))
         store.note_instance(vm_id, reservation_id=reservation, key_name=key_name,
                             launch_index=index, client_token=client_token)
         body = {"name": to_ec2(INSTANCE, vm_id), "account": account, "zone_id": str(zone.id),
@@ -110,12 +120,16 @@ async def run_instances(req: Request) -> dict[str, Any]:
                     from None
             raise refused(e) from None
         launched.append(vm_id)
+        root = last.result.get("volume_id") if isinstance(last.result, Mapping) else None
+        if fresh and root:
+            tag_new(req, to_ec2(VOLUME, root), account, specs.get("volume", {}))
     if last is not None:
         await req.platform.settle(last)
     rows = {v.id: v for v in view.vms(account, launched, include_expunged=True)}
     notes = store.instances(launched)
     items = [render_instance(req, rows[v], notes.get(v)) if v in rows
-             else _pending(req, v, index, template.id, kind, zone, key_name)
+             else _pending(req, v, index, template.id, kind, zone, key_name,
+                           specs.get("instance", {}))
              for index, v in enumerate(launched)]
     return {"reservationId": reservation, "ownerId": account, "groupSet": [],
             "instancesSet": items}
@@ -133,7 +147,7 @@ def from_subnet(subnet: str) -> UUID:
 
 
 def _pending(req: Request, vm_id: UUID, index: int, template_id: UUID, kind: str,
-             zone: ZoneRow, key_name: str | None) -> dict[str, Any]:
+             zone: ZoneRow, key_name: str | None, tags: dict[str, str]) -> dict[str, Any]:
     """An instance the view has not shown yet, as the launch asked for it."""
     return {"instanceId": to_ec2(INSTANCE, vm_id), "imageId": to_ec2(IMAGE, template_id),
             "instanceState": {"code": PENDING[0], "name": PENDING[1]}, "keyName": key_name,
@@ -141,11 +155,12 @@ def _pending(req: Request, vm_id: UUID, index: int, template_id: UUID, kind: str
             "launchTime": datetime.now(UTC), "placement": {"availabilityZone": zone.name,
                                                           "tenancy": "default"},
             "monitoring": {"state": "disabled"}, "rootDeviceType": "ebs",
-            "rootDeviceName": device_name(0)}
+            "rootDeviceName": device_name(0), "tagSet": tag_set(tags)}
 
 
-def render_instance(req: Request, vm: VmRow, note: InstanceNote | None) -> dict[str, Any]:
-    """An instance as EC2 describes it."""
+def render_instance(req: Request, vm: VmRow, note: InstanceNote | None,
+                    tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """An instance as EC2 describes it (`tags`: its tags, when already read)."""
     view, store = req.platform.view, req.platform.store
     code, name = instance_state(vm.state, bool(note and note.terminating))
     offering = view.offering(UUID(vm.offering_id))
@@ -170,7 +185,9 @@ def render_instance(req: Request, vm: VmRow, note: InstanceNote | None) -> dict[
         "rootDeviceType": "ebs", "rootDeviceName": device_name(0),
         "blockDeviceMapping": devices, "virtualizationType": "hvm",
         "clientToken": (note.client_token or "") if note else "", "hypervisor": "xen",
-        "tagSet": [{"key": "Name", "value": vm.name}],
+        "tagSet": tag_set(tags if tags is not None else
+                          tags_of(req, {to_ec2(INSTANCE, vm.id): vm.name})[
+                              to_ec2(INSTANCE, vm.id)]),
     }
     if vm.state == "Error":
         out["stateReason"] = {"code": "Server.InternalError", "message": vm.last_error}
@@ -186,13 +203,14 @@ _INSTANCE_FILTERS = {
     "availability-zone": lambda r: [r[1]["placement"]["availabilityZone"]],
     "key-name": lambda r: [r[1]["keyName"]],
     "reservation-id": lambda r: [r[2]],
-    "tag:Name": lambda r: [r[0].name],
+    **tag_filters(lambda r: r[1]["tagSet"]),
     "block-device-mapping.volume-id": lambda r: [d["ebs"]["volumeId"]
                                                  for d in r[1]["blockDeviceMapping"]],
 }
 
 
-def _recent(vm: VmRow, now: datetime) -> bool:
+def visible(vm: VmRow, now: datetime) -> bool:
+    """Whether an instance is still shown: not terminated, or terminated lately."""
     if vm.state != "Expunged":
         return True
     try:
@@ -216,21 +234,28 @@ async def describe_instances(req: Request) -> dict[str, Any]:
                            f"{', '.join(m[:40] for m in missing[:20])}' do not exist")
     else:
         now = datetime.now(UTC)
-        vms = [v for v in vms if _recent(v, now)]
+        vms = [v for v in vms if visible(v, now)]
+    page = page_of("DescribeInstances", req.params, ids_param="InstanceId")
     notes = store.instances([v.id for v in vms])
+    tags = tags_of(req, {to_ec2(INSTANCE, v.id): v.name for v in vms})
     filters = req.params.filters()
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    owners: dict[str, str] = {}
+    chosen = []
     for vm in vms:
         note = notes.get(vm.id)
         reservation = note.reservation_id if note and note.reservation_id \
             else reservation_of(str(vm.id))
-        item = render_instance(req, vm, note)
+        item = render_instance(req, vm, note, tags[to_ec2(INSTANCE, vm.id)])
         if matches(filters, _INSTANCE_FILTERS, (vm, item, reservation)):
-            groups[reservation].append(item)
-            owners[reservation] = vm.account
+            chosen.append((vm, item, reservation))
+    shown, next_token = paginate(chosen, lambda r: (r[0].created_at, str(r[0].id)), page)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    owners: dict[str, str] = {}
+    for vm, item, reservation in shown:
+        groups[reservation].append(item)
+        owners[reservation] = vm.account
     return {"reservationSet": [{"reservationId": r, "ownerId": owners[r], "groupSet": [],
-                                "instancesSet": items} for r, items in groups.items()]}
+                                "instancesSet": items} for r, items in groups.items()],
+            "nextToken": next_token}
 
 
 async def _change(req: Request, verb: str) -> dict[str, Any]:

@@ -119,6 +119,18 @@ class Params:
                            f"{MAX_LIST})")
         return [found[n] for n in sorted(found)]
 
+    def structures(self, prefix: str) -> list["Params"]:
+        """`prefix.N.Field...` as one Params per N (its fields without `prefix.N.`), by N."""
+        found: dict[int, list[tuple[str, str]]] = {}
+        pattern = re.compile(rf"^{re.escape(prefix)}\.([1-9][0-9]{{0,3}})\.(.+)$")
+        for name, value in self.values.items():
+            if (match := pattern.match(name)) is not None:
+                found.setdefault(int(match.group(1)), []).append((match.group(2), value))
+        if len(found) > MAX_LIST:
+            raise Ec2Error("InvalidParameterValue", f"too many {prefix} values (at most "
+                           f"{MAX_LIST})")
+        return [Params(found[n]) for n in sorted(found)]
+
     def filters(self) -> list[Filter]:
         """`Filter.N.Name` with its `Filter.N.Value.M` values."""
         out = []

@@ -16,7 +16,7 @@ from uuid import UUID, uuid4
 
 from aiohttp import web
 
-from gateways.services.ec2 import catalog, instances, keypairs, volumes
+from gateways.services.ec2 import catalog, instances, keypairs, tagging, volumes
 from gateways.services.ec2.auth import Authenticator, Caller
 from gateways.services.ec2.context import Action, Outcome, Refused, Request
 from gateways.services.ec2.protocol import (
@@ -53,6 +53,9 @@ ACTIONS: dict[str, Action] = {
     "CreateKeyPair": keypairs.create_key_pair,
     "DescribeKeyPairs": keypairs.describe_key_pairs,
     "DeleteKeyPair": keypairs.delete_key_pair,
+    "CreateTags": tagging.create_tags,
+    "DeleteTags": tagging.delete_tags,
+    "DescribeTags": tagging.describe_tags,
 }
 
 

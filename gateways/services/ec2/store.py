@@ -1,6 +1,10 @@
-"""The EC2 service's own store (SQLite): key pairs, and what EC2 knows of an instance that
-the platform does not (its reservation, key name, launch index, a terminate under way, the
-device names volumes were attached as).
+"""The EC2 service's own store (SQLite): key pairs, tags, and what EC2 knows of an instance
+that the platform does not (its reservation, key name, launch index, a terminate under way,
+the device names volumes were attached as).
+
+Tags are kept per resource (its EC2 id) with the account owning it. A resource may have a
+default `Name` (the platform name of a resource made outside EC2); a row with no value hides
+it once deleted. Tag changes of one request go in one transaction, the limit checked in it.
 
 Key pairs are generated here with `cryptography`; the private key is answered once and never
 kept, only the public key and its fingerprint (EC2's forms: for an RSA key made by EC2, the
@@ -12,6 +16,8 @@ import hashlib
 import re
 import sqlite3
 import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +39,24 @@ CREATE TABLE IF NOT EXISTS instances (vm_id TEXT PRIMARY KEY, reservation_id TEX
     terminating INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS attachments (volume_id TEXT PRIMARY KEY, vm_id TEXT NOT NULL,
     device TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tags (resource_id TEXT NOT NULL, account TEXT NOT NULL,
+    key TEXT NOT NULL, value TEXT, PRIMARY KEY (resource_id, key));
+CREATE INDEX IF NOT EXISTS tags_by_account ON tags (account, resource_id);
 """
+MAX_TAGS = 50
+StoredTags = dict[str, str | None]  # key -> value (None: a default tag deleted)
+
+
+def effective_tags(defaults: Mapping[str, str], stored: Mapping[str, str | None]) -> dict[
+        str, str]:
+    """A resource's tags: its defaults overlaid by what was stored (None removes one)."""
+    out = dict(defaults)
+    for key, value in stored.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
 
 
 @dataclass(frozen=True)
@@ -88,7 +111,7 @@ def generate(key_type: str) -> tuple[str, str, str]:
 
 
 class Ec2Store:
-    """Key pairs per account and notes on instances, in one SQLite file (WAL)."""
+    """Key pairs per account, tags and notes on instances, in one SQLite file (WAL)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,3 +213,69 @@ class Ec2Store:
             row = self._db.execute("SELECT device FROM attachments WHERE volume_id = ? AND "
                                    "vm_id = ?", (str(volume_id), str(vm_id))).fetchone()
         return None if row is None else str(row[0])
+
+    # ------------------------------------------------------------------ tags
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _stored(self, db: sqlite3.Connection, resource_ids: list[str]) -> dict[str, StoredTags]:
+        out: dict[str, StoredTags] = {r: {} for r in resource_ids}
+        for start in range(0, len(resource_ids), 500):
+            chunk = resource_ids[start:start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for rid, key, value in db.execute(
+                    f"SELECT resource_id, key, value FROM tags WHERE resource_id IN ({marks}) "
+                    "ORDER BY resource_id, key", tuple(chunk)):
+                out[rid][key] = value
+        return out
+
+    def tags(self, resource_ids: list[str]) -> dict[str, StoredTags]:
+        """The stored tags of these resources (EC2 ids), each {} when it has none."""
+        with self._lock:
+            return self._stored(self._db, list(dict.fromkeys(resource_ids)))
+
+    def set_tags(self, resources: Mapping[str, tuple[str, Mapping[str, str]]],
+                 tags: Mapping[str, str]) -> None:
+        """Add or overwrite `tags` on every resource (id -> (account, default tags)), all or
+        none: TagLimitExceeded if one would have more than MAX_TAGS."""
+        ids = list(resources)
+        with self._transaction() as db:
+            stored = self._stored(db, ids)
+            for rid in ids:
+                defaults = resources[rid][1]
+                after = effective_tags(defaults, {**stored[rid], **tags})
+                if len(after) > MAX_TAGS:
+                    raise Ec2Error("TagLimitExceeded", f"The maximum number of tags "
+                                   f"({MAX_TAGS}) for resource '{rid}' has been reached.")
+            db.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)",
+                           [(rid, resources[rid][0], key, value)
+                            for rid in ids for key, value in tags.items()])
+
+    def delete_tags(self, resources: Mapping[str, tuple[str, Mapping[str, str]]],
+                    tags: Mapping[str, str | None] | None) -> None:
+        """Delete tags of every resource (id -> (account, default tags)): the keys of `tags`
+        (with a value: only a tag with that value), or all (None); in one transaction."""
+        ids = list(resources)
+        with self._transaction() as db:
+            stored = self._stored(db, ids)
+            for rid in ids:
+                account, defaults = resources[rid]
+                have = effective_tags(defaults, stored[rid])
+                doomed = [k for k in have if tags is None or
+                          (k in tags and (tags[k] is None or tags[k] == have[k]))]
+                for key in doomed:
+                    if key in defaults:  # hide the default from now on
+                        db.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?, NULL)",
+                                   (rid, account, key))
+                    else:
+                        db.execute("DELETE FROM tags WHERE resource_id = ? AND key = ?",
+                                   (rid, key))

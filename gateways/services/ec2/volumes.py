@@ -3,7 +3,9 @@ DescribeVolumes, CreateSnapshot, DescribeSnapshots.
 
 A volume is a platform volume (`vol-`), a snapshot a volume snapshot (`snap-`). Sizes are
 GiB, as in EC2. The device a volume is attached as is the platform's next free slot; the name
-the caller asked for is remembered and shown back.
+the caller asked for is remembered and shown back. `TagSpecification` tags a volume or a
+snapshot before its command is sent; DescribeVolumes and DescribeSnapshots page with
+MaxResults/NextToken.
 """
 
 from typing import Any
@@ -21,7 +23,9 @@ from gateways.services.ec2.ids import (
     not_found,
     to_ec2,
 )
+from gateways.services.ec2.pages import page_of, paginate
 from gateways.services.ec2.protocol import Ec2Error, timestamp
+from gateways.services.ec2.tags import tag_filters, tag_new, tag_set, tag_specifications, tags_of
 from gateways.services.tenant_rows import SnapshotRow, VolumeRow
 
 GIB = 1024**3
@@ -44,8 +48,12 @@ def _volume(req: Request, ec2_id: str) -> VolumeRow:
     return found
 
 
-def render_volume(req: Request, volume: VolumeRow) -> dict[str, Any]:
-    """A volume as EC2 describes it."""
+def render_volume(req: Request, volume: VolumeRow,
+                  tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """A volume as EC2 describes it (`tags`: its tags, when already read)."""
+    ec2_id = to_ec2(VOLUME, volume.id)
+    if tags is None:
+        tags = tags_of(req, {ec2_id: volume.name})[ec2_id]
     attachments = []
     if volume.vm_id is not None:
         vm_id = UUID(volume.vm_id)
@@ -60,12 +68,12 @@ def render_volume(req: Request, volume: VolumeRow) -> dict[str, Any]:
     status = VOLUME_STATES.get(volume.state, "error")
     if status == "available" and volume.vm_id is not None:
         status = "in-use"
-    return {"volumeId": to_ec2(VOLUME, volume.id), "size": gib(volume.size_bytes),
+    return {"volumeId": ec2_id, "size": gib(volume.size_bytes),
             "snapshotId": "", "availabilityZone": _zone_name(req, volume.zone_id),
             "status": status, "createTime": timestamp(volume.created_at),
             "attachmentSet": attachments, "volumeType": "standard", "encrypted": False,
             "multiAttachEnabled": False,
-            "tagSet": [{"key": "Name", "value": volume.name}]}
+            "tagSet": tag_set(tags)}
 
 
 async def create_volume(req: Request) -> dict[str, Any]:
@@ -83,7 +91,10 @@ async def create_volume(req: Request) -> dict[str, Any]:
     if zone is None:
         raise Ec2Error("InvalidParameterValue", f"Invalid availability zone: "
                        f"[{zone_name[:60]}]")
+    specs = tag_specifications(p, ("volume",))
     volume_id = req.derived_id("CreateVolume")
+    if view.volume(volume_id, None) is None:  # a retry tags nothing again
+        tag_new(req, to_ec2(VOLUME, volume_id), account, specs.get("volume", {}))
     body = {"name": to_ec2(VOLUME, volume_id), "account": account, "zone_id": str(zone.id),
             "size_bytes": size * GIB, "volume_id": str(volume_id)}
     try:
@@ -99,7 +110,7 @@ async def create_volume(req: Request) -> dict[str, Any]:
         return out
     return {"volumeId": to_ec2(VOLUME, volume_id), "size": size, "snapshotId": "",
             "availabilityZone": zone.name, "status": "creating", "volumeType": "standard",
-            "encrypted": False}
+            "encrypted": False, "tagSet": tag_set(specs.get("volume", {}))}
 
 
 async def attach_volume(req: Request) -> dict[str, Any]:
@@ -181,6 +192,7 @@ _VOLUME_FILTERS = {
     "attachment.instance-id": lambda v: [a["instanceId"] for a in v["attachmentSet"]],
     "attachment.status": lambda v: [a["status"] for a in v["attachmentSet"]],
     "attachment.device": lambda v: [a["device"] for a in v["attachmentSet"]],
+    **tag_filters(lambda v: v["tagSet"]),
 }
 
 
@@ -195,27 +207,39 @@ async def describe_volumes(req: Request) -> dict[str, Any]:
         if missing:
             raise Ec2Error("InvalidVolume.NotFound", f"The volume '{missing[0][:60]}' does "
                            "not exist.")
+    page = page_of("DescribeVolumes", req.params, ids_param="VolumeId")
     filters = req.params.filters()
-    items = [render_volume(req, v) for v in rows]
-    return {"volumeSet": [i for i in items if matches(filters, _VOLUME_FILTERS, i)]}
+    tags = tags_of(req, {to_ec2(VOLUME, v.id): v.name for v in rows})
+    chosen = [(v, item) for v in rows
+              if matches(filters, _VOLUME_FILTERS,
+                         item := render_volume(req, v, tags[to_ec2(VOLUME, v.id)]))]
+    shown, next_token = paginate(chosen, lambda r: (r[0].created_at, str(r[0].id)), page)
+    return {"volumeSet": [item for _, item in shown], "nextToken": next_token}
 
 
-def render_snapshot(req: Request, snapshot: SnapshotRow) -> dict[str, Any]:
-    """A snapshot as EC2 describes it."""
+def render_snapshot(req: Request, snapshot: SnapshotRow,
+                    tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """A snapshot as EC2 describes it (`tags`: its tags, when already read)."""
     status = SNAPSHOT_STATES.get(snapshot.state, "error")
-    return {"snapshotId": to_ec2(SNAPSHOT, snapshot.id),
+    ec2_id = to_ec2(SNAPSHOT, snapshot.id)
+    if tags is None:  # a snapshot's platform name is its description, not a tag
+        tags = tags_of(req, {ec2_id: ""})[ec2_id]
+    return {"snapshotId": ec2_id,
             "volumeId": to_ec2(VOLUME, snapshot.volume_id), "status": status,
             "startTime": timestamp(snapshot.created_at),
             "progress": "100%" if status == "completed" else "0%",
             "ownerId": snapshot.account, "volumeSize": gib(snapshot.volume_size_bytes),
-            "description": snapshot.name, "encrypted": False}
+            "description": snapshot.name, "encrypted": False, "tagSet": tag_set(tags)}
 
 
 async def create_snapshot(req: Request) -> dict[str, Any]:
     """CreateSnapshot: a snapshot of a volume."""
     volume_ec2 = req.params.required("VolumeId")
     volume = _volume(req, volume_ec2)
+    specs = tag_specifications(req.params, ("snapshot",))
     snapshot_id = req.derived_id("CreateSnapshot", volume.id)
+    if req.platform.view.snapshot(snapshot_id, None) is None:  # a retry tags nothing again
+        tag_new(req, to_ec2(SNAPSHOT, snapshot_id), volume.account, specs.get("snapshot", {}))
     body: dict[str, Any] = {"volume_id": str(volume.id), "snapshot_id": str(snapshot_id)}
     description = req.params.get("Description")
     if description:
@@ -234,7 +258,7 @@ async def create_snapshot(req: Request) -> dict[str, Any]:
     return {"snapshotId": to_ec2(SNAPSHOT, snapshot_id), "volumeId": volume_ec2,
             "status": "pending", "progress": "0%", "ownerId": volume.account,
             "volumeSize": gib(volume.size_bytes), "description": description or "",
-            "encrypted": False}
+            "encrypted": False, "tagSet": tag_set(specs.get("snapshot", {}))}
 
 
 _SNAPSHOT_FILTERS = {
@@ -242,6 +266,7 @@ _SNAPSHOT_FILTERS = {
     "volume-id": lambda s: [s["volumeId"]],
     "status": lambda s: [s["status"]],
     "owner-id": lambda s: [s["ownerId"]],
+    **tag_filters(lambda s: s["tagSet"]),
 }
 
 
@@ -254,6 +279,12 @@ async def describe_snapshots(req: Request) -> dict[str, Any]:
         have = {s.id for s in rows}
         missing = next(w for w, i in zip(wanted, ids, strict=True) if i not in have)
         raise not_found(SNAPSHOT, missing)
+    page = page_of("DescribeSnapshots", req.params, ids_param="SnapshotId")
     filters = req.params.filters()
-    items = [render_snapshot(req, s) for s in rows if s.state != "Destroyed"]
-    return {"snapshotSet": [i for i in items if matches(filters, _SNAPSHOT_FILTERS, i)]}
+    rows = [s for s in rows if s.state != "Destroyed"]
+    tags = tags_of(req, {to_ec2(SNAPSHOT, s.id): "" for s in rows})
+    chosen = [(s, item) for s in rows
+              if matches(filters, _SNAPSHOT_FILTERS,
+                         item := render_snapshot(req, s, tags[to_ec2(SNAPSHOT, s.id)]))]
+    shown, next_token = paginate(chosen, lambda r: (r[0].created_at, str(r[0].id)), page)
+    return {"snapshotSet": [item for _, item in shown], "nextToken": next_token}

@@ -173,3 +173,53 @@ def test_an_expired_presigned_request_is_refused() -> None:
     with pytest.raises(Ec2Error) as e:
         presigned_request("GET", "/", query, [("Host", "h:1")], b"", now=time.time() + 120)
     assert e.value.code == "RequestExpired"
+
+
+def test_numbered_structures_are_read_as_one_params_each() -> None:
+    p = Params([("TagSpecification.2.ResourceType", "volume"),
+                ("TagSpecification.1.ResourceType", "instance"),
+                ("TagSpecification.1.Tag.2.Key", "b"), ("TagSpecification.1.Tag.1.Key", "a"),
+                ("TagSpecification.1.Tag.1.Value", ""), ("TagSpecificationX.1.Tag", "no")])
+    first, second = p.structures("TagSpecification")
+    assert first.get("ResourceType") == "instance" and second.get("ResourceType") == "volume"
+    assert [(t.get("Key"), t.get("Value")) for t in first.structures("Tag")] == [
+        ("a", ""), ("b", None)]
+    assert second.structures("Tag") == []
+
+
+def test_page_tokens_hold_the_last_key_and_refuse_another_query() -> None:
+    from gateways.services.ec2.pages import page_of, paginate
+
+    asked = Params([("Action", "DescribeVolumes"), ("MaxResults", "5"),
+                    ("Filter.1.Name", "size"), ("Filter.1.Value.1", "1")])
+    items = [f"{n:02d}" for n in range(12)]
+    walked, page = [], page_of("DescribeVolumes", asked)
+    while True:
+        shown, token = paginate(items, lambda i: (i,), page)
+        walked.append(shown)
+        if token is None:
+            break
+        page = page_of("DescribeVolumes", Params([*asked.values.items(), ("NextToken", token)]))
+    assert walked == [items[:5], items[5:10], items[10:]]
+    _, token = paginate(items, lambda i: (i,), page_of("DescribeVolumes", asked))
+    assert token is not None and "05" not in token  # opaque
+    for other in (Params([("Action", "DescribeVolumes"), ("NextToken", token)]),
+                  Params([("Action", "DescribeSnapshots"), ("NextToken", token),
+                          ("Filter.1.Name", "size"), ("Filter.1.Value.1", "1")]),
+                  Params([("NextToken", "%%%")]), Params([("NextToken", "W10")])):
+        with pytest.raises(Ec2Error) as e:
+            page_of(str(other.get("Action", "DescribeVolumes")), other)
+        assert e.value.code == "InvalidParameterValue"
+
+
+def test_tags_are_kept_in_the_store_across_a_reopen(tmp_path: object) -> None:
+    from pathlib import Path
+    path = Path(str(tmp_path)) / "ec2.db"
+    store = Ec2Store(path)
+    store.set_tags({"i-1": ("alice", {"Name": "web"}), "vol-1": ("alice", {})}, {"env": "a"})
+    store.delete_tags({"i-1": ("alice", {"Name": "web"})}, {"Name": None})
+    store.close()
+    store = Ec2Store(path)
+    assert store.tags(["i-1", "vol-1", "snap-1"]) == {
+        "i-1": {"Name": None, "env": "a"}, "vol-1": {"env": "a"}, "snap-1": {}}
+    store.close()
