@@ -51,7 +51,7 @@ def check_quota(ctx: Any, tag: str, command: Any, owner: str | None) -> None:
     if owner is None or check is None or tag not in ("vm.deploy", "volume.create"):
         return
     if governs is not None and not governs(owner):
-        return  # an account the ACL does not know has no limits there
+        return  # no limit applies to this account (or the ACL does not know it)
     if tag == "vm.deploy":
         offering = _offering(ctx, command.service_offering_id)
         if offering is None:

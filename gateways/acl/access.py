@@ -239,9 +239,19 @@ class AclAccess:
     # ----------------------------------------------------------------------- quotas
 
     def governs(self, account: str) -> bool:
-        """Whether the account is one of the ACL's (so its limits apply)."""
-        self.service.directory.refresh()
-        return account in self.service.directory.accounts
+        """Whether a limit applies to the account: its own, or a domain's above it. Without
+        one there is nothing to check, and its usage is not counted (that reads every row of
+        the account's VMs and volumes)."""
+        directory = self.service.directory
+        directory.refresh()
+        found = directory.accounts.get(account)
+        if found is None:
+            return False
+        if found.limits:
+            return True
+        domain = directory.domains.get(found.domain_path)
+        return any((node := directory.domains.get(path)) is not None and bool(node.limits)
+                   for path in (domain.ancestry() if domain else ()))
 
     def domain_accounts(self, account: str) -> dict[str, tuple[str, ...]]:
         """For each domain above the account (its own included) that has limits, every

@@ -207,3 +207,13 @@ def test_limits_of_account_and_ancestor_domains(acl: Acl) -> None:
     assert acl.access.domain_accounts("sub_acct") == {
         "ROOT/par": ("mine_acct", "par_acct", "sib_acct", "sub_acct")}
     assert acl.access.domain_accounts("ops") == {}  # ROOT has no limits
+
+
+def test_only_accounts_under_some_limit_are_governed(acl: Acl) -> None:
+    """No limit on the account or above it: nothing to check, so usage is never counted."""
+    assert not acl.access.governs("mine_acct") and not acl.access.governs("nobody")
+    acl.service.set_limits("domain", "ROOT/par", {"max_vms": 9})
+    assert acl.access.governs("mine_acct") and acl.access.governs("sub_acct")
+    assert not acl.access.governs("ops")  # ROOT itself has no limits
+    acl.service.set_limits("account", "ops", {"max_volumes": 1})
+    assert acl.access.governs("ops")
