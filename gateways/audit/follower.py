@@ -2,8 +2,9 @@
 
 `cloudkernel audit seal --follow` runs it alone; `cloudkernel up` runs it beside the kernel
 with the key in `<data_dir>/audit`, so the platform seals its log from its first start. The
-sealer itself is synchronous and runs in a thread; checkpoints go to core NATS on
-`cloudkernel.audit.checkpoints`, so a copy lives outside the database and its host.
+sealer itself is synchronous and runs in a thread; checkpoints are stored in the
+JetStream stream AUDIT_CHECKPOINTS (subject `cloudkernel.audit.checkpoints`), so a copy lives
+outside the database and its host, readable later by anyone who keeps watch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateways.audit.seal import SUBJECT, Checkpoint, Sealer
+
+STREAM = "AUDIT_CHECKPOINTS"
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ class SealFollower:
         self.publish = publish and bool(self.servers)
         self.made: list[Checkpoint] = []
         self.published = 0
+        self.failing = False
         sealer.on_checkpoint = self.made.append
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -61,14 +65,33 @@ class SealFollower:
             if nc is None or nc.is_closed:
                 nc = await nats.connect(servers=self.servers, connect_timeout=2,
                                         max_reconnect_attempts=-1)
-            for cp in self.made[self.published:]:
-                await nc.publish(SUBJECT, cp.to_json().encode())
-            await nc.flush(timeout=5)
-            self.published = len(self.made)
-        except Exception as e:  # retried at the next poll
-            log.warning("audit: could not publish %d checkpoints on NATS (%s); kept in %s",
-                        len(self.made) - self.published, e, self.sealer.dir)
+            await publish_checkpoints(nc, self.made[self.published:])
+            self.published, self.failing = len(self.made), False
+        except Exception as e:  # retried at the next poll; said once, not every poll
+            (log.debug if self.failing else log.warning)(
+                "audit: could not publish %d checkpoints on NATS (%s); kept in %s, retrying",
+                len(self.made) - self.published, e, self.sealer.dir)
+            self.failing = True
         return nc
+
+
+async def publish_checkpoints(nc: Any, checkpoints: Sequence[Checkpoint]) -> None:
+    """Store checkpoints in the JetStream stream AUDIT_CHECKPOINTS (created if missing), so
+    the copy outside the database outlives any subscriber: one message per tree size
+    (`Nats-Msg-Id`), so publishing one again stores nothing twice."""
+    from nats.js.api import StorageType, StreamConfig
+    from nats.js.errors import NotFoundError
+
+    js = nc.jetstream()
+    try:
+        await js.stream_info(STREAM)
+    except NotFoundError:
+        await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT],
+                                         storage=StorageType.FILE,
+                                         duplicate_window=24 * 3600.0))
+    for cp in checkpoints:
+        await js.publish(SUBJECT, cp.to_json().encode(), stream=STREAM,
+                         headers={"Nats-Msg-Id": f"checkpoint-{cp.tree_size}-{cp.root_hash}"})
 
 
 def platform_follower(app: Any, audit_dir: Any, servers: Sequence[str]) -> SealFollower:

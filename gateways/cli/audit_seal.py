@@ -143,13 +143,11 @@ def cmd_seal(settings: Settings, args: argparse.Namespace) -> int:
 async def _publish_all(settings: Settings, checkpoints: list[Any]) -> None:
     import nats
 
-    from gateways.audit.seal import SUBJECT
+    from gateways.audit.follower import publish_checkpoints
 
     nc = await nats.connect(servers=list(settings.nats_servers))
     try:
-        for cp in checkpoints:
-            await nc.publish(SUBJECT, cp.to_json().encode())
-        await nc.flush()
+        await publish_checkpoints(nc, checkpoints)
     finally:
         await nc.close()
 

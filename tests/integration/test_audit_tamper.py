@@ -205,10 +205,32 @@ def test_checkpoints_are_published_on_nats(platform: Platform, nats_server: Any,
         await nc.close()
         return got
 
+    async def stored() -> list[dict[str, Any]]:
+        """What the AUDIT_CHECKPOINTS stream holds, read after the fact."""
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        info = await js.stream_info("AUDIT_CHECKPOINTS")
+        out = [json.loads((await js.get_msg("AUDIT_CHECKPOINTS", seq)).data or b"null")
+               for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+        await nc.close()
+        return out
+
     published = asyncio.run(seal_and_listen())
     lines = (Path.cwd() / "data/audit/checkpoints.jsonl").read_text().splitlines()
     kept = [json.loads(line) for line in lines]
     assert published == kept and len(kept) >= 4
+    # a copy outside the database that a late reader still finds, each checkpoint once
+    assert asyncio.run(stored()) == kept
+    from gateways.audit.follower import publish_checkpoints
+    from gateways.audit.seal import read_checkpoints
+
+    async def again() -> None:
+        nc = await nats.connect(nats_server.url)
+        await publish_checkpoints(nc, read_checkpoints(Path.cwd() / "data/audit"))
+        await nc.close()
+
+    asyncio.run(again())
+    assert asyncio.run(stored()) == kept
 
 
 def test_the_follower_seals_new_events_until_sigterm(
