@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -35,6 +36,14 @@ def add_services_commands(sub: Any) -> None:
     show.add_argument("name", metavar="NAME")
     show.add_argument("--json", action="store_true", help="print JSON instead of text")
     show.set_defaults(run=cmd_show)
+    key = actions.add_parser(
+        "key", help="write a service's key to a file, to run it on another machine",
+        description="Write the service's own key (made in the keyring if it has none) to FILE "
+                    "(mode 0600). Copy it to <data_dir>/services/NAME.key on the machine that "
+                    "runs the service.")
+    key.add_argument("name", metavar="NAME")
+    key.add_argument("--out", required=True, type=Path, metavar="FILE")
+    key.set_defaults(run=cmd_key)
     for action, help_ in (("enable", "switch a service on"),
                           ("disable", "switch a service off (it keeps running, refusing its "
                                       "own clients); orchestration is not affected"),
@@ -47,6 +56,18 @@ def add_services_commands(sub: Any) -> None:
                        help="who does it, recorded as the event's actor (default: the OS user)")
         q.add_argument("--json", action="store_true", help="print JSON instead of text")
         q.set_defaults(run=cmd_switch, action=action)
+
+
+def cmd_key(settings: Settings, args: argparse.Namespace) -> int:
+    """Write a service's key to a file for another machine."""
+    from gateways.services.credentials import export_credentials
+
+    if args.out.exists() and args.out.is_dir():
+        raise ValidationError(f"--out {args.out} is a directory; name a file")
+    made = export_credentials(settings, args.name, args.out)
+    print(f"service {args.name}: key {made.key_id} written to {args.out} (mode 0600); copy it "
+          f"to <data_dir>/services/{args.name}.key where the service runs")
+    return 0
 
 
 def _registrations(settings: Settings, name: str | None = None) -> list[dict[str, Any]]:

@@ -47,10 +47,26 @@ def credentials_path(data_dir: Path, name: str) -> Path:
 
 def service_credentials(settings: Settings, name: str) -> ServiceCredentials:
     """The service's key: the kept one while the keyring still has it active, else a new one
-    made in the keyring and kept (0600)."""
+    made in the keyring and kept (0600).
+
+    On a machine without the platform's keyring (a service deployed elsewhere), a kept key is
+    used as it is, and the platform's intake decides: copy it there from the file
+    `cloudkernel services key NAME --out FILE` writes on the platform's machine. Without one,
+    a key is made in a keyring of this machine, which the platform will not know.
+    """
     require_service_name(name)
-    keyring = Keyring(keys_path(settings))
     path = credentials_path(settings.data_dir, name)
+    if not keys_path(settings).is_file():
+        kept = _read(path)
+        if kept is not None:
+            return kept  # a machine without the platform's keyring: the intake decides
+    return _from_keyring(settings, name)
+
+
+def _from_keyring(settings: Settings, name: str) -> ServiceCredentials:
+    """The kept key while the platform's keyring has it active, else a new one made there."""
+    path = credentials_path(settings.data_dir, name)
+    keyring = Keyring(keys_path(settings))
     with _locked(path):
         kept = _read(path)
         if kept is not None:
@@ -62,6 +78,16 @@ def service_credentials(settings: Settings, name: str) -> ServiceCredentials:
         made = ServiceCredentials(key.id, key.secret)
         _write(path, made)
         return made
+
+
+def export_credentials(settings: Settings, name: str, out: Path) -> ServiceCredentials:
+    """Write the service's key (made in the platform's keyring if needed) to `out` (0600),
+    for a machine elsewhere."""
+    require_service_name(name)
+    credentials = _from_keyring(settings, name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write(out, credentials)
+    return credentials
 
 
 def _read(path: Path) -> ServiceCredentials | None:

@@ -188,3 +188,27 @@ def test_the_cli_shows_live_instances_when_nats_answers(
     assert code == 0 and "instance abc123 on h1 pid 42" in out
     code, out, _ = cli(capsys, "services")
     assert code == 0 and "  1  " in out and "unknown" not in out
+
+
+def test_a_services_key_file_runs_it_on_a_machine_without_the_keyring(
+        settings: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from gateways.access import Keyring, keys_path
+    from gateways.services.credentials import credentials_path, service_credentials
+
+    code, out, _ = cli(capsys, "services", "key", "ec2", "--out", str(tmp_path / "ec2.key"))
+    assert code == 0 and "written to" in out
+    assert (tmp_path / "ec2.key").stat().st_mode & 0o777 == 0o600
+    made = service_credentials(settings, "ec2")  # the platform's own copy: the same key
+    assert Keyring(keys_path(settings)).get(made.key_id) is not None
+
+    elsewhere = replace(settings, data_dir=tmp_path / "elsewhere", keys_file="")
+    target = credentials_path(elsewhere.data_dir, "ec2")
+    target.parent.mkdir(parents=True)
+    target.write_bytes((tmp_path / "ec2.key").read_bytes())
+    target.chmod(0o600)
+    assert service_credentials(elsewhere, "ec2") == made  # used as it is, no keyring made
+    assert not keys_path(elsewhere).exists()
+    code, _, err = cli(capsys, "services", "key", "ec2", "--out", str(tmp_path))
+    assert code == 2 and "is a directory" in err
