@@ -238,9 +238,12 @@ class ServiceRuntime:
                 None if result.replayed else sent - timedelta(seconds=60)
         return result
 
-    async def wait_operation(self, operation_id: UUID, timeout: float = 120) -> OperationOutcome:
-        """Wait, through the operation's public events, until it ended."""
-        since = self._sent_at.get(UUID(str(operation_id)))
+    async def wait_operation(self, operation_id: UUID, timeout: float = 120, *,
+                             since: datetime | None = None) -> OperationOutcome:
+        """Wait, through the operation's public events, until it ended. The stream is read
+        from when this runtime sent the command that started it, else from `since` (e.g.
+        the time of an event that named it), else from its start."""
+        since = self._sent_at.get(UUID(str(operation_id)), since)
         return await wait_for_operation(self.nc.jetstream(), UUID(str(operation_id)),
                                         timeout=timeout, since=since)
 
