@@ -10,6 +10,10 @@ volumes over HTTP (JSON), in a process of its own that talks to the platform onl
   `Authorization: Bearer <token>`; each change is a command sent with that token, so the
   platform's ACL decides it as that user. A tenant sees only its own account's resources.
 
+* Its contract is served without a token: `GET /v1/openapi.json` (OpenAPI 3.1, built from
+  the request Structs of `bodies` and the answer Structs of `openapi`) and `GET /v1/docs` (an
+  offline page of it); `GET /healthz` answers 200, or 503 while disabled, for load balancers.
+
 Routes: see `gateways.services.enduser.routes`. Run it with `python -m gateways.services.enduser
 [--config FILE]`.
 """

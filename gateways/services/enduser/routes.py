@@ -6,6 +6,7 @@ caller's account: another account's id answers 404, as a missing one does, so id
 leak. Changes are commands sent with the caller's bearer token (`ServiceRuntime.command`), so
 the platform's ACL decides each one again. Creating needs an `Idempotency-Key` header (a retry
 with the same key answers the first result); the other actions take one if given.
+`/healthz`, `/v1/openapi.json` and `/v1/docs` need no token and answer even while disabled.
 """
 
 import asyncio
@@ -18,7 +19,17 @@ from uuid import UUID
 import msgspec
 from aiohttp import web
 
+from gateways.services.enduser import openapi
 from gateways.services.enduser.auth import Authenticator, Caller
+from gateways.services.enduser.bodies import (
+    IDEMPOTENCY_KEY,
+    MAX_BODY,
+    AttachBody,
+    DeployBody,
+    LoginBody,
+    NoBody,
+    VolumeBody,
+)
 from gateways.services.enduser.errors import (
     COMMAND_STATUS,
     ApiError,
@@ -32,8 +43,6 @@ from gateways.services.framework import CommandRefusedError
 from gateways.services.tenant_view import TenantView
 
 T = TypeVar("T")
-IDEMPOTENCY_KEY = "Idempotency-Key"
-MAX_BODY = 64 * 1024
 
 
 class Runtime(Protocol):
@@ -66,44 +75,6 @@ class EndUser:
 
 
 ENDUSER: web.AppKey[EndUser] = web.AppKey("cloudkernel_enduser", EndUser)
-
-
-class LoginBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """`POST /v1/login`."""
-
-    username: str
-    password: str
-
-
-class DeployBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """`POST /v1/vms`: what a tenant chooses; its account is the caller's."""
-
-    name: str
-    zone_id: UUID
-    offering_id: UUID
-    template_id: UUID
-    network_ids: tuple[UUID, ...] = ()
-    root_size_bytes: int | None = None
-
-
-class VolumeBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """`POST /v1/volumes`: a blank data volume (a disk offering's size or `size_bytes`)."""
-
-    name: str
-    zone_id: UUID
-    size_bytes: int | None = None
-    disk_offering_id: UUID | None = None
-    vm_id: UUID | None = None  # attach it to this (Running) VM of the account at once
-
-
-class AttachBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """`POST /v1/volumes/{id}/attach`."""
-
-    vm_id: UUID
-
-
-class NoBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """An action without fields (`{}` or nothing)."""
 
 
 async def _body(request: web.Request, type_: type[T], what: str) -> T:
@@ -316,13 +287,25 @@ async def catalog(request: web.Request) -> web.Response:
     return json_response(await ctx.read(read))
 
 
+async def healthz(request: web.Request) -> web.Response:
+    """`GET /healthz` (no token): 200 while enabled, 503 while the admin disabled it."""
+    ctx = request.app[ENDUSER]
+    enabled = bool(ctx.runtime.enabled)
+    return json_response({"status": "ok", "service": ctx.name, "enabled": enabled},
+                         status=200 if enabled else 503)
+
+
+# What a disabled service still serves: its health and its contract.
+ALWAYS_SERVED = frozenset({"/healthz", "/v1/openapi.json", "/v1/docs"})
+
+
 @web.middleware
 async def enabled_middleware(request: web.Request,
                              handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                              ) -> web.StreamResponse:
     """A service the admin disabled answers 503, naming itself."""
     ctx = request.app[ENDUSER]
-    if not ctx.runtime.enabled:
+    if not ctx.runtime.enabled and request.path not in ALWAYS_SERVED:
         raise ApiError(503, "service_disabled", f"the {ctx.name} service is disabled by the "
                        "platform's admin; orchestration itself is unaffected",
                        headers={"Retry-After": "30"})
@@ -347,4 +330,6 @@ def make_app(ctx: EndUser) -> web.Application:
     r.add_delete("/v1/volumes/{id}", delete_volume)
     r.add_post("/v1/volumes/{id}/{action:attach|detach}", volume_action)
     r.add_get("/v1/operations/{id}", get_operation)
+    r.add_get("/healthz", healthz)
+    openapi.add_routes(app)
     return app
