@@ -41,7 +41,7 @@ from gateways.access import (
     verify,
 )
 from gateways.acl.directory import AclDirectory
-from gateways.acl.secrets import read_token
+from gateways.acl.secrets import TokenClaims, read_token
 from gateways.acl.service import AclService
 
 TENANT_COMMANDS: tuple[str, ...] = ("vm.*", "volume.*", "network.*", "snapshot.*", "backup.*",
@@ -104,6 +104,22 @@ class RefusalAudit:
                                    owner=None, reason=reason)
 
 
+def token_user(directory: AclDirectory, claims: TokenClaims, now: float) -> AclUser:
+    """The enabled user a token's claims name; a token a SigV4 check issued for an API key
+    ends when that key is revoked or expires."""
+    directory.refresh()
+    user = directory.users.get(claims.sub)
+    if user is None or user.disabled:
+        raise UnauthenticatedError(f"user {claims.sub} no longer exists or is disabled")
+    if claims.key is not None:
+        key = directory.keys.get(claims.key)
+        if key is None or key.revoked or (key.expires_at is not None
+                                          and key.expires_at.timestamp() <= now):
+            raise UnauthenticatedError(f"the bearer token was issued for key {claims.key}, "
+                                       "which is revoked or expired")
+    return user
+
+
 def key_user(directory: AclDirectory, key: AclApiKey, replays: ReplayCache, signature: str,
              now: float) -> AclUser:
     """The enabled user of a live key whose (already checked) signature is used for the first
@@ -157,12 +173,9 @@ class AclAccess:
         return _principal(user, key.key_id, key.scope)
 
     def authenticate_bearer(self, token: str) -> Principal:
-        """The principal of a genuine, unexpired bearer token from `login`."""
+        """The principal of a genuine, unexpired bearer token from `login` (or a SigV4 check)."""
         claims = read_token(self.service.master, token, now=self.clock())
-        self.service.directory.refresh()
-        user = self.service.directory.users.get(claims.sub)
-        if user is None or user.disabled:
-            raise UnauthenticatedError(f"user {claims.sub} no longer exists or is disabled")
+        user = token_user(self.service.directory, claims, self.clock())
         return _principal(user, TOKEN_KEY_PREFIX + claims.jti, ())
 
     # ----------------------------------------------------------------------- authorization

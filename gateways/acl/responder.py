@@ -45,7 +45,13 @@ from aggregates.errors import (
     UnauthenticatedError,
     ValidationError,
 )
-from gateways.acl.access import TOKEN_KEY_PREFIX, RefusalAudit, ReplayCache, key_user
+from gateways.acl.access import (
+    TOKEN_KEY_PREFIX,
+    RefusalAudit,
+    ReplayCache,
+    key_user,
+    token_user,
+)
 from gateways.acl.client import (
     AUTHENTICATE_SUBJECT,
     LOGIN_SUBJECT,
@@ -138,12 +144,10 @@ class AclResponder:
 
     def authenticate(self, token: str) -> AclPrincipal:
         """The principal of a genuine, unexpired token of an enabled user."""
-        claims = read_token(self.service.master, token, now=self.clock())
-        self.service.directory.refresh()
-        user = self.service.directory.users.get(claims.sub)
-        if user is None or user.disabled:
-            raise UnauthenticatedError(f"user {claims.sub} no longer exists or is disabled")
-        return principal_of(user, TOKEN_KEY_PREFIX + claims.jti)
+        now = self.clock()
+        claims = read_token(self.service.master, token, now=now)
+        return principal_of(token_user(self.service.directory, claims, now),
+                            TOKEN_KEY_PREFIX + claims.jti)
 
     def verify_sigv4(self, request: SigV4Verification) -> tuple[str, AclPrincipal]:
         """A bearer token and the principal of a valid SigV4 signature (see the module)."""
@@ -167,7 +171,8 @@ class AclResponder:
                                 str(e), now)
             raise
         lifetime = min(self.sigv4_token_seconds, self.service.token_lifetime)
-        token = issue_token(self.service.master, user.username, now=now, lifetime=lifetime)
+        token = issue_token(self.service.master, user.username, now=now, lifetime=lifetime,
+                            key_id=key.key_id)
         return token, principal_of(user, key.key_id)
 
     def _check_key(self, key: AclApiKey, request: SigV4Verification, amz_date: str,

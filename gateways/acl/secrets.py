@@ -76,6 +76,7 @@ class TokenClaims(msgspec.Struct, frozen=True):
     iat: int
     exp: int
     jti: str
+    key: str | None = None  # the API key a SigV4 check issued it for: revoking that ends it
 
 
 _claims = msgspec.json.Decoder(TokenClaims)
@@ -89,10 +90,12 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def issue_token(master: MasterKey, username: str, *, now: float, lifetime: float) -> str:
-    """A bearer token for `username`, valid `lifetime` seconds."""
+def issue_token(master: MasterKey, username: str, *, now: float, lifetime: float,
+                key_id: str | None = None) -> str:
+    """A bearer token for `username`, valid `lifetime` seconds (and while API key `key_id`,
+    when given, stays active)."""
     claims = TokenClaims(sub=username, iat=int(now), exp=int(now + lifetime),
-                         jti=secrets.token_hex(8))
+                         jti=secrets.token_hex(8), key=key_id)
     payload = _b64(msgspec.json.encode(claims))
     return f"{TOKEN_PREFIX}.{payload}.{_b64(master.mac('token', payload.encode()))}"
 

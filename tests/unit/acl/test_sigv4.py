@@ -230,3 +230,23 @@ def test_a_missing_signed_header_or_a_swapped_body_is_refused(acl: Acl) -> None:
         signed_request("GET", "/", "", headers, b"")
     with pytest.raises(UnauthenticatedError, match="X-Amz-Content-SHA256 does not match"):
         signed_request("GET", "/", "", {**headers, "X-Amz-Content-SHA256": "0" * 64}, b"")
+
+
+def test_a_sigv4_token_ends_when_its_key_is_revoked(acl: Acl, responder: AclResponder) -> None:
+    """The token carries the user's rights for 15 minutes, but only while its key is active."""
+    key, secret = acl.service.create_key("alice")
+    other, _ = acl.service.create_key("alice")
+    request, _signer = sign(secret, key.key_id, "GET", f"https://ec2.{REGION}.example/?A=1")
+    token = verify(responder, request)["token"]
+    login = ask(responder, LOGIN_SUBJECT, {"username": "alice", "password": "alicepass"})
+    assert acl.access.authenticate_bearer(token).actor == "alice"
+    acl.service.revoke_key(other.key_id)  # another key of hers: no matter
+    assert ask(responder, AUTHENTICATE_SUBJECT, {"token": token})["ok"] is True
+    acl.service.revoke_key(key.key_id)
+    with pytest.raises(UnauthenticatedError, match=f"issued for key {key.key_id}, which is "
+                                                    "revoked or expired"):
+        acl.access.authenticate_bearer(token)
+    refused = ask(responder, AUTHENTICATE_SUBJECT, {"token": token})
+    assert refused["error"]["code"] == "unauthenticated"
+    # a token from her password login does not hang on any key
+    assert acl.access.authenticate_bearer(login["token"]).actor == "alice"
