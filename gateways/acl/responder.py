@@ -22,7 +22,6 @@ CK1-HMAC-SHA256 directly to the intake, where their limits apply.
 """
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import re
@@ -66,7 +65,7 @@ from gateways.acl.client import (
 from gateways.acl.secrets import issue_token, read_token
 from gateways.acl.service import AclService
 from gateways.acl.sigv4 import ALGORITHM, TERMINATOR, amz_time, check_scope, signature
-from gateways.stream.connection import connect
+from gateways.stream.requests import Answer, answer_requests
 
 log = logging.getLogger(__name__)
 
@@ -205,49 +204,15 @@ class AclResponder:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; then answer the requests in flight and close."""
-        nc = await connect(self.servers, name="cloudkernel-acl")
-        slots = asyncio.Semaphore(self.max_in_flight)
-        tasks: set[asyncio.Task[None]] = set()
 
-        async def on_request(msg: Msg) -> None:
-            await slots.acquire()  # a flood waits in NATS's pending limits, not in memory
-            task = asyncio.create_task(self._serve(nc, msg, slots))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        def failed(e: Exception, msg: Msg) -> Answer:
+            return _encode(AclReply(ok=False, error=_error(e, msg.subject))), None
 
-        try:
-            subs = [await nc.subscribe(s, queue=QUEUE_GROUP, cb=on_request)
-                    for s in (LOGIN_SUBJECT, AUTHENTICATE_SUBJECT, SIGV4_SUBJECT)]
-            await nc.flush()
-            log.info("acl: answering %s, %s and %s (queue %s)", LOGIN_SUBJECT,
-                     AUTHENTICATE_SUBJECT, SIGV4_SUBJECT, QUEUE_GROUP)
-            self.ready.set()
-            await stop.wait()
-            for sub in subs:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-            if tasks:
-                await asyncio.wait(set(tasks), timeout=30)
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 5)
-            self._executor.shutdown(wait=True)
-
-    async def _serve(self, nc: Any, msg: Msg, slots: asyncio.Semaphore) -> None:
-        try:
-            if not msg.reply:
-                return
-            loop = asyncio.get_running_loop()
-            try:
-                data = await loop.run_in_executor(self._executor, self.handle, msg.subject,
-                                                  msg.data)
-            except Exception as e:  # the pool is gone (shutting down): still answer
-                data = _encode(AclReply(ok=False, error=_error(e, msg.subject)))
-            await nc.publish(msg.reply, data)
-        except Exception:
-            log.exception("acl: could not answer a request on %s", msg.subject[:140])
-        finally:
-            slots.release()
+        await answer_requests(
+            servers=self.servers, name="cloudkernel-acl",
+            subjects=[LOGIN_SUBJECT, AUTHENTICATE_SUBJECT, SIGV4_SUBJECT], queue=QUEUE_GROUP,
+            executor=self._executor, answer=lambda msg: (self.handle(msg.subject, msg.data), None),
+            failed=failed, stop=stop, ready=self.ready, max_in_flight=self.max_in_flight)
 
 
 def _check_form(request: SigV4Verification) -> str:

@@ -17,7 +17,6 @@ thread pool, because the core is synchronous; the event loop only moves bytes.
 """
 
 import asyncio
-import contextlib
 import logging
 import re
 import uuid
@@ -52,7 +51,7 @@ from gateways.access import (
     SignedRequest,
 )
 from gateways.ownership import AccountLookup, owner_of
-from gateways.stream.connection import connect
+from gateways.stream.requests import Answer, answer_requests
 from kernel.bootstrap import CommandRunner
 from kernel.commands import Command
 from kernel.event_feed import CORRELATION_ID
@@ -232,52 +231,26 @@ class CommandIntake:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; then answer the requests in flight and close."""
-        nc = await connect(self.servers, name="cloudkernel-intake")
-        slots = asyncio.Semaphore(self.max_in_flight)
-        tasks: set[asyncio.Task[None]] = set()
 
-        async def on_request(msg: Msg) -> None:
-            # Waiting for a slot here holds back the subscription: a flood queues in NATS's
-            # pending limits, not in this process's memory.
-            await slots.acquire()
-            task = asyncio.create_task(self._serve(nc, msg, slots))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        def answer(msg: Msg) -> Answer:
+            reply = self.handle(msg.subject, msg.headers or {}, msg.data)
+            return reply.data, reply.headers
 
-        try:
-            sub = await nc.subscribe(COMMANDS_PREFIX + ">", queue=QUEUE_GROUP, cb=on_request)
-            await nc.flush()
-            log.info("intake: serving %s (queue %s) with %d commands", COMMANDS_PREFIX + ">",
-                     QUEUE_GROUP, len(self.catalog))
-            self.ready.set()
-            await stop.wait()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            if tasks:
-                await asyncio.wait(set(tasks), timeout=self.drain_timeout)
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 5)
-            self._executor.shutdown(wait=True)
+        def failed(e: Exception, msg: Msg) -> Answer:
+            reply = self._refusal(e, msg.subject, msg.headers or {})
+            return reply.data, reply.headers
 
-    async def _serve(self, nc: Any, msg: Msg, slots: asyncio.Semaphore) -> None:
-        try:
-            if not msg.reply:
-                self.stats["dropped"] += 1
-                log.warning("intake: request on %s without a reply subject dropped (send it "
-                            "as a request to get the result)", msg.subject[:140])
-                return
-            loop = asyncio.get_running_loop()
-            try:
-                reply = await loop.run_in_executor(self._executor, self.handle, msg.subject,
-                                                   msg.headers or {}, msg.data)
-            except Exception as e:  # the pool is gone (shutting down): still answer
-                reply = self._refusal(e, msg.subject, msg.headers or {})
-            await nc.publish(msg.reply, reply.data, headers=reply.headers)
-        except Exception:
-            log.exception("intake: could not answer a request on %s", msg.subject[:140])
-        finally:
-            slots.release()
+        def dropped(msg: Msg) -> None:
+            self.stats["dropped"] += 1
+            log.warning("intake: request on %s without a reply subject dropped (send it "
+                        "as a request to get the result)", msg.subject[:140])
+
+        log.info("intake: %d commands", len(self.catalog))
+        await answer_requests(
+            servers=self.servers, name="cloudkernel-intake", subjects=[COMMANDS_PREFIX + ">"],
+            queue=QUEUE_GROUP, executor=self._executor, answer=answer, failed=failed,
+            stop=stop, ready=self.ready, max_in_flight=self.max_in_flight,
+            drain_timeout=self.drain_timeout, dropped=dropped)
 
 
 # ---------------------------------------------------------------------- shared with the admin API
