@@ -271,24 +271,29 @@ class Keyring:
             os.close(fd)
 
     def _write(self, keys: list[ApiKey]) -> None:
-        data = _file_encoder.encode(_KeyringFile(keys=keys))
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o600)  # before any secret is written
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself must survive a crash
-        finally:
-            os.close(dir_fd)
+        write_private_file(self.path, _file_encoder.encode(_KeyringFile(keys=keys)))
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically, readable by its owner only (mode 0600 before
+    any byte is written), and durably (the file and the rename are fsynced)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)  # before any secret is written
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself must survive a crash
+    finally:
+        os.close(dir_fd)
 
 
 def _check_new_key(actor: str, role: str, allow: tuple[str, ...],
@@ -318,6 +323,16 @@ def _check_new_key(actor: str, role: str, allow: tuple[str, ...],
                               f"{MAX_EXPIRY_DAYS}, got {expires_in_days!r}")
 
 
+def require_signature_headers(request: SignedRequest) -> None:
+    """UnauthenticatedError naming the first signature header the request lacks."""
+    for header, value in ((KEY_ID_HEADER, request.key_id),
+                          (TIMESTAMP_HEADER, request.timestamp),
+                          (SIGNATURE_HEADER, request.signature)):
+        if not value:
+            raise UnauthenticatedError(f"header {header} is required (requests are signed "
+                                       f"with {SCHEME})")
+
+
 class KeyringAccess:
     """AccessControl backed by a Keyring: admins may send everything, integrators what
     their key lists."""
@@ -328,12 +343,7 @@ class KeyringAccess:
 
     def authenticate(self, request: SignedRequest) -> Principal:
         """The principal of a fresh request signed with an active key of the keyring."""
-        for header, value in ((KEY_ID_HEADER, request.key_id),
-                              (TIMESTAMP_HEADER, request.timestamp),
-                              (SIGNATURE_HEADER, request.signature)):
-            if not value:
-                raise UnauthenticatedError(f"header {header} is required (requests are signed "
-                                           f"with {SCHEME})")
+        require_signature_headers(request)
         key = self.keyring.get(request.key_id)
         if key is None:
             raise UnauthenticatedError(f"unknown key id {request.key_id[:64]!r}")

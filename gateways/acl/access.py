@@ -31,13 +31,10 @@ from aggregates.acl.rules import (
 )
 from aggregates.errors import ForbiddenError, UnauthenticatedError, ValidationError
 from gateways.access import (
-    KEY_ID_HEADER,
     MAX_SKEW_SECONDS,
-    SCHEME,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
     Principal,
     SignedRequest,
+    require_signature_headers,
     verify,
 )
 from gateways.acl.directory import AclDirectory
@@ -151,12 +148,7 @@ class AclAccess:
 
     def authenticate(self, request: SignedRequest) -> Principal:
         """The principal of a fresh, first-seen request signed with an active ACL key."""
-        for header, value in ((KEY_ID_HEADER, request.key_id),
-                              (TIMESTAMP_HEADER, request.timestamp),
-                              (SIGNATURE_HEADER, request.signature)):
-            if not value:
-                raise UnauthenticatedError(f"header {header} is required (requests are signed "
-                                           f"with {SCHEME})")
+        require_signature_headers(request)
         directory = self.service.directory
         directory.refresh()
         key = directory.keys.get(request.key_id)

@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import msgspec
 
 from aggregates.errors import ConfigError, UnauthenticatedError
+from gateways.access import write_private_file
 
 MASTER_KEY_FILE = "acl-master.key"
 CREDENTIALS_FILE = "acl-credentials.json"
@@ -182,15 +182,4 @@ class CredentialStore:
             os.close(fd)
 
     def _write(self, data: dict[str, str]) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o600)  # before any hash is written
-            with os.fdopen(fd, "wb") as f:
-                f.write(msgspec.json.encode(data))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_private_file(self.path, msgspec.json.encode(data))

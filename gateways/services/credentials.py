@@ -10,7 +10,6 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from aggregates.errors import ConfigError
 from aggregates.service import require_service_name
-from gateways.access import Keyring, keys_path
+from gateways.access import Keyring, keys_path, write_private_file
 from kernel.settings import Settings
 
 SERVICE_ALLOW: tuple[str, ...] = ("service.register", "vm.deploy", "vm.start", "vm.stop")
@@ -103,18 +102,8 @@ def _read(path: Path) -> ServiceCredentials | None:
 
 
 def _write(path: Path, credentials: ServiceCredentials) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)  # before the secret is written
-        with os.fdopen(fd, "w") as f:
-            json.dump({"key_id": credentials.key_id, "secret": credentials.secret}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_private_file(path, json.dumps({"key_id": credentials.key_id,
+                                         "secret": credentials.secret}).encode())
 
 
 @contextlib.contextmanager
