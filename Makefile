@@ -1,14 +1,17 @@
 # cloudkernel developer entry points. Every target installs first (quick when nothing changed).
 #   make run                      install, then start cloudkernel (`cloudkernel up $(RUN_ARGS)`)
 #   make test PYTEST_ARGS='-k x'  install, then run pytest with PYTEST_ARGS
-#   make lint                     install, then ruff and mypy
+#   make lint                     install, then ruff, mypy and lint-imports (the layering)
+#   make mutation                 install, then mutation testing of the core modules (not in CI;
+#                                 MUTATION_ARGS='aggregates/host.py' runs one module)
 
 SHELL := /bin/bash
 VENV ?= .venv
 PYTEST_ARGS ?=
 RUN_ARGS ?=
+MUTATION_ARGS ?=
 
-.PHONY: install run test lint
+.PHONY: install run test lint mutation
 
 install:
 	VENV="$(abspath $(VENV))" bash scripts/install.sh
@@ -22,3 +25,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+mutation: install
+	$(VENV)/bin/python scripts/mutation.py $(MUTATION_ARGS)

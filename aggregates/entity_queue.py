@@ -38,6 +38,18 @@ class EntityBusyError(DomainRuleError):
                 "owner_id": str(self.owner_id), "operation_id": str(self.operation_id)}
 
 
+class QueueMismatchError(DomainRuleError):
+    """An operation let go of an entity it neither owns nor waits for: the queue the caller
+    holds is not the queue as it is (a stale copy), or the caller is wrong. Never ignored."""
+
+    code = "queue_mismatch"
+
+    def __init__(self, entity_id: UUID, operation_id: UUID, owner: UUID | None) -> None:
+        self.entity_id, self.operation_id, self.owner = entity_id, operation_id, owner
+        super().__init__(f"operation {operation_id} neither owns nor waits for entity "
+                         f"{entity_id} (owner {owner}): this copy of its queue is stale")
+
+
 class EntityQueue(PlatformAggregate):
     """The sync queue of one entity: its owner operation and the operations waiting, FIFO."""
 
@@ -137,15 +149,17 @@ class EntityQueue(PlatformAggregate):
 
     def release(self, operation_id: UUID) -> UUID | None:
         """Let go of the entity, or leave the line; returns the operation that owns it now
-        because of this. An operation neither owning nor waiting changes nothing (so a
-        release repeated after a crash is harmless)."""
+        because of this. QueueMismatchError if the operation neither owns nor waits: a
+        caller never has a reason to release what it does not have, and a copy of the queue
+        that says so is stale (another process changed it)."""
         if self.owner == operation_id:
             next_owner = self.waiting[0] if self.waiting else None
             self._released(operation_id, next_owner)
             return next_owner
         if operation_id in self.waiting:
             self._withdrawn(operation_id)
-        return None
+            return None
+        raise QueueMismatchError(self.entity_id, operation_id, self.owner)
 
     @event(Released)
     def _released(self, operation_id: UUID, next_owner: UUID | None) -> None:
@@ -199,18 +213,22 @@ def admit(queues: Queues, operation_id: UUID, entity_ids: Iterable[UUID], *,
     return Admission(operation_id=operation_id, owned=tuple(owned), waiting_on=None)
 
 
-def release_all(queues: Queues, operation_id: UUID,
-                entity_ids: Iterable[UUID]) -> tuple[UUID, ...]:
+def release_all(queues: Queues, operation_id: UUID, entity_ids: Iterable[UUID], *,
+                waiting_on: UUID | None = None) -> tuple[UUID, ...]:
     """Give up every entity of a finished (or cancelled) operation and leave every line.
 
-    Returns the operations that became the owner of one of these entities, in entity order:
-    call `admit` again for each (they may now take their next entities, or start).
+    An operation that never got all of them (`waiting_on`: the entity it waited for) holds
+    those before it and waits for that one; it never reached the ones after. Returns the
+    operations that became the owner of one of these entities, in entity order: call `admit`
+    again for each (they may now take their next entities, or start).
     """
     promoted: list[UUID] = []
     for entity_id in sorted(set(entity_ids)):
+        if waiting_on is not None and entity_id > waiting_on:
+            break  # taken in sorted order: it never reached these
         queue = queues.get(entity_id)
-        if queue is None:
-            continue
+        if queue is None:  # every entity it took or waits for has its queue
+            raise QueueMismatchError(entity_id, operation_id, None)
         next_owner = queue.release(operation_id)
         if next_owner is not None and next_owner not in promoted:
             promoted.append(next_owner)

@@ -1,19 +1,53 @@
 """The one error hierarchy of cloudkernel, rooted at KernelError.
 
-It lives in the innermost layer so that aggregates can raise it; `kernel.errors` re-exports it.
+It lives in the innermost layer so that aggregates can raise it; every layer and service imports
+it from here.
 """
 
+import re
 from typing import Any
+
+SHOWN_CHARS = 80  # of a value echoed in an error message or a log line
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """`repr(value)` for an error message, cut to `limit` characters with an ellipsis, so that
+    a huge value sent by a client is never echoed back (or logged) whole."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+_LONG = SHOWN_CHARS + 1
+_QUOTED = re.compile(f"'[^'\\n]{{{_LONG},}}'|\"[^\"\\n]{{{_LONG},}}\"")
+_RUN = re.compile(rf"\S{{{SHOWN_CHARS + 3},}}")  # a clipped quoted value is SHOWN_CHARS + 2
+
+
+def clipped(message: str, limit: int = 1000) -> str:
+    """A message with every quoted value and every unbroken run of characters longer than
+    SHOWN_CHARS cut to that many with an ellipsis, and the whole cut to `limit` characters:
+    what a gateway answers and logs of a message that may echo a client's value."""
+    text = _QUOTED.sub(lambda m: m.group()[:SHOWN_CHARS] + "…" + m.group()[0], message)
+    text = _RUN.sub(lambda m: m.group()[:SHOWN_CHARS] + "…", text)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class KernelError(Exception):
     """Root of every error cloudkernel raises on purpose."""
 
     code = "kernel_error"
+    field: str | None = None  # the input field at fault, when the error concerns one
+
+    def __init__(self, *args: object, field: str | None = None) -> None:
+        super().__init__(*args)
+        if field is not None:
+            self.field = field
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready description of the error, with a stable code."""
-        return {"code": self.code, "message": str(self)}
+        """A JSON-ready description of the error, with a stable code (and its field)."""
+        described: dict[str, Any] = {"code": self.code, "message": str(self)}
+        if self.field is not None:
+            described["field"] = self.field
+        return described
 
 
 class DomainRuleError(KernelError):

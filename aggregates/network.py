@@ -10,7 +10,9 @@ the CIDR, never the network, broadcast or gateway address, and never in a reserv
 An Isolated network gets its VLAN when implemented and gives it back on shutdown; a Shared
 network's VLAN is fixed when it is created. Its firewall, port forwarding and static NAT rules
 (`aggregates.network_rules`) are platform state too; `rules_revision` counts their changes, so
-a network element can tell a newer rule set from an older one.
+a network element can tell a newer rule set from an older one. `element_hosts` are the hosts
+its element (libvirt network, bridge, DHCP/DNS entries, rules) was made on; a shutdown
+removes it from each before the network is Shutdown.
 """
 
 from enum import Enum
@@ -96,6 +98,19 @@ class Network(PlatformAggregate):
 
         TOPIC = "network.Destroyed"
 
+    class ElementImplemented(Event):
+        """The network's element (its libvirt network, bridge, DHCP/DNS and rules) is on
+        this host."""
+
+        TOPIC = "network.ElementImplemented"
+        host_id: UUID
+
+    class ElementShutDown(Event):
+        """The network's element was removed from this host."""
+
+        TOPIC = "network.ElementShutDown"
+        host_id: UUID
+
     class IpAllocated(Event):
         """An address was handed to a NIC."""
 
@@ -138,6 +153,7 @@ class Network(PlatformAggregate):
         self.last_error = ""
         self.rules: dict[UUID, NetworkRule] = {}
         self.rules_revision = 0
+        self.element_hosts: tuple[UUID, ...] = ()  # sorted; where its element was made
 
     @classmethod
     def create(cls, *, name: str, zone_id: UUID, cidr: str, gateway: str,
@@ -207,8 +223,11 @@ class Network(PlatformAggregate):
             self.vlan = None
 
     def shutdown(self) -> None:
-        """Record that the network elements were torn down."""
+        """Record that the network elements were torn down (on every host it was made)."""
         self._require({_S.IMPLEMENTED}, "shut down")
+        if self.element_hosts:
+            raise DomainRuleError(f"network {self.name} is still set up on hosts "
+                                  f"{', '.join(map(str, self.element_hosts))}")
         self._shut_down()
 
     @event(ShutDown)
@@ -228,6 +247,29 @@ class Network(PlatformAggregate):
     @event(Destroyed)
     def _destroyed(self) -> None:
         self.state = NetworkState.DESTROYED
+
+    # elements: where the network is realized
+
+    def element_implemented(self, host_id: UUID) -> None:
+        """Record that the network's element is on a host; the same host again records
+        nothing. Recorded in any state but Destroyed: it is what the host has."""
+        self._require(_ADDRESSABLE, "record an element")
+        if host_id not in self.element_hosts:
+            self._element_implemented(host_id)
+
+    @event(ElementImplemented)
+    def _element_implemented(self, host_id: UUID) -> None:
+        self.element_hosts = tuple(sorted((*self.element_hosts, host_id), key=str))
+
+    def element_shut_down(self, host_id: UUID) -> None:
+        """Record that the network's element left a host; a host without it records
+        nothing."""
+        if host_id in self.element_hosts:
+            self._element_shut_down(host_id)
+
+    @event(ElementShutDown)
+    def _element_shut_down(self, host_id: UUID) -> None:
+        self.element_hosts = tuple(h for h in self.element_hosts if h != host_id)
 
     # addresses
 

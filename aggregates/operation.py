@@ -73,6 +73,14 @@ _NOT_STARTED: frozenset[OperationState] = frozenset({_S.ACCEPTED, _S.WAITING})
 NO_BOUND_ARGS = msgspec.Raw(b"null")
 
 
+class QueuedCommand(msgspec.Struct, frozen=True, kw_only=True):
+    """The command of an operation that waits to be planned: who sent it, and the command as
+    tagged JSON (the kernel decodes it when it plans the operation)."""
+
+    actor: str
+    command: msgspec.Raw
+
+
 class Operation(PlatformAggregate):
     """A cloud operation (deploy a VM, say): a plan of steps run, retried and rolled back."""
 
@@ -92,6 +100,22 @@ class Operation(PlatformAggregate):
         plan: Plan
         entity_ids: tuple[UUID, ...]
         at: datetime
+        # The command of an operation accepted while its entities were busy: it is planned
+        # again, on the entities as they are then, when it gets them.
+        command: QueuedCommand | None = None
+
+    class Replanned(Event):
+        """An operation that waited for its entities was planned again on them as they are
+        now: this plan replaces the one it was accepted with."""
+
+        TOPIC = "operation.Replanned"
+        plan: Plan
+        at: datetime
+        # Every entity it changes now, when the new plan needs more (it took them, free).
+        entity_ids: tuple[UUID, ...] = ()
+        # Its kind now, when the command planned again is another kind of operation (a
+        # destroy of a VM that stopped meanwhile is its expunge): "" when unchanged.
+        kind: str = ""
 
     class WaitingForEntity(Event):
         """The operation waits in the queue of an entity another operation holds."""
@@ -160,6 +184,8 @@ class Operation(PlatformAggregate):
 
         TOPIC = "operation.Succeeded"
         at: datetime
+        # Why it succeeded without running a step (its work was done already), if so.
+        note: str = ""
 
     class RolledBack(Event):
         """The operation stopped and every compensation succeeded."""
@@ -171,8 +197,8 @@ class Operation(PlatformAggregate):
         """A step, or a compensation, failed for good and nothing more will be undone."""
 
         TOPIC = "operation.Failed"
-        step_id: UUID
-        phase: Phase
+        step_id: UUID | None  # None: refused before any step ran (see `refuse`)
+        phase: Phase | None
         error_code: str
         message: str
         at: datetime
@@ -185,8 +211,9 @@ class Operation(PlatformAggregate):
 
     @event(Accepted)
     def __init__(self, kind: str, plan: Plan, entity_ids: tuple[UUID, ...],
-                 at: datetime) -> None:
-        self.kind, self.plan, self.entity_ids = kind, plan, tuple(entity_ids)
+                 at: datetime, command: QueuedCommand | None = None) -> None:
+        self.kind, self.entity_ids = kind, tuple(entity_ids)
+        self.command = command
         self.state = OperationState.ACCEPTED
         self.accepted_at = at
         self.started_at: datetime | None = None
@@ -195,6 +222,11 @@ class Operation(PlatformAggregate):
         self.cancel_reason: str | None = None
         self.failed_step: UUID | None = None  # the forward step whose failure stopped it
         self.failure: Failure | None = None
+        self.note = ""
+        self._plan(plan)
+
+    def _plan(self, plan: Plan) -> None:
+        self.plan = plan
         self.completion_order: list[UUID] = []  # forward steps, in the order they succeeded
         self.runs: dict[UUID, StepRun] = {}
         for step in plan.steps:
@@ -206,16 +238,69 @@ class Operation(PlatformAggregate):
 
     @classmethod
     def accept(cls, *, kind: str, plan: Plan, now: datetime, entity_ids: Iterable[UUID] = (),
-               id: UUID | None = None) -> "Operation":
-        """Validate the plan and accept an operation on these entities (kept sorted)."""
+               id: UUID | None = None, command: QueuedCommand | None = None) -> "Operation":
+        """Validate the plan and accept an operation on these entities (kept sorted). With
+        `command`, it is planned again from that command when it gets its entities."""
         if not isinstance(kind, str) or not kind.strip() or kind != kind.strip():
             raise ValidationError(f"operation kind must be non-empty text without surrounding "
                                   f"blanks, got {kind!r}")
-        validate_plan(plan)
+        if command is None or plan.steps:  # a queued command may wait to be planned
+            validate_plan(plan)
+        if command is not None:
+            if not isinstance(command, QueuedCommand):
+                raise ValidationError(f"operation {kind}: command must be a QueuedCommand")
+            require_json(f"operation {kind}", "command", command.command)
         entities = tuple(sorted(set(entity_ids)))
         operation: Operation = cls._create(cls.Accepted, id=id, kind=kind, plan=plan,
-                                           entity_ids=entities, at=_aware(now))
+                                           entity_ids=entities, at=_aware(now),
+                                           command=command)
         return operation
+
+    @property
+    def planned_on_admission(self) -> bool:
+        """Whether it waits to be planned again from its command once it holds its entities."""
+        return self.command is not None and self.state in _NOT_STARTED
+
+    def replan(self, plan: Plan, now: datetime, entity_ids: Iterable[UUID] = (), *,
+               kind: str | None = None) -> None:
+        """Replace the plan of an operation that waited, before it starts (see `Accepted`);
+        `entity_ids` it changes besides those it was accepted on (it holds them now), and its
+        `kind` if the command now makes another kind of operation."""
+        self._require(_NOT_STARTED, "be planned again")
+        if self.command is None:
+            raise self._refuse("be planned again (it was accepted with its plan)")
+        validate_plan(plan)
+        if kind is not None and (not isinstance(kind, str) or not kind.strip()):
+            raise ValidationError(f"operation kind must be non-empty text, got {kind!r}")
+        more = set(entity_ids) - set(self.entity_ids)
+        self._replanned(plan, _aware(now),
+                        tuple(sorted({*self.entity_ids, *more})) if more else (),
+                        "" if kind is None or kind == self.kind else kind)
+
+    @event(Replanned)
+    def _replanned(self, plan: Plan, at: datetime, entity_ids: tuple[UUID, ...] = (),
+                   kind: str = "") -> None:
+        self._plan(plan)
+        if entity_ids:
+            self.entity_ids = tuple(entity_ids)
+        if kind:
+            self.kind = kind
+
+    def refuse(self, error_code: str, message: str, now: datetime) -> None:
+        """End, before any step ran, because what it was asked no longer applies to its
+        entities as they are now that it holds them (they changed while it waited)."""
+        self._require(_NOT_STARTED, "be refused")
+        if not isinstance(error_code, str) or not error_code:
+            raise ValidationError("error_code must be non-empty text")
+        self._failed(None, None, error_code, str(message)[:MAX_MESSAGE_CHARS], _aware(now))
+
+    def complete_unneeded(self, note: str, now: datetime) -> None:
+        """End as succeeded without running a step: what it was asked is done already (a
+        second start of a VM that a first start made Running)."""
+        self._require(_NOT_STARTED, "complete")
+        if not isinstance(note, str) or not note.strip():
+            raise ValidationError("note: say why nothing was left to do")
+        self._succeeded(_aware(now), note[:MAX_MESSAGE_CHARS])
 
     # ------------------------------------------------------------------ entities and start
 
@@ -349,11 +434,16 @@ class Operation(PlatformAggregate):
     def cancel(self, reason: str, now: datetime) -> bool:
         """Stop the operation: at once if nothing ran; else dispatch nothing new, let the
         steps in flight report, then undo what succeeded. False if it is already stopping;
-        refused once finished."""
+        refused once finished, and once an irreversible step was dispatched (what it did
+        cannot be undone: the operation goes on to its end)."""
         if self.state in TERMINAL_STATES:
             raise self._refuse("cancel")
         if self.stopping:
             return False
+        ran = next((r for r in self.forward_steps() if r.irreversible and r.attempts), None)
+        if ran is not None:
+            raise self._refuse(f"cancel: step {ran.subsystem}.{ran.action} ran, and what it "
+                               "did cannot be undone")
         now = _aware(now)
         self._cancel_requested(str(reason), now)
         if self.state in _NOT_STARTED:
@@ -398,15 +488,15 @@ class Operation(PlatformAggregate):
         self.state = OperationState.COMPENSATING
 
     @event(Succeeded)
-    def _succeeded(self, at: datetime) -> None:
-        self.state, self.finished_at = OperationState.SUCCEEDED, at
+    def _succeeded(self, at: datetime, note: str = "") -> None:
+        self.state, self.finished_at, self.note = OperationState.SUCCEEDED, at, note
 
     @event(RolledBack)
     def _rolled_back(self, at: datetime) -> None:
         self.state, self.finished_at = OperationState.ROLLED_BACK, at
 
     @event(Failed)
-    def _failed(self, step_id: UUID, phase: Phase, error_code: str, message: str,
+    def _failed(self, step_id: UUID | None, phase: Phase | None, error_code: str, message: str,
                 at: datetime) -> None:
         self.state, self.finished_at = OperationState.FAILED, at
         self.failure = Failure(step_id=step_id, phase=phase, error_code=error_code,

@@ -105,6 +105,9 @@ class PlannedStep(msgspec.Struct, frozen=True, kw_only=True):
     compensation: Compensation | None = None
     # Not dispatched before this many seconds after the operation started (an expunge delay).
     start_after_seconds: float = 0.0
+    # Its effect cannot be undone (a domain powered off, a file deleted): once it has been
+    # dispatched, the operation goes on to its end and a cancel is refused.
+    irreversible: bool = False
 
     @classmethod
     def of(cls, args: msgspec.Struct, *, step_id: UUID | None = None,

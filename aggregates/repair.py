@@ -129,16 +129,22 @@ NEVER_REASON = {
 }
 
 
-def check_repair(rules: RepairRules, label: str, state: Enum, to_state: Enum,
-                 reason: str) -> str:
-    """Refuse a repair of the entity `label` from `state` to `to_state` that the rules do
-    not allow (RepairRefusedError, saying what to do instead); return the reason, stripped."""
+def check_reason(label: str, reason: str) -> str:
+    """The reason of a repair of `label`, stripped; ValidationError if too short or long."""
     why = reason.strip() if isinstance(reason, str) else ""
     if len(why) < MIN_REASON_LENGTH:
         raise ValidationError(f"reason: say why {label} is repaired, in at least "
                               f"{MIN_REASON_LENGTH} characters (it is recorded with the repair)")
     if len(why) > MAX_REASON_LENGTH:
         raise ValidationError(f"reason: at most {MAX_REASON_LENGTH} characters")
+    return why
+
+
+def check_repair(rules: RepairRules, label: str, state: Enum, to_state: Enum,
+                 reason: str) -> str:
+    """Refuse a repair of the entity `label` from `state` to `to_state` that the rules do
+    not allow (RepairRefusedError, saying what to do instead); return the reason, stripped."""
+    why = check_reason(label, reason)
     src, dst = state.value, to_state.value
     refusal = f"{label} is {src}: cannot repair it to {dst}"
     if dst in NEVER_REASON:

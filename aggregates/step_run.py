@@ -54,10 +54,11 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
-    """Why an operation failed: the step (or compensation) and its last error."""
+    """Why an operation failed: the step (or compensation) and its last error; no step when
+    it was refused before any ran."""
 
-    step_id: UUID
-    phase: Phase
+    step_id: UUID | None
+    phase: Phase | None
     error_code: str
     message: str
 
@@ -110,6 +111,7 @@ class StepRun:
     retry_at: datetime | None = None
     result: msgspec.Raw | None = None
     start_after_seconds: float = 0.0  # after the operation started; forward steps only
+    irreversible: bool = False  # once dispatched, the operation cannot be cancelled
 
     @classmethod
     def forward(cls, step: PlannedStep) -> "StepRun":
@@ -118,7 +120,8 @@ class StepRun:
                    action=step.action, args=step.args, retry=step.retry,
                    deadline_seconds=step.deadline_seconds, depends_on=step.depends_on,
                    compensation_id=step.compensation_id,
-                   start_after_seconds=step.start_after_seconds)
+                   start_after_seconds=step.start_after_seconds,
+                   irreversible=step.irreversible)
 
     @classmethod
     def compensating(cls, step: PlannedStep) -> "StepRun":

@@ -3,7 +3,9 @@
 Templates are known by zone and name (`Template.create_id(zone_id, name)`).
 Registered -> Downloading -> Ready, or Downloading -> Error; an Error template may be
 downloaded again. A completed download whose checksum does not match the registered one
-is recorded as a failed download.
+is recorded as a failed download. `size_bytes` is the size of the disk the template holds (its
+virtual size, as CloudStack's template size; downloads recorded before the kernel read it
+recorded the file's length).
 """
 
 import re

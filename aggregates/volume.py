@@ -25,7 +25,7 @@ from eventsourcing.domain import event
 
 from aggregates.base import PlatformAggregate
 from aggregates.errors import DomainRuleError, ValidationError
-from aggregates.repair import VOLUME_REPAIRS, check_repair
+from aggregates.repair import VOLUME_REPAIRS, RepairRefusedError, check_reason, check_repair
 from aggregates.validation import require_name, require_positive
 
 
@@ -511,11 +511,23 @@ class Volume(PlatformAggregate):
 
     # repair
 
-    def repair(self, to_state: VolumeState, reason: str, *, detach: bool = False) -> None:
+    def repair(self, to_state: VolumeState, reason: str, *, detach: bool = False,
+               vm_gone: bool = False) -> None:
         """Force a stuck volume to a settled state, saying why; with `detach`, a volume
-        stuck Attaching is Ready detached (as a failed attach)."""
-        why = check_repair(VOLUME_REPAIRS, f"volume {self.name}", self.state, to_state, reason)
-        self._repaired(self.state, to_state, why, bool(detach) and self.state is _S.ATTACHING)
+        stuck Attaching is Ready detached (as a failed attach). `vm_gone` (the caller found
+        the VM it is attached to Expunged): it is detached from that VM too, and a Ready one,
+        stuck by that attachment alone, is repaired to Ready, detached."""
+        label = f"volume {self.name}"
+        orphaned = bool(vm_gone) and self.vm_id is not None
+        if orphaned and self.state is _S.READY:
+            if to_state is not _S.READY:
+                raise RepairRefusedError(f"{label} is Ready, attached to vm {self.vm_id}, "
+                                         "which is expunged: repair it to Ready, detached")
+            why = check_reason(label, reason)
+        else:
+            why = check_repair(VOLUME_REPAIRS, label, self.state, to_state, reason)
+        self._repaired(self.state, to_state, why,
+                       orphaned or (bool(detach) and self.state is _S.ATTACHING))
 
     @event(Repaired)
     def _repaired(self, from_state: VolumeState, to_state: VolumeState, reason: str,

@@ -129,13 +129,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
 
-    from gateways.access import Keyring, sign
+    from gateways.access import Keyring
+    from kernel.bootstrap.migrations import migrate_all
+    from kernel.contracts.access import sign
     from kernel.settings import Settings
-    from kernel.store.migrate import migrate
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp) / "data", store="sqlite")
-        migrate(settings)
+        migrate_all(settings)
         t0 = time.perf_counter()
         sample = _fill(settings, args.vms)
         print(f"filled the vms read model with {args.vms:,} rows in "

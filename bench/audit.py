@@ -28,8 +28,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from aggregates.host import Host  # noqa: E402
 from kernel.bootstrap import open_platform  # noqa: E402
+from kernel.bootstrap.migrations import migrate_all  # noqa: E402
 from kernel.settings import Settings  # noqa: E402
-from kernel.store.migrate import migrate  # noqa: E402
 
 PAGE = 10_000
 
@@ -125,7 +125,7 @@ def main() -> int:
         dsn = with_dbname(pg.dsn, create_database(pg.dsn, prefix="bench_"))
         settings = Settings(store="postgres", postgres_dsn=dsn, postgres_pool_size=2,
                             data_dir=work / "data")
-        migrate(settings)
+        migrate_all(settings)
         platform = open_platform(settings)
         app = platform.app
         try:

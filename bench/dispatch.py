@@ -39,14 +39,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig  # noqa: E402
 
 from aggregates.plan import Plan, PlannedStep, RetryPolicy  # noqa: E402
-from gateways.stream.connection import connect  # noqa: E402
 from gateways.stream.embedded import EmbeddedNatsServer  # noqa: E402
 from gateways.stream.kernel_runner import KernelRunner  # noqa: E402
+from kernel.bootstrap.migrations import migrate_all  # noqa: E402
+from kernel.contracts.connection import connect  # noqa: E402
 from kernel.dispatch_feed import DispatchFeed  # noqa: E402
-from kernel.operations import OperationEngine, StartOperation  # noqa: E402
+from kernel.operation_commands import StartOperation  # noqa: E402
+from kernel.operations import OperationEngine  # noqa: E402
 from kernel.settings import Settings  # noqa: E402
 from kernel.store.application import PlatformApplication, open_application  # noqa: E402
-from kernel.store.migrate import migrate  # noqa: E402
 
 STEPS_PER_OP = 10
 OPS_PER_SUBMIT = 100
@@ -78,7 +79,7 @@ def fresh_settings(pg: Any, url: str) -> Settings:
     dsn = with_dbname(pg.dsn, create_database(pg.dsn, prefix="bench_"))
     settings = Settings(store="postgres", postgres_dsn=dsn, nats_urls=(url,),
                         postgres_pool_size=4)
-    migrate(settings)
+    migrate_all(settings)
     return settings
 
 

@@ -25,9 +25,9 @@ from fixtures.libvirt_host import write_test_host  # noqa: E402
 
 from kernel.steps.hypervisor import DefineDomain, DiskSpec, NicSpec, StartDomain  # noqa: E402
 from subsystems.base import StepContext  # noqa: E402
-from subsystems.hypervisor.bench import bare_define_start_rate  # noqa: E402
-from subsystems.hypervisor.connections import close_all  # noqa: E402
 from subsystems.hypervisor.plugin import Hypervisor  # noqa: E402
+from subsystems.libvirt.bench import bare_define_start_rate  # noqa: E402
+from subsystems.libvirt.connections import close_all  # noqa: E402
 
 
 def plugin_rate(uri: str, n: int) -> float:

@@ -33,10 +33,11 @@ import nats  # noqa: E402
 from aggregates.host import Host  # noqa: E402
 from gateways.stream.embedded import EmbeddedNatsServer  # noqa: E402
 from gateways.stream.relay import EventRelay  # noqa: E402
-from kernel.event_feed import EVENTS_STREAM, EventFeed  # noqa: E402
+from kernel.bootstrap.migrations import migrate_all  # noqa: E402
+from kernel.contracts.events import EVENTS_STREAM  # noqa: E402
+from kernel.event_feed import EventFeed  # noqa: E402
 from kernel.settings import Settings  # noqa: E402
 from kernel.store.application import PlatformApplication, open_application  # noqa: E402
-from kernel.store.migrate import migrate  # noqa: E402
 
 
 def hosts(n: int) -> list[Host]:
@@ -51,7 +52,7 @@ def fresh_app(pg: Any) -> tuple[Any, Settings]:
 
     dsn = with_dbname(pg.dsn, create_database(pg.dsn, prefix="bench_"))
     settings = Settings(store="postgres", postgres_dsn=dsn, postgres_pool_size=2)
-    migrate(settings)
+    migrate_all(settings)
     return open_application(PlatformApplication, settings), settings
 
 

@@ -1,38 +1,22 @@
-"""Access decisions for gateways: who signed a request, and whether they may send a command.
+"""The platform's own keyring and the access adapters built on it.
 
-Every gateway (the NATS command intake now, the admin API later) asks one `AccessControl` for
-two decisions: `authenticate` a signed request into a `Principal`, then `authorize` that
-principal for a command tag. `KeyringAccess` is the first implementation, backed by a keyring
-file; the ACL service (domains, accounts, roles, LDAP) will replace it behind the same
-interface.
-
-Requests are signed with HMAC-SHA256 over a canonical string, the same for every transport:
-
-    CK1-HMAC-SHA256\\n{timestamp}\\n{subject}\\n{idempotency_key}\\n{sha256_hex(body)}
-
-The key is the secret's text as UTF-8 bytes, the signature is lowercase hex, and the timestamp
-is unix seconds as a decimal string, refused when more than 300 s off the server's clock.
-Because the idempotency key is signed, a captured request replayed within that window only
-replays the first result: it cannot run the command twice.
+`KeyringAccess` decides for the keys of a keyring file (the admin key `up` prints on its first
+start, integrators' keys); `LayeredAccess` asks several `AccessControl`s in turn, so the ACL
+service's users and the keyring's keys work side by side. The signing scheme and the port are
+the public contract in `kernel.contracts.access`.
 """
 
 import contextlib
 import fcntl
-import fnmatch
-import hashlib
-import hmac
 import math
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal, Protocol
 
 import msgspec
 
@@ -43,113 +27,23 @@ from aggregates.errors import (
     UnauthenticatedError,
     ValidationError,
 )
+from kernel.contracts.access import (
+    MAX_SKEW_SECONDS,
+    ROLES,
+    SCHEME,
+    AccessControl,
+    Principal,
+    Role,
+    SignedRequest,
+    require_signature_headers,
+    verify,
+)
 from kernel.settings import Settings
+from kernel.store.files import write_private_file
 
-SCHEME = "CK1-HMAC-SHA256"
-MAX_SKEW_SECONDS = 300
-IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
-KEY_ID_HEADER = "Cloudkernel-Key-Id"
-TIMESTAMP_HEADER = "Cloudkernel-Timestamp"
-SIGNATURE_HEADER = "Cloudkernel-Signature"
-
-Role = Literal["admin", "integrator"]
-ROLES: tuple[Role, ...] = ("admin", "integrator")
 _ACTOR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,99}$")
 _PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]-]{1,100}$")
-_TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
 MAX_EXPIRY_DAYS = 36500
-
-
-# --------------------------------------------------------------------------- signing
-
-
-@dataclass(frozen=True)
-class SignedRequest:
-    """A request as a gateway received it: what was signed, and the credentials sent along."""
-
-    subject: str
-    idempotency_key: str
-    body: bytes
-    key_id: str = ""
-    timestamp: str = ""
-    signature: str = ""
-
-
-def canonical_string(*, timestamp: str, subject: str, idempotency_key: str,
-                     body: bytes) -> str:
-    """The text a request's signature covers."""
-    return "\n".join((SCHEME, timestamp, subject, idempotency_key,
-                      hashlib.sha256(body).hexdigest()))
-
-
-def sign(secret: str, *, timestamp: str | int, subject: str, idempotency_key: str,
-         body: bytes) -> str:
-    """The hex HMAC-SHA256 signature of a request under `secret`."""
-    text = canonical_string(timestamp=str(timestamp), subject=subject,
-                            idempotency_key=idempotency_key, body=body)
-    return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
-
-
-def verify(secret: str, request: SignedRequest, *, now: float,
-           max_skew: float = MAX_SKEW_SECONDS) -> None:
-    """Raise UnauthenticatedError unless the request is fresh and signed with `secret`."""
-    if not _TIMESTAMP.match(request.timestamp):
-        raise UnauthenticatedError(f"{TIMESTAMP_HEADER} must be unix seconds as a decimal "
-                                   f"number, got {request.timestamp[:40]!r}")
-    skew = int(request.timestamp) - now
-    if abs(skew) > max_skew:
-        raise UnauthenticatedError(
-            f"{TIMESTAMP_HEADER} is {abs(skew):.0f}s {'ahead of' if skew > 0 else 'behind'} "
-            f"the server clock (at most {max_skew:g}s allowed); sign with the current time")
-    expected = sign(secret, timestamp=request.timestamp, subject=request.subject,
-                    idempotency_key=request.idempotency_key, body=request.body)
-    # compare_digest: the time taken must not tell how much of a forged signature was right.
-    if not hmac.compare_digest(expected.encode(), request.signature.lower().encode()):
-        raise UnauthenticatedError(
-            f"{SIGNATURE_HEADER} does not match the request ({SCHEME} over timestamp, subject, "
-            "idempotency key and body hash)")
-
-
-# --------------------------------------------------------------------------- decisions
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who sent a request: the key, the actor recorded on events, and what it may send."""
-
-    key_id: str
-    actor: str
-    role: Role
-    allowed: tuple[str, ...] = ()
-    account: str | None = None  # the account it acts for; None: the whole platform
-
-    def allows(self, command_tag: str) -> bool:
-        """Whether this principal may send the command with this tag."""
-        if self.role == "admin":
-            return True
-        return any(fnmatch.fnmatchcase(command_tag, p) for p in self.allowed)
-
-
-class AccessControl(Protocol):
-    """The one interface through which gateways ask for access decisions."""
-
-    def authenticate(self, request: SignedRequest) -> Principal:
-        """The principal that signed the request; UnauthenticatedError otherwise."""
-        ...
-
-    def authenticate_bearer(self, token: str) -> Principal:
-        """The principal of a bearer token (the web page's); UnauthenticatedError otherwise."""
-        ...
-
-    def authorize(self, principal: Principal, command_tag: str, *,
-                  owner: str | None = None) -> None:
-        """Return if the principal may send this command, on a resource of account `owner`
-        (None: no resource yet, or not an account's); ForbiddenError otherwise."""
-        ...
-
-    def visible_accounts(self, principal: Principal) -> frozenset[str] | None:
-        """The accounts whose resources the principal may see; None: every account."""
-        ...
 
 
 # --------------------------------------------------------------------------- the keyring
@@ -274,28 +168,6 @@ class Keyring:
         write_private_file(self.path, _file_encoder.encode(_KeyringFile(keys=keys)))
 
 
-def write_private_file(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically, readable by its owner only (mode 0600 before
-    any byte is written), and durably (the file and the rename are fsynced)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)  # before any secret is written
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself must survive a crash
-    finally:
-        os.close(dir_fd)
-
-
 def _check_new_key(actor: str, role: str, allow: tuple[str, ...],
                    expires_in_days: float | None) -> None:
     if not isinstance(actor, str) or not _ACTOR.match(actor):
@@ -321,16 +193,6 @@ def _check_new_key(actor: str, role: str, allow: tuple[str, ...],
             or not 0 < expires_in_days <= MAX_EXPIRY_DAYS):
         raise ValidationError(f"--expires-in must be a number of days above 0 and at most "
                               f"{MAX_EXPIRY_DAYS}, got {expires_in_days!r}")
-
-
-def require_signature_headers(request: SignedRequest) -> None:
-    """UnauthenticatedError naming the first signature header the request lacks."""
-    for header, value in ((KEY_ID_HEADER, request.key_id),
-                          (TIMESTAMP_HEADER, request.timestamp),
-                          (SIGNATURE_HEADER, request.signature)):
-        if not value:
-            raise UnauthenticatedError(f"header {header} is required (requests are signed "
-                                       f"with {SCHEME})")
 
 
 class KeyringAccess:
@@ -389,8 +251,17 @@ class LayeredAccess:
             else self.primary
 
     def authenticate(self, request: SignedRequest) -> Principal:
-        """By the keyring for its keys, else by the primary source."""
-        return self._source(request.key_id).authenticate(request)
+        """By the keyring for its keys, else by the primary source; a keyring key's refused
+        request is audited by the primary source, as its own keys' are."""
+        if self._source(request.key_id) is self.primary:
+            return self.primary.authenticate(request)
+        try:
+            return self.keyring.authenticate(request)
+        except UnauthenticatedError as e:
+            key = self.keyring.keyring.get(request.key_id)
+            self._audit(key.actor if key is not None else "", request.key_id, request.subject,
+                        str(e), credentials=True)
+            raise
 
     def authenticate_bearer(self, token: str) -> Principal:
         """Bearer tokens are the primary source's."""
@@ -398,8 +269,24 @@ class LayeredAccess:
 
     def authorize(self, principal: Principal, command_tag: str, *,
                   owner: str | None = None) -> None:
-        """Decided by the source that authenticated the principal."""
-        self._source(principal.key_id).authorize(principal, command_tag, owner=owner)
+        """Decided by the source that authenticated the principal (a keyring key's refusal
+        audited by the primary source)."""
+        if self._source(principal.key_id) is self.primary:
+            self.primary.authorize(principal, command_tag, owner=owner)
+            return
+        try:
+            self.keyring.authorize(principal, command_tag, owner=owner)
+        except ForbiddenError as e:
+            self._audit(principal.actor, principal.key_id, command_tag, str(e),
+                        credentials=False)
+            raise
+
+    def _audit(self, actor: str, key_id: str, command: str, reason: str, *,
+               credentials: bool) -> None:
+        audit = getattr(self.primary, "audit_refusal", None)
+        if audit is not None:
+            audit(principal=actor, key_id=key_id, command=command, reason=reason,
+                  credentials=credentials)
 
     def visible_accounts(self, principal: Principal) -> frozenset[str] | None:
         """As the source that authenticated the principal says."""

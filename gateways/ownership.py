@@ -6,7 +6,7 @@ owns it. Gateways differ only in where they look the account up (the admin API i
 models, the NATS intake in the store), so they pass that lookup in.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -15,6 +15,8 @@ from eventsourcing.application import AggregateNotFoundError
 from aggregates.errors import NotFoundError
 
 OWNED_BY_ID = ("vm_id", "volume_id", "snapshot_id", "backup_id")
+# The read model that names the owning account of a command's target, by id field.
+OWNER_MODELS = {"vm_id": "vms", "volume_id": "volumes", "snapshot_id": "snapshots"}
 
 # (field, id) -> the owning account, or None when not found
 AccountLookup = Callable[[str, UUID], str | None]
@@ -35,6 +37,11 @@ def owner_of(command: Any, lookup: AccountLookup) -> str | None:
     return None
 
 
+def names_target(command: Any) -> bool:
+    """Whether the command names an account's resource by id (its target, or another)."""
+    return any(isinstance(getattr(command, field, None), UUID) for field in OWNED_BY_ID)
+
+
 def store_lookup(repository: Any) -> AccountLookup:
     """Accounts read from the aggregates themselves (the kernel's store)."""
     def lookup(_field: str, target: UUID) -> str | None:
@@ -44,5 +51,17 @@ def store_lookup(repository: Any) -> AccountLookup:
             return None
         account = getattr(found, "account", None)
         return account if isinstance(account, str) else None
+
+    return lookup
+
+
+def read_model_lookup(views: Mapping[str, Any]) -> AccountLookup:
+    """Accounts read from the read models (`views`: by name, those followed here)."""
+    def lookup(field: str, target: UUID) -> str | None:
+        model = OWNER_MODELS.get(field)
+        if model is None or model not in views:
+            return None
+        row = views[model].get(target)
+        return None if row is None else str(row["account"])
 
     return lookup

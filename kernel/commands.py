@@ -8,7 +8,7 @@ version is re-run against the new state, a bounded number of times.
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 from eventsourcing.domain import Aggregate
@@ -25,6 +25,11 @@ CONFLICT_RETRIES = 3
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="command"):
     """Base of every mutating command; subclasses set a stable `tag`."""
+
+    # A cloud command on entities another operation is changing waits for them, and is
+    # planned when it gets them (`kernel.operations`). A command that intervenes in that
+    # operation (cancel a host's maintenance) acts at once instead.
+    waits_for_busy_entities: ClassVar[bool] = True
 
 
 class CommandOutcome(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,11 +17,11 @@ from eventsourcing.persistence import Tracking
 from aggregates.operation import NO_BOUND_ARGS
 from aggregates.plan import Plan, compensation_id
 from aggregates.step_run import Phase
-from kernel.contracts import StepMessage
+from kernel.contracts.steps import StepMessage
 from kernel.store.application import KernelApplication
 
 DISPATCHER = "dispatcher"
-TOPICS = ("operation.Accepted", "operation.StepDispatched")
+TOPICS = ("operation.Accepted", "operation.Replanned", "operation.StepDispatched")
 _Route = tuple[str, str, msgspec.Raw]
 
 
@@ -50,7 +50,7 @@ class DispatchFeed:
         for note in notes:
             event: Any = self.app.mapper.to_domain_event(note)
             op_id = UUID(str(note.originator_id))
-            if note.topic == "operation.Accepted":
+            if note.topic in ("operation.Accepted", "operation.Replanned"):
                 self._remember(op_id, event.plan)
                 continue
             subsystem, action, args = self._route(op_id, event.step_id)
@@ -77,8 +77,13 @@ class DispatchFeed:
 
     def _route(self, op_id: UUID, step_id: UUID) -> _Route:
         routes = self._routes.get(op_id)
-        if routes is None:  # accepted before this feed started: read the plan once
-            accepted = next(iter(self.app.events.get(op_id, lte=1)))
-            self._remember(op_id, accepted.plan)  # type: ignore[attr-defined]
+        if routes is None or step_id not in routes:
+            # accepted before this feed started, or forgotten: read its plans once (the
+            # Accepted one, and any it was planned again with)
+            for e in self.app.events.get(op_id):
+                if isinstance(getattr(e, "plan", None), Plan):
+                    self._remember(op_id, e.plan)  # type: ignore[attr-defined]
+                    if step_id in self._routes[op_id]:
+                        break
             routes = self._routes[op_id]
         return routes[step_id]

@@ -23,7 +23,7 @@ It may return new operations to accept (a deploy retried on another host).
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -33,9 +33,8 @@ from eventsourcing.persistence import IntegrityError
 from aggregates.errors import KernelError, NotFoundError
 from aggregates.operation import Operation
 from aggregates.step_run import Phase, StepRun
-
-if TYPE_CHECKING:
-    from kernel.operations import StartOperation, UnitOfWork
+from kernel.operation_commands import StartOperation
+from kernel.unit_of_work import UnitOfWork
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -70,7 +69,7 @@ class EffectScope:
     New aggregates (`add`) join the batch only when the effect is accepted.
     """
 
-    def __init__(self, uow: "UnitOfWork") -> None:
+    def __init__(self, uow: UnitOfWork) -> None:
         self.uow = uow
         self._seen: dict[UUID, tuple[Aggregate, int]] = {}
         self._new: dict[UUID, Aggregate] = {}
@@ -188,7 +187,7 @@ class OperationEffects(Protocol):
     """What the kernel does when an operation of one kind ends."""
 
     def finished(self, scope: EffectScope, operation: Operation,
-                 now: datetime) -> list["StartOperation"]:
+                 now: datetime) -> list[StartOperation]:
         """Settle the operation's entities; return follow-up operations to accept."""
         ...
 
@@ -230,7 +229,7 @@ class AllOf:
         return cls(tuple(flat))
 
     def finished(self, scope: EffectScope, operation: Operation,
-                 now: datetime) -> list["StartOperation"]:
+                 now: datetime) -> list[StartOperation]:
         """Every hook's settling, and their follow-ups."""
         return [spec for hook in self.hooks for spec in hook.finished(scope, operation, now)]
 
@@ -259,7 +258,7 @@ def step_effect(effects: Effects, op: Operation, run: StepRun) -> Effect | None:
 # when the effect accepted.
 
 
-def bound_args(effects: Effects, uow: "UnitOfWork", op: Operation, run: StepRun,
+def bound_args(effects: Effects, uow: UnitOfWork, op: Operation, run: StepRun,
                attempt: int, now: datetime) -> msgspec.Raw | None:
     """The arguments to dispatch `run` with (None: the plan's); KernelError if unbindable."""
     effect = step_effect(effects, op, run)
@@ -269,7 +268,7 @@ def bound_args(effects: Effects, uow: "UnitOfWork", op: Operation, run: StepRun,
     return None if bound is None else encode(bound)
 
 
-def accept_success(effects: Effects, uow: "UnitOfWork", op: Operation, run: StepRun,
+def accept_success(effects: Effects, uow: UnitOfWork, op: Operation, run: StepRun,
                    attempt: int, result: msgspec.Raw, now: datetime) -> Refusal | None:
     """Record a success's effect; the refusal instead (the batch unchanged) if refused."""
     effect = step_effect(effects, op, run)
@@ -293,7 +292,7 @@ def accept_success(effects: Effects, uow: "UnitOfWork", op: Operation, run: Step
     return None
 
 
-def record_failure(effects: Effects, uow: "UnitOfWork", op: Operation, run: StepRun,
+def record_failure(effects: Effects, uow: UnitOfWork, op: Operation, run: StepRun,
                    attempt: int, error_code: str, message: str, now: datetime) -> None:
     """Record a failed attempt's effect on the entities."""
     effect = step_effect(effects, op, run)
@@ -304,8 +303,8 @@ def record_failure(effects: Effects, uow: "UnitOfWork", op: Operation, run: Step
     scope.merge()
 
 
-def settle(effects: Effects, uow: "UnitOfWork", op: Operation,
-           now: datetime) -> list["StartOperation"]:
+def settle(effects: Effects, uow: UnitOfWork, op: Operation,
+           now: datetime) -> list[StartOperation]:
     """Run the operation kind's `finished`; the follow-up operations it asks for."""
     handler = effects.operations.get(op.kind)
     if handler is None:

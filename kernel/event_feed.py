@@ -1,37 +1,22 @@
-"""The public event feed: every log event, in log order, shaped for integrators.
+"""The public event feed: every log event, in log order, shaped for integrators (the shape
+is the contract in `kernel.contracts.events`)."""
 
-Subjects are `cloudkernel.events.<aggregate>.<Event>`, made from the event's explicit topic
-(`host.CapacityClaimed` -> `cloudkernel.events.host.CapacityClaimed`), so they are as stable
-as the topics: never renamed. The payload is the event's stored msgspec JSON, as it is in the
-log; headers carry what an integrator filters and deduplicates on.
-"""
-
-from collections.abc import Mapping
 from uuid import UUID
 
 import msgspec
 
+from kernel.contracts.events import (
+    ACTOR,
+    CAUSATION_ID,
+    CORRELATION_ID,
+    ORIGINATOR_ID,
+    ORIGINATOR_VERSION,
+    POSITION,
+    SUBJECT_PREFIX,
+    TOPIC,
+    PublicEvent,
+)
 from kernel.store.application import KernelApplication
-
-SUBJECT_PREFIX = "cloudkernel.events."
-EVENTS_STREAM = "EVENTS"
-
-POSITION = "Cloudkernel-Position"
-ORIGINATOR_ID = "Cloudkernel-Originator-Id"
-ORIGINATOR_VERSION = "Cloudkernel-Originator-Version"
-TOPIC = "Cloudkernel-Topic"
-ACTOR = "Cloudkernel-Actor"
-CORRELATION_ID = "Cloudkernel-Correlation-Id"
-CAUSATION_ID = "Cloudkernel-Causation-Id"
-
-
-class PublicEvent(msgspec.Struct, frozen=True):
-    """One log event ready to publish."""
-
-    position: int
-    subject: str
-    headers: Mapping[str, str]
-    payload: bytes
 
 
 class _Audit(msgspec.Struct):
@@ -41,11 +26,6 @@ class _Audit(msgspec.Struct):
 
 
 _audit = msgspec.json.Decoder(_Audit)
-
-
-def subject_of(topic: str) -> str:
-    """`cloudkernel.events.<aggregate>.<Event>` for an event topic."""
-    return SUBJECT_PREFIX + topic
 
 
 class EventFeed:

@@ -34,8 +34,14 @@ class Settings:
     postgres_connect_timeout: int = 5
     nats_urls: tuple[str, ...] = ()
     nats_port: int = 4322
+    nats_replicas: int = 1  # each stream's replicas on a NATS cluster (3 in production)
+    # several kernels (PostgreSQL): partitions of the operations and their leases
+    kernel_partitions: int = 16
+    lease_seconds: float = 5.0
+    kernel_name: str = ""  # this kernel's name in the leases (empty: host-pid-random)
     api_host: str = "127.0.0.1"
     api_port: int = 8480
+    metrics_port: int = 0  # this process's /metrics on api_host (0: none)
     log_level: str = "INFO"
     inventory_file: str = ""
     busy_entities: str = "queue"
@@ -48,7 +54,7 @@ class Settings:
     on_stopped_out_of_band: str = "adopt"  # or "restart"
     on_unexpected_running: str = "adopt"  # or "stop"
     on_unknown_domain: str = "quarantine"  # or "adopt"
-    # ACL service (gateways/acl): LDAP login and bearer tokens
+    # ACL service (services/acl): LDAP login and bearer tokens
     acl_ldap_url: str = ""  # e.g. ldap://ldap.example.org:389; empty: local passwords only
     acl_ldap_user_dn: str = "uid={username},ou=people,dc=example,dc=org"
     acl_ldap_account: str = ""  # the account LDAP users are created in on first login
@@ -174,6 +180,11 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "postgres_connect_timeout": _int_in(1, 300),
     "nats_urls": (_nats_urls, "a list of nats://host:port URLs (comma-separated in the env)"),
     "nats_port": _int_in(1, 65535),
+    "nats_replicas": _int_in(1, 5),
+    "kernel_partitions": _int_in(1, 1024),
+    "lease_seconds": _number_in(0.5, 600),
+    "kernel_name": (_text, "a name for this kernel (unique among the running kernels)"),
+    "metrics_port": _int_in(0, 65535),
     "api_host": (_text, "a host name or IP address"),
     "api_port": _int_in(1, 65535),
     "log_level": _choice("debug", "info", "warning", "error"),

@@ -1,6 +1,7 @@
 """The unit of work of a batch: the aggregates it reads and changes, saved together or not at
 all, and the entity queues it admits operations through."""
 
+import copy
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 from uuid import UUID
@@ -80,9 +81,34 @@ class UnitOfWork:
             return [a for i in self._command_ids if (a := self.touched[i]).pending_events]
         return [a for a in self.touched.values() if a.pending_events]
 
+    def created(self) -> set[UUID]:
+        """Ids of the aggregates this work made (not in the store yet), and of `fresh`."""
+        return {agg_id for agg_id, agg in self.touched.items()
+                if agg.pending_events and agg.pending_events[0].originator_version == 1
+                } | self.fresh
+
     def operations(self) -> Iterator[Operation]:
         """Every operation the batch touched."""
         return (a for a in self.touched.values() if isinstance(a, Operation))
+
+
+class TrialUnitOfWork(UnitOfWork):
+    """A unit of work to try a change on without touching `base`: each aggregate it gets is a
+    copy of the base's (or the store's), and nothing it does is saved."""
+
+    def __init__(self, base: UnitOfWork):
+        super().__init__(base.app, {}, shared=base.shared)
+        self.base = base
+        self.fresh = set(base.fresh)
+
+    def get(self, aggregate_id: UUID) -> Any:
+        """A copy of the aggregate as the base has it (NotFoundError if it does not exist)."""
+        agg = self.touched.get(aggregate_id)
+        if agg is None:
+            found = self.base.touched.get(aggregate_id) or self.base.cache.get(aggregate_id)
+            agg = copy.deepcopy(found) if found is not None else self._load(aggregate_id)
+            self.touched[aggregate_id] = agg
+        return agg
 
 
 class EntityQueues(MutableMapping[UUID, EntityQueue]):

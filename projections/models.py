@@ -251,6 +251,8 @@ class OperationModel(RowModel):
     handlers: ClassVar[dict[type[Any], Handler]] = {
         O.Accepted: _op_accepted,
         O.WaitingForEntity: set_values(state="Waiting"),
+        O.Replanned: update_with(lambda r, e: {**r, "steps_total": len(e.plan.steps),
+                                               "kind": e.kind or r["kind"]}),
         O.Started: update_with(lambda r, e: {**r, "state": "Running", "started_at": e.at}),
         O.StepDispatched: update_with(_op_dispatched),
         O.StepSucceeded: update_with(_op_succeeded),

@@ -4,7 +4,7 @@
 its registration aggregate (the other read models call that `version`).
 
 Liveness (which instances heartbeat now) is not here: it lives in the NATS KV bucket the
-services heartbeat into (`gateways.services.liveness`), because it is not an event.
+services heartbeat into (`kernel.contracts.liveness`), because it is not an event.
 """
 
 from collections.abc import Callable

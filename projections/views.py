@@ -32,6 +32,7 @@ from psycopg.types.json import Jsonb
 from aggregates.errors import ConfigError
 from kernel.settings import Settings
 from kernel.store.application import postgres_env
+from kernel.store.pool_watch import watch
 from projections.models import (
     FLOAT_T,
     INT_T,
@@ -558,7 +559,9 @@ def open_view(model: type[RowModel], settings: Settings, *,
             env["POSTGRES_DBNAME"], env["POSTGRES_HOST"], env["POSTGRES_PORT"],
             env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], schema=settings.postgres_schema,
             pool_size=2, max_overflow=2, max_waiting=100, lock_timeout=10,
-            connect_timeout=settings.postgres_connect_timeout), model)
+            connect_timeout=settings.postgres_connect_timeout,
+            pre_ping=True), model)  # (as the applications': kernel.store.application)
+        watch(view.datastore)
     if create_table:
         view.create_table()
     else:

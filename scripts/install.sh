@@ -13,7 +13,15 @@ STAMP="$VENV/.cloudkernel-install.sha256"
 # libvirt's test:/// driver lives in libvirt0, which libvirt-dev pulls in: no daemon, no qemu.
 # postgresql provides initdb/postgres for the test fixtures; make runs the Makefile.
 # slapd and ldap-utils give the ACL tests a throwaway OpenLDAP server (slapd, slapadd).
-APT_PACKAGES=(libvirt-dev pkg-config python3-venv python3-dev gcc postgresql make slapd ldap-utils chromium)
+# The real-qemu test tier (tests/fixtures/qemu_host.py) starts its own libvirtd and virtlogd:
+# the qemu driver, qemu itself (TCG), qemu-img, dnsmasq and iptables for libvirt's NAT networks.
+# It puts the daemons in namespaces of their own (unshare, nsenter, ip: util-linux, iproute2).
+# Its tiny guest (tests/support/guest_image.py) is a Debian cloud kernel and busybox-static, both
+# fetched with apt-get download (not installed), on a vfat disk made bootable by syslinux
+# (mtools, dosfstools).
+APT_PACKAGES=(libvirt-dev pkg-config python3-venv python3-dev gcc postgresql make slapd ldap-utils chromium
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base
+    iptables iproute2 util-linux syslinux syslinux-common mtools dosfstools)
 
 log() { printf 'install.sh: %s\n' "$*" >&2; }
 

@@ -22,6 +22,10 @@ defined") and returning the same result.
 
 `open()` acquires resources before the first step and `close()` releases them; a factory
 itself does no I/O, so that plugins can be listed without being able to run.
+
+A plugin that needs the platform's state (the planner's capacity index, the guru's address
+index) folds the platform's log into an index of its own. It never opens the store: the
+process that runs it does, and injects a `PlatformLog` (config key `log`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ __all__ = [
     "Action",
     "Handler",
     "NoAnswer",
+    "PlatformLog",
     "Result",
     "StepContext",
     "Subsystem",
@@ -103,6 +108,25 @@ class Action:
     args_type: Any
     handler: Handler
     description: str = ""
+
+
+@runtime_checkable
+class PlatformLog(Protocol):
+    """The platform's event log, read only, as the process that runs a plugin injects it.
+
+    Positions are the store's notification ids, handed out in commit order: once `head()`
+    shows a position, every lower one is committed.
+    """
+
+    def head(self) -> int:
+        """The newest position (0 while the log is empty)."""
+        ...
+
+    def read(self, after: int, limit: int, *, topics: Sequence[str] = (),
+             stop: int | None = None) -> list[tuple[int, Any]]:
+        """Up to `limit` `(position, domain event)` pairs after `after`, in log order: of
+        `topics` only (every topic when empty), and none past `stop` when it is given."""
+        ...
 
 
 @runtime_checkable

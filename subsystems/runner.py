@@ -14,12 +14,17 @@ Error codes of outcomes made here (a StepFailedError brings its own code):
 | `deadline_exceeded` | yes       | ack      | the deadline passed before the step started       |
 | `handler_error`     | yes       | ack      | the handler raised something else (a plugin bug) |
 | `bad_result`        | no        | ack      | the handler's result cannot be encoded to JSON    |
+
+A step published by a kernel at an epoch older than one this runner has seen for the same
+partition comes from a deposed owner (`kernel.leases`): it is terminated without an outcome
+and counted (`refused_epoch`); the partition's new owner publishes what is still in flight.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +34,7 @@ from uuid import UUID
 import msgspec
 
 from aggregates.errors import StepFailedError
-from kernel.contracts import NULL, StepMessage, StepOutcome, step_decoder
+from kernel.contracts.steps import NULL, StepMessage, StepOutcome, step_decoder
 from subsystems.base import NoAnswer, StepContext, Subsystem, action_table, as_utc
 
 __all__ = ["Disposal", "StepRunner", "Verdict"]
@@ -80,6 +85,28 @@ class StepRunner:
         self._decoders: dict[str, msgspec.json.Decoder[Any]] = {
             name: msgspec.json.Decoder(a.args_type) for name, a in self._actions.items()
         }
+        self._epochs: dict[int, int] = {}  # partition -> the newest epoch seen
+        self._epoch_lock = threading.Lock()
+        self.refused_epoch = 0
+
+    def _current_epoch(self, step: StepMessage) -> bool:
+        """Whether the step's epoch is the newest seen for its partition (and note it)."""
+        with self._epoch_lock:
+            seen = self._epochs.get(step.partition, 0)
+            if step.epoch < seen:
+                self.refused_epoch += 1
+                return False
+            self._epochs[step.partition] = step.epoch
+            return True
+
+    @staticmethod
+    def attempt_of(data: bytes) -> tuple[UUID, int] | None:
+        """The step and attempt a message carries (None: not a step message)."""
+        try:
+            ids = _ids_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        return ids.step_id, ids.attempt
 
     @property
     def kinds(self) -> list[str]:
@@ -92,6 +119,11 @@ class StepRunner:
             step = step_decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             return self._undecodable(data, str(e))
+        if step.epoch and not self._current_epoch(step):
+            return Verdict(Disposal.TERM, None,
+                           f"stale_epoch: step {step.step_id} attempt {step.attempt} comes from "
+                           f"epoch {step.epoch} of partition {step.partition}, and epoch "
+                           f"{self._epochs.get(step.partition)} was seen")
         act = self._actions.get(step.action) if step.subsystem == self.subsystem.name else None
         if act is None:
             return self._fail(step, "unknown_action", Disposal.TERM,

@@ -26,6 +26,7 @@ from fixtures import (  # noqa: E402
     with_dbname,
     write_test_host,
 )
+from fixtures.nats_cluster import NatsCluster  # noqa: E402
 from fixtures.processes import reap_dead_children  # noqa: E402
 
 from gateways.stream.embedded import EmbeddedNatsServer  # noqa: E402
@@ -111,6 +112,17 @@ def nats_url(nats_server: EmbeddedNatsServer) -> str:
     return nats_server.url
 
 
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A 3-node NATS cluster on loopback (`sync_interval: always`), private to the test."""
+    cluster = NatsCluster(tmp_path / "nats-cluster")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 # --------------------------------------------------------------------------- libvirt
 
 LibvirtHostFactory = Callable[..., str]
@@ -131,6 +143,63 @@ def libvirt_host_factory(tmp_path: Path) -> LibvirtHostFactory:
 def libvirt_uri(libvirt_host_factory: LibvirtHostFactory) -> str:
     """`test:///...` URI of one simulated host (8 cpus, 16 GiB) with no domains."""
     return libvirt_host_factory()
+
+
+# --------------------------------------------------------------------------- real libvirtd + qemu
+
+QEMU_KVM_ENV = "CLOUDKERNEL_TEST_QEMU_KVM"
+
+
+@pytest.fixture(scope="session")
+def qemu_daemon() -> Iterator[Any]:
+    """A private libvirtd + virtlogd (qemu driver) for the session; guests run under TCG
+    unless CLOUDKERNEL_TEST_QEMU_KVM=1 (see fixtures/qemu_host.py)."""
+    from fixtures.qemu_host import QemuHost
+
+    host = QemuHost("ck-qemu-1", kvm=os.environ.get(QEMU_KVM_ENV) == "1")
+    try:
+        host.start()
+        yield host
+    finally:
+        host.destroy()
+
+
+@pytest.fixture
+def qemu_host(qemu_daemon: Any) -> Iterator[Any]:
+    """The session's libvirtd, which must hold no domain, network or pool volume after the
+    test: what one left fails the test, and is removed so the next starts clean."""
+    qemu_daemon.clean()
+    yield qemu_daemon
+    left = qemu_daemon.clean()
+    if left:
+        pytest.fail(f"the test left these in libvirt: {left}")
+
+
+@pytest.fixture
+def qemu_pair() -> Iterator[tuple[Any, Any]]:
+    """Two more private libvirtds, two hosts to libvirt, their namespaces linked so that a
+    live migration can go from one to the other (stopped after the test)."""
+    from fixtures.qemu_host import QemuHost
+
+    kvm = os.environ.get(QEMU_KVM_ENV) == "1"
+    hosts = [QemuHost(f"ck-qemu-{n}", kvm=kvm, migration_address=f"10.254.0.{n}")
+             for n in (2, 3)]
+    try:
+        for host in hosts:
+            host.start()
+        hosts[0].link(hosts[1])
+        yield hosts[0], hosts[1]
+    finally:
+        for host in hosts:
+            host.destroy()
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> Any:
+    """The tiny bootable guest (built once, cached between runs; support/guest_image.py)."""
+    from support.guest_image import build_guest_image
+
+    return build_guest_image()
 
 
 # --------------------------------------------------------------------------- OpenLDAP (ACL)

@@ -14,20 +14,20 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from eventsourcing.persistence import OperationalError as StoreOperationalError
 
 from gateways.api.commands import add_command_routes
 from gateways.api.context import CONTEXT, ApiContext
 from gateways.api.docs import docs_page
-from gateways.api.errors import error_middleware
+from gateways.api.errors import SERVER_LOG, error_middleware
 from gateways.api.inventory import add_inventory_routes
-from gateways.api.metrics import CONTENT_TYPE, HttpStats, StepStats, core_metrics
+from gateways.api.metrics import CONTENT_TYPE, ApiMetrics
 from gateways.api.openapi import encoded_document
 from gateways.api.services import add_service_routes
 
 log = logging.getLogger(__name__)
 
-HTTP_STATS: web.AppKey[HttpStats] = web.AppKey("cloudkernel_http_stats", HttpStats)
-STEP_STATS: web.AppKey[StepStats] = web.AppKey("cloudkernel_step_stats", StepStats)
+METRICS: web.AppKey[ApiMetrics] = web.AppKey("cloudkernel_metrics", ApiMetrics)
 OPENAPI: web.AppKey[bytes] = web.AppKey("cloudkernel_openapi", bytes)
 MAX_BODY = 1 << 20
 
@@ -69,27 +69,27 @@ async def healthz(request: web.Request) -> web.Response:
         return status, {"status": "ok" if status == 200 else "unavailable",
                         "components": components}
 
-    status, body = await ctx.call(check)
+    try:
+        status, body = await ctx.call(check)
+    except StoreOperationalError as e:  # the store did not answer in time
+        status, body = 503, {"status": "down", "components": {
+            "store": {"status": "down", "error": str(e)}}}
     return web.Response(status=status, body=_encode(body), content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:
     """`GET /metrics`: Prometheus text format."""
-    ctx = request.app[CONTEXT]
-    lines = [*request.app[HTTP_STATS].render(),
-             *await ctx.call(core_metrics, ctx, request.app[STEP_STATS])]
-    return web.Response(body=("\n".join(lines) + "\n").encode(),
-                        headers={"Content-Type": CONTENT_TYPE})
+    body = await request.app[CONTEXT].call(request.app[METRICS].render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 def make_app(context: ApiContext, *, own_context: bool = True) -> web.Application:
     """The admin API over this context; `own_context`: close its thread pool on cleanup."""
-    http = HttpStats()
-    app = web.Application(middlewares=[http.middleware, error_middleware],
-                          client_max_size=MAX_BODY)
+    metrics_ = ApiMetrics(context)
+    app = web.Application(middlewares=[metrics_.http.middleware, error_middleware],
+                          client_max_size=MAX_BODY, handler_args={"logger": SERVER_LOG})
     app[CONTEXT] = context
-    app[HTTP_STATS] = http
-    app[STEP_STATS] = StepStats(context.app)
+    app[METRICS] = metrics_
     app[OPENAPI] = encoded_document(context.catalog)
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:

@@ -10,10 +10,11 @@ key and body answer the first result again, another body is refused with
 `idempotency_key_reused`). The answer names the log positions it wrote (field `position`,
 header `Cloudkernel-Position`; on a replay, the log head, which is past the first run's
 writes): pass it as `wait_for` to a read to see the write. Every
-check happens before the command runs, so a refused call writes nothing.
+check happens before the command runs, so a refused call writes nothing: the checks are
+`gateways.decision`'s, the same as the NATS intake's; this module only frames them in HTTP.
 """
 
-import contextlib
+import functools
 import re
 import uuid
 from collections.abc import Callable
@@ -22,15 +23,13 @@ from typing import Any, NamedTuple
 import msgspec
 from aiohttp import web
 
-from aggregates.base import natural_id
-from aggregates.errors import ForbiddenError, NotFoundError
-from gateways.access import IDEMPOTENCY_KEY_HEADER
-from gateways.api.context import CONTEXT, ApiContext, authenticator
-from gateways.api.errors import ApiError
-from gateways.ownership import owner_of as shared_owner_of
+from aggregates.errors import shown
+from gateways.api.context import CONTEXT, ApiContext, request_credentials
+from gateways.api.errors import ApiError, response_for
+from gateways.decision import CommandDecision, MalformedError
+from gateways.ownership import read_model_lookup
 from gateways.quotas import check_quota
-from gateways.stream.intake import MalformedError, UnknownCommandError, decode_command
-from kernel.commands import Command
+from kernel.contracts.access import IDEMPOTENCY_KEY_HEADER
 
 POSITION_HEADER = "Cloudkernel-Position"
 CORRELATION_HEADER = "Cloudkernel-Correlation-Id"
@@ -65,8 +64,6 @@ RESOURCE_ROUTES: tuple[ResourceRoute, ...] = (
     ResourceRoute("/v1/templates/{id}/download", "template.download", "template_id"),
     ResourceRoute("/v1/operations/{id}/cancel", "operation.cancel", "operation_id"),
 )
-# The read model that names the owning account of a command's target, by id field.
-OWNER_MODELS = {"vm_id": "vms", "volume_id": "volumes", "snapshot_id": "snapshots"}
 
 _encode = msgspec.json.Encoder().encode
 _any = msgspec.json.Decoder()
@@ -95,63 +92,31 @@ def _body_with_id(body: bytes, id_field: str, value: str) -> bytes:
     if not isinstance(raw, dict):
         raise MalformedError(f"body must be a JSON object, got {type(raw).__name__}")
     if id_field in raw and raw[id_field] != value:
-        raise MalformedError(f"body field {id_field} is {raw[id_field]!r} but the path names "
-                             f"{value!r}; leave it out", field=id_field)
+        raise MalformedError(f"body field {id_field} is {shown(raw[id_field])} but the path "
+                             f"names {shown(value)}; leave it out", field=id_field)
     raw[id_field] = value
     return _encode(raw)
 
 
-def owner_of(ctx: ApiContext, command: Command) -> str | None:
-    """The account that owns the command's target (or that a new resource will belong to),
-    looked up in the read models."""
-    def lookup(field: str, target: Any) -> str | None:
-        model = OWNER_MODELS.get(field)
-        if model is None or model not in ctx.runners:
-            return None
-        row = ctx.view(model).get(target)
-        return None if row is None else str(row["account"])
-
-    return shared_owner_of(command, lookup)
+def command_decision(ctx: ApiContext) -> CommandDecision:
+    """The command decision with the API's sources: owners from its read models, limits
+    from its access control and read models."""
+    views = {name: runner.view for name, runner in ctx.runners.items()}
+    return CommandDecision(ctx.catalog, ctx.access, owner_lookup=read_model_lookup(views),
+                           quota=functools.partial(check_quota, ctx), decoders=ctx.decoders)
 
 
 def idempotency_key(request: web.Request) -> str:
-    """The request's idempotency key, or a fresh random one."""
+    """The request's idempotency key, or a fresh random one when it sends none (an empty
+    header is refused, as the document says)."""
     key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
-    if key is None or key == "":
+    if key is None:
         return uuid.uuid4().hex
     if not _KEY.match(key):
         raise ApiError("malformed", f"header {IDEMPOTENCY_KEY_HEADER} must be 1-"
                        f"{MAX_KEY_LENGTH} printable ASCII characters without spaces",
                        field=IDEMPOTENCY_KEY_HEADER)
     return key
-
-
-def _nul_field(value: Any, path: str = "") -> str | None:
-    """The path of the first string (or key) in a decoded JSON value holding a NUL."""
-    if isinstance(value, str):
-        return (path or "body") if "\x00" in value else None
-    items = value.items() if isinstance(value, dict) else \
-        enumerate(value) if isinstance(value, list) else ()
-    for k, v in items:
-        where = f"{path}.{k}" if path else str(k)
-        if isinstance(k, str) and "\x00" in k:
-            return where
-        found = _nul_field(v, where)
-        if found is not None:
-            return found
-    return None
-
-
-def _refuse_nul(body: bytes) -> None:
-    """Refuse a NUL character in any string of the body: PostgreSQL text cannot hold one,
-    so it would stop the read models that fold the command's events."""
-    try:
-        field = _nul_field(_any.decode(body))
-    except msgspec.DecodeError:
-        return  # decode_command says what is wrong with it
-    if field is not None:
-        raise MalformedError(f"{field} must not contain NUL characters (\\u0000)",
-                             field=field.split(".", 1)[0])
 
 
 def _read_position(ctx: ApiContext, outcome: Any) -> int:
@@ -178,45 +143,31 @@ async def run_command(request: web.Request, tag: str, id_field: str | None = Non
     body = await request.read()
     _check_content_type(request, body)
     key = idempotency_key(request)
-    who = authenticator(request, body)
+    credentials = request_credentials(request, body)
+    decision = command_decision(ctx)
 
     def decide_and_run() -> tuple[Accepted, bytes]:
-        principal = who()
-        if tag not in ctx.catalog:
-            raise UnknownCommandError(f"unknown command {tag[:100]!r}; known: "
-                                      f"{', '.join(sorted(ctx.catalog))}")
-        type_, _run = ctx.catalog[tag]
+        principal = decision.authenticate(credentials)
         data = body or b"{}"
         if id_field is not None and target is not None:
             data = _body_with_id(data, id_field, target)
-        if b"\\u0000" in data:
-            _refuse_nul(data)
-        command = decode_command(tag, type_, ctx.decoders[tag], data)
-        owner = owner_of(ctx, command)
-        visible = ctx.access.visible_accounts(principal)
-        if visible is not None and owner is not None and owner not in visible:
-            # Another tenant's: answered as missing, but refused (and so audited) all the same.
-            with contextlib.suppress(ForbiddenError):
-                ctx.access.authorize(principal, tag, owner=owner)
-            raise NotFoundError(f"{tag}: no such resource among the accounts "
-                                f"{principal.actor} may see")
-        ctx.access.authorize(principal, tag, owner=owner)
-        check_quota(ctx, tag, command, owner)
-        # Scoped by actor, as over NATS: another principal's same key is another command.
-        scoped = f"{principal.actor}/{key}"
-        outcome = ctx.run_command(command, scoped, principal.actor)
+        decided = decision.decide(principal, tag, data, key)
+        outcome = decided.run()
         result = _any.decode(outcome.result)
         operation_id = result.get("operation_id") if isinstance(result, dict) else None
         accepted = Accepted(
             command=outcome.command, idempotency_key=key, replayed=outcome.replayed,
             positions=outcome.positions, position=_read_position(ctx, outcome),
-            correlation_id=natural_id("command", scoped),
+            correlation_id=decided.correlation_id,
             operation_id=None if operation_id is None else str(operation_id),
             operation_url=None if operation_id is None else f"/v1/operations/{operation_id}",
             result=outcome.result)
         return accepted, _encode(accepted)
 
-    accepted, data = await ctx.call(decide_and_run)
+    try:
+        accepted, data = await ctx.call(decide_and_run)
+    except Exception as e:  # answered with the key it ran under: a retry may reuse it
+        return response_for(e, request, idempotency_key=key)
     headers = {POSITION_HEADER: str(accepted.position), IDEMPOTENCY_KEY_HEADER: key,
                CORRELATION_HEADER: str(accepted.correlation_id)}
     if accepted.operation_url is not None:

@@ -19,9 +19,9 @@ import msgspec
 from aiohttp import web
 
 from aggregates.errors import ForbiddenError, NotFoundError
-from gateways.access import Principal
 from gateways.api.context import CONTEXT, ApiContext, authenticator
 from gateways.api.errors import ApiError
+from kernel.contracts.access import Principal
 from projections.catalog import MODELS
 from projections.models import Row, RowModel
 from projections.query import QueryError, coerce
@@ -98,8 +98,10 @@ def wait_for_position(ctx: ApiContext, name: str, position: int | None) -> None:
     runner = ctx.runners[name]
     head = runner.head()
     if position > head:
+        # Well-formed, but the log has not reached it: a conflict with the log's state.
         raise ApiError("invalid", f"wait_for={position} is past the log's head ({head}); "
-                       "pass a position a mutating call returned", field="wait_for")
+                       "pass a position a mutating call returned", field="wait_for",
+                       status=409)
     try:
         runner.wait(position, timeout=ctx.wait_timeout)
     except TimeoutError:

@@ -2,7 +2,11 @@
 
 Command bodies come from the command Structs (`msgspec.json.schema_components`), rows from
 the read models' typed columns, answers and errors from the API's own Structs. Nothing is
-written by hand twice, so the document cannot drift from what the server accepts.
+written by hand twice, so the document cannot drift from what the server accepts: what the
+gateway itself refuses of a body (a NUL in any string, `gateways.decision`) is stated on
+every string of the command bodies, a body is required when it has required fields, and
+every status the server answers is declared (schemathesis checks both ways, with all its
+checks, in tests/integration/test_api_schemathesis.py).
 """
 
 import copy
@@ -11,17 +15,17 @@ from typing import Any
 
 import msgspec
 
-from gateways.access import (
+from gateways.api.commands import RESOURCE_ROUTES, Accepted
+from gateways.api.errors import RETRY_AFTER_HEADER, STATUS, ErrorDocument
+from gateways.api.inventory import DEFAULT_LIMIT, MAX_LIMIT, PLATFORM_MODELS, SINGULAR
+from gateways.api.operations import StepView
+from gateways.decision import Catalog
+from kernel.contracts.access import (
     IDEMPOTENCY_KEY_HEADER,
     KEY_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
 )
-from gateways.api.commands import RESOURCE_ROUTES, Accepted
-from gateways.api.errors import STATUS, ErrorDocument
-from gateways.api.inventory import DEFAULT_LIMIT, MAX_LIMIT, PLATFORM_MODELS, SINGULAR
-from gateways.api.operations import StepView
-from gateways.stream.intake import Catalog
 from projections.catalog import MODELS
 from projections.models import FLOAT_T, INT_T, JSON_T, TEXT_T, TS_T, UUID_T, RowModel
 
@@ -54,8 +58,20 @@ def _error(status: int, what: str) -> dict[str, Any]:
                 name="ErrorDocument")}}}}
 
 
+_UNAVAILABLE = {**_error(503, "unavailable: the event store cannot serve now (PostgreSQL "
+                            "restarting, say); retry after Retry-After seconds (a command "
+                            "with the same Idempotency-Key, which applies it at most once)"),
+                "headers": {RETRY_AFTER_HEADER: {"required": True, "description":
+                                                 "seconds to wait before retrying",
+                                                 "schema": {"type": "string",
+                                                            "pattern": "^[0-9]+$"}}}}
 _AUTH_ERRORS = {"401": _error(401, "unauthenticated"), "403": _error(403, "forbidden"),
+                "503": _UNAVAILABLE,
                 "default": _error(500, "any other error, with a stable code")}
+# What the gateway refuses in any string of a command (gateways.decision: PostgreSQL text
+# cannot hold a NUL), stated on every string of the command bodies.
+NO_NUL = "^[^\\x00]*$"
+JSON_VALUE = "JsonValue"
 
 
 def _json(ref: str, description: str) -> dict[str, Any]:
@@ -83,13 +99,18 @@ _WAIT = _param("wait_for", "query", {"type": "integer", "minimum": 0},
 
 def _list_operation(name: str, model: type[RowModel]) -> dict[str, Any]:
     types = {c.name: c for c in model.columns}
+
+    def schema(column: str) -> dict[str, Any]:  # a filter's text may not hold a NUL
+        kind = types[column].type
+        return {**_TYPES[kind], "pattern": NO_NUL} if kind == TEXT_T else _TYPES[kind]
+
     params = [
         _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
                f"rows per page (default {DEFAULT_LIMIT})"),
-        _param("after", "query", _TYPES[types[model.key].type],
+        _param("after", "query", schema(model.key),
                f"keyset cursor: list rows whose {model.key} is after this one"),
         _WAIT,
-        *(_param(f, "query", _TYPES[types[f].type], f"only rows whose {f} equals this")
+        *(_param(f, "query", schema(f), f"only rows whose {f} equals this")
           for f in model.filters),
     ]
     scope = " Needs platform-wide visibility." if name in PLATFORM_MODELS else ""
@@ -97,6 +118,7 @@ def _list_operation(name: str, model: type[RowModel]) -> dict[str, Any]:
             "summary": f"List {name} from the read model, by {model.key}.{scope}",
             "parameters": params,
             "responses": {"200": _json(f"{name}_page", f"a page of {name}"),
+                          "409": _error(409, "wait_for is past the log's head"),
                           "422": _error(422, "a bad query parameter"),
                           "504": _error(504, "wait_for not reached in time"), **_AUTH_ERRORS}}
 
@@ -108,8 +130,40 @@ def _get_operation(name: str, model: type[RowModel], ref: str) -> dict[str, Any]
             "parameters": [_param("id", "path", _TYPES[key.type], model.key, True), _WAIT],
             "responses": {"200": _json(ref, f"the {SINGULAR[name]}"),
                           "404": _error(404, f"no such {SINGULAR[name]} visible to you"),
+                          "409": _error(409, "wait_for is past the log's head"),
                           "422": _error(422, "a bad query parameter"),
                           "504": _error(504, "wait_for not reached in time"), **_AUTH_ERRORS}}
+
+
+def _without_nul(schema: Any) -> Any:
+    """The schema with every string refusing NUL (a pattern, or `propertyNames` for an
+    object's keys) and every free-form value (`{}`) a JSON value without NUL in any string."""
+    if isinstance(schema, list):
+        return [_without_nul(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if schema == {}:
+        return {"$ref": REF.format(name=JSON_VALUE)}
+    out = {k: v if k in ("default", "enum", "const", "examples") else _without_nul(v)
+           for k, v in schema.items()}
+    if out.get("type") == "string" and "format" not in out and "enum" not in out:
+        if "pattern" in out:
+            out = {"allOf": [out, {"pattern": NO_NUL}]}
+        else:
+            out["pattern"] = NO_NUL
+    if out.get("type") == "object":  # a map's keys, and the extra keys a Struct ignores
+        out["propertyNames"] = {"pattern": NO_NUL}
+        out.setdefault("additionalProperties", {"$ref": REF.format(name=JSON_VALUE)})
+    return out
+
+
+_JSON_VALUE_SCHEMA = {
+    "description": "any JSON value without a NUL character in any string or key",
+    "anyOf": [{"type": ["null", "boolean", "number"]},
+              {"type": "string", "pattern": NO_NUL},
+              {"type": "array", "items": {"$ref": REF.format(name=JSON_VALUE)}},
+              {"type": "object", "propertyNames": {"pattern": NO_NUL},
+               "additionalProperties": {"$ref": REF.format(name=JSON_VALUE)}}]}
 
 
 def _body_schema(component: dict[str, Any], id_field: str | None) -> dict[str, Any]:
@@ -133,26 +187,33 @@ def _command_operation(tag: str, op_id: str, schema: dict[str, Any], summary: st
               *_SIGNING]
     if path_param is not None:
         params.insert(0, path_param)
+    # Without a body the command has only the path's id: required when it needs more.
+    required = bool(schema.get("required"))
     return {"operationId": op_id, "tags": [tag.split(".")[0]], "summary": summary,
             "parameters": params,
-            "requestBody": {"required": False,
+            "requestBody": {"required": required,
                             "content": {"application/json": {"schema": schema}}},
             "responses": {"202": _json("Accepted", "the operation was accepted (Location "
                                                    "names it)"),
                           "200": _json("Accepted", "the command ran (no operation)"),
                           "400": _error(400, "malformed body or header"),
                           "404": _error(404, "unknown command or target"),
-                          "409": _error(409, "a domain rule, a conflict or a reused key"),
-                          "415": _error(415, "the body is not JSON"),
-                          "422": _error(422, "an invalid value"), **_AUTH_ERRORS}}
+                          "409": _error(409, "invalid: refused by the platform's rules or "
+                                             "state (a referenced entity missing or in the "
+                                             "wrong state), a conflict, or a reused key"),
+                          "415": _error(415, "the body is not JSON"), **_AUTH_ERRORS}}
 
 
 def openapi_document(catalog: Catalog, *, title: str = "cloudkernel admin API",
                      version: str = "1") -> dict[str, Any]:
     """The whole document for this catalog's commands and every read model."""
     types = [type_ for _tag, (type_, _run) in sorted(catalog.items())]
-    refs, components = msgspec.json.schema_components(
-        [*types, Accepted, ErrorDocument, StepView], ref_template=REF)
+    refs, bodies = msgspec.json.schema_components(types, ref_template=REF)
+    _, components = msgspec.json.schema_components([Accepted, ErrorDocument, StepView],
+                                                   ref_template=REF)
+    assert not set(bodies) & set(components), set(bodies) & set(components)
+    components.update({name: _without_nul(schema) for name, schema in bodies.items()})
+    components[JSON_VALUE] = _JSON_VALUE_SCHEMA
     by_tag = {tag: str(ref["$ref"]).rsplit("/", 1)[-1]
               for (tag, _), ref in zip(sorted(catalog.items()), refs, strict=False)}
     paths: dict[str, dict[str, Any]] = {}

@@ -64,7 +64,8 @@ def operation_document(ctx: ApiContext, op: Operation) -> dict[str, Any]:
     doc.update(entity_ids=list(op.entity_ids), version=op.version,
                cancel_reason=op.cancel_reason,
                failure=None if op.failure is None else {
-                   "step_id": op.failure.step_id, "phase": op.failure.phase.value,
+                   "step_id": op.failure.step_id,
+                   "phase": None if op.failure.phase is None else op.failure.phase.value,
                    "error_code": op.failure.error_code, "message": op.failure.message},
                steps=[step_view(r) for r in steps])
     return doc

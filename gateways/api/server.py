@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from gateways.api.app import make_app
+from gateways.api.app import METRICS, make_app
 from gateways.api.context import ApiContext
 
 log = logging.getLogger(__name__)
@@ -23,11 +23,12 @@ class ApiServer:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     url: str = ""
     # more routes on the same app (the web page), added before it serves
-    mount: Callable[[web.Application], None] | None = None
+    mount: Callable[[web.Application], object] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then finish the requests in flight and close."""
         app = make_app(self.context)
+        app[METRICS].share()  # the process's metrics port serves the API's families too
         if self.mount is not None:
             self.mount(app)
         runner = web.AppRunner(app, access_log=None)
@@ -44,4 +45,5 @@ class ApiServer:
             self.ready.set()
             await stop.wait()
         finally:
+            app[METRICS].unshare()
             await runner.cleanup()

@@ -26,9 +26,10 @@ class SealFollower:
     """Runs `sealer.seal_available` every `poll` seconds until stopped; publishes what it made."""
 
     def __init__(self, sealer: Sealer, servers: Sequence[str] = (), *, poll: float = 1.0,
-                 publish: bool = True) -> None:
+                 publish: bool = True, replicas: int = 1) -> None:
         """`servers` empty or `publish` false: checkpoints are only kept in the audit folder."""
         self.sealer, self.servers, self.poll = sealer, list(servers), poll
+        self.replicas = replicas
         self.publish = publish and bool(self.servers)
         self.made: list[Checkpoint] = []
         self.published = 0
@@ -65,7 +66,7 @@ class SealFollower:
             if nc is None or nc.is_closed:
                 nc = await nats.connect(servers=self.servers, connect_timeout=2,
                                         max_reconnect_attempts=-1)
-            await publish_checkpoints(nc, self.made[self.published:])
+            await publish_checkpoints(nc, self.made[self.published:], replicas=self.replicas)
             self.published, self.failing = len(self.made), False
         except Exception as e:  # retried at the next poll; said once, not every poll
             (log.debug if self.failing else log.warning)(
@@ -75,26 +76,26 @@ class SealFollower:
         return nc
 
 
-async def publish_checkpoints(nc: Any, checkpoints: Sequence[Checkpoint]) -> None:
+async def publish_checkpoints(nc: Any, checkpoints: Sequence[Checkpoint], *,
+                              replicas: int = 1) -> None:
     """Store checkpoints in the JetStream stream AUDIT_CHECKPOINTS (created if missing), so
     the copy outside the database outlives any subscriber: one message per tree size
     (`Nats-Msg-Id`), so publishing one again stores nothing twice."""
     from nats.js.api import StorageType, StreamConfig
-    from nats.js.errors import NotFoundError
+
+    from gateways.stream.streams import ensure_stream
 
     js = nc.jetstream()
-    try:
-        await js.stream_info(STREAM)
-    except NotFoundError:
-        await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT],
+    await ensure_stream(js, StreamConfig(name=STREAM, subjects=[SUBJECT],
                                          storage=StorageType.FILE,
-                                         duplicate_window=24 * 3600.0))
+                                         duplicate_window=24 * 3600.0, num_replicas=replicas))
     for cp in checkpoints:
         await js.publish(SUBJECT, cp.to_json().encode(), stream=STREAM,
                          headers={"Nats-Msg-Id": f"checkpoint-{cp.tree_size}-{cp.root_hash}"})
 
 
-def platform_follower(app: Any, audit_dir: Any, servers: Sequence[str]) -> SealFollower:
+def platform_follower(app: Any, audit_dir: Any, servers: Sequence[str], *,
+                      replicas: int = 1) -> SealFollower:
     """`up`'s follower over the platform log, with the key pair in `audit_dir`; a first start
     generates the pair (the private key stays in that folder, mode 0600, never in the log)."""
     from gateways.audit.keys import PRIVATE_NAME, generate_keys, load_private_key
@@ -105,4 +106,4 @@ def platform_follower(app: Any, audit_dir: Any, servers: Sequence[str]) -> SealF
               f"`cloudkernel audit verify` checks the log against its checkpoints", flush=True)
     sealer = Sealer(app, audit_dir, load_private_key(audit_dir / PRIVATE_NAME), every=1000,
                     interval=10.0)
-    return SealFollower(sealer, servers)
+    return SealFollower(sealer, servers, replicas=replicas)

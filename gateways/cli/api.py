@@ -1,10 +1,9 @@
-"""`cloudkernel api`: the admin API alone; and the helper `cloudkernel up` uses to embed it."""
+"""`cloudkernel api`: the admin API alone."""
 
 import argparse
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kernel.settings import Settings
@@ -21,49 +20,26 @@ def add_api_command(sub: Any) -> None:
     p.add_argument("--run-projections", action="store_true",
                    help="also follow the log into the read models in this process (when no "
                         "`cloudkernel up` or `projections run` does)")
-    p.set_defaults(run=cmd_api)
-
-
-def api_server(settings: Settings, platform: Any, engine: Any, runners: Sequence[Any],
-               access: Any, *, catalog: Mapping[str, Any] | None = None,
-               kernel_stats: Callable[[], Mapping[str, int]] | None = None,
-               drift_stats: Callable[[], Mapping[str, int]] | None = None,
-               host: str | None = None, port: int | None = None) -> Any:
-    """An ApiServer over the engine's commands and these projection runners."""
-    from gateways.api.context import ApiContext
-    from gateways.api.server import ApiServer
-    from kernel.bootstrap import command_catalog
-
-    context = ApiContext(dict(catalog or command_catalog(platform, engine)), access,
-                         platform.app, {r.name: r for r in runners}, engine=engine,
-                         kernel_stats=kernel_stats, drift_stats=drift_stats)
-    return ApiServer(context, host or settings.api_host,
-                     settings.api_port if port is None else port)
+    p.set_defaults(run=cmd_api, serves=True)
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     """Run the admin API against the configured store until SIGINT/SIGTERM."""
-    from gateways.access import Keyring, KeyringAccess, keys_path
-    from gateways.cli.projections import projection_runners
-    from kernel.bootstrap import command_catalog, open_engine
+    from kernel.bootstrap import open_engine
+    from kernel.bootstrap.access import process_access
+    from kernel.bootstrap.processes import admin_api, direct_catalog, projection_runners
     from projections.catalog import MODELS
 
     platform, engine, _feed = open_engine(settings)
-    catalog = dict(command_catalog(platform, engine))
-    # As `cloudkernel intake`: no kernel loops here, so operation commands go straight to
-    # the command service; the kernel process picks the operations up from the log.
-    for tag, (type_, _run) in list(catalog.items()):
-        if type_ in engine.commands.handlers:
-            catalog[tag] = (type_, engine.commands.execute)
-    access = KeyringAccess(Keyring(keys_path(settings)))
+    catalog = direct_catalog(platform, engine)  # as `cloudkernel intake`: no kernel loops here
 
-    async def serve(runners: list[Any]) -> None:
+    async def serve(runners: list[Any], access: Any) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        server = api_server(settings, platform, engine, runners, access, catalog=catalog,
-                            host=args.host, port=args.port)
+        server = admin_api(settings, platform, engine, runners, access, catalog=catalog,
+                           host=args.host, port=args.port)
         task = asyncio.create_task(server.run(stop))
         ready = asyncio.create_task(server.ready.wait())
         await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
@@ -75,12 +51,13 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
         await task
 
     try:
-        with projection_runners(settings, list(MODELS)) as runners:
+        with projection_runners(settings, list(MODELS)) as runners, \
+                process_access(settings) as access:
             if args.run_projections:
                 for runner in runners:
                     runner.start()
             try:
-                asyncio.run(serve(runners))
+                asyncio.run(serve(runners, access))
             finally:
                 if args.run_projections:
                     for runner in runners:

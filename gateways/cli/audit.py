@@ -6,6 +6,8 @@
                           kind and state, and a listing)
   diff T1 T2              entities created, changed and removed between two moments
   replay [MODEL...]       every read model rebuilt from the log and compared with the live one
+  reality [--host H]      every host's libvirt objects compared with the model, each
+                          difference named (gateways/cli/audit_reality.py)
   keygen, seal, verify,   the tamper-evident log (gateways/cli/audit_seal.py): signed Merkle
   prove, check-proof      checkpoints, verification, inclusion proofs
 
@@ -51,6 +53,9 @@ def add_audit_command(sub: Any) -> None:
     from gateways.cli.audit_replay import add_replay_command
 
     add_replay_command(actions)
+    from gateways.cli.audit_reality import add_reality_command
+
+    add_reality_command(actions)
     try:
         from gateways.cli.audit_seal import add_seal_commands
     except ImportError as e:  # only the module's absence; its own import errors propagate

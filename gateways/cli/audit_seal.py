@@ -127,7 +127,7 @@ def cmd_seal(settings: Settings, args: argparse.Namespace) -> int:
             from gateways.audit.follower import SealFollower
 
             follower = SealFollower(sealer, settings.nats_servers, poll=args.poll,
-                                    publish=args.publish)
+                                    publish=args.publish, replicas=settings.nats_replicas)
             asyncio.run(_until_signal(follower))
             made = follower.made
         else:
@@ -147,7 +147,7 @@ async def _publish_all(settings: Settings, checkpoints: list[Any]) -> None:
 
     nc = await nats.connect(servers=list(settings.nats_servers))
     try:
-        await publish_checkpoints(nc, checkpoints)
+        await publish_checkpoints(nc, checkpoints, replicas=settings.nats_replicas)
     finally:
         await nc.close()
 

@@ -2,14 +2,17 @@
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 from datetime import UTC, datetime
 from typing import Any
 
 from aggregates.errors import ConfigError
-from gateways.access import Keyring, KeyringAccess, keys_path
-from kernel.bootstrap import command_catalog, open_engine
+from gateways.access import Keyring, keys_path
+from kernel.bootstrap import open_engine
+from kernel.bootstrap.access import process_access
+from kernel.bootstrap.processes import command_intake, direct_catalog
 from kernel.settings import Settings
 
 log = logging.getLogger("cloudkernel")
@@ -23,12 +26,12 @@ def add_intake_command(sub: Any) -> None:
     p.add_argument("--concurrency", type=int, default=None, metavar="N",
                    help=f"commands decided and run at once, in as many threads (default: the "
                         f"intake's, 32; at most {MAX_CONCURRENCY})")
-    p.set_defaults(run=cmd_intake)
+    p.set_defaults(run=cmd_intake, serves=True)
 
 
 def cmd_intake(settings: Settings, args: argparse.Namespace) -> int:
     """Run the command intake alone, against the configured store and NATS."""
-    from gateways.stream.intake import DEFAULT_CONCURRENCY, CommandIntake
+    from gateways.stream.intake import DEFAULT_CONCURRENCY
 
     concurrency = DEFAULT_CONCURRENCY if args.concurrency is None else args.concurrency
     if not 1 <= concurrency <= MAX_CONCURRENCY:
@@ -37,18 +40,13 @@ def cmd_intake(settings: Settings, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     active = [k for k in keyring.entries() if k.status(now) == "active"]  # a bad file fails here
     if not active:
-        log.warning("intake: no active key in %s: every command will be refused until one is "
-                    "created with `cloudkernel keys create`", keyring.path)
+        log.warning("intake: no active key in %s: only the ACL's users' commands are taken "
+                    "until one is created with `cloudkernel keys create`", keyring.path)
     platform, engine, _feed = open_engine(settings)
-    catalog = dict(command_catalog(platform, engine))
-    # This process runs no kernel loops, so the engine's in-memory cache and timers would
-    # only grow here: operation commands go straight to its command service, and the kernel
-    # process picks the operations up from the log.
-    for tag, (type_, _run) in list(catalog.items()):
-        if type_ in engine.commands.handlers:
-            catalog[tag] = (type_, engine.commands.execute)
-    intake = CommandIntake(catalog, KeyringAccess(keyring), settings.nats_servers,
-                           concurrency=concurrency)
+    stack = contextlib.ExitStack()
+    access = stack.enter_context(process_access(settings, keyring))
+    intake = command_intake(settings, platform, direct_catalog(platform, engine), access,
+                            concurrency=concurrency)
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -62,7 +60,8 @@ def cmd_intake(settings: Settings, args: argparse.Namespace) -> int:
         if task.done():
             task.result()  # it failed before it was ready: say why
         print(f"intake serving cloudkernel.commands.> from {', '.join(settings.nats_servers)} "
-              f"with {len(active)} active keys from {keyring.path}; Ctrl-C stops it",
+              f"with {len(active)} active keys from {keyring.path} and the ACL's users; "
+              "Ctrl-C stops it",
               flush=True)
         await task
         log.info("intake: stopped (%s)", dict(intake.stats))
@@ -70,5 +69,6 @@ def cmd_intake(settings: Settings, args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve())
     finally:
+        stack.close()
         platform.close()
     return 0

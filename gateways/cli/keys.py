@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
-from gateways.access import ROLES, ApiKey, Keyring, keys_path
+from gateways.access import ApiKey, Keyring, keys_path
 from gateways.cli.intake import add_intake_command
+from kernel.contracts.access import ROLES
 from kernel.settings import Settings
 
 

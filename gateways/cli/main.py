@@ -13,7 +13,6 @@ from gateways.cli.contracts import add_contracts_commands
 from kernel.bootstrap import open_platform
 from kernel.inventory.loader import load_inventory_file
 from kernel.settings import Settings, load_settings
-from kernel.store.migrate import migrate
 
 if TYPE_CHECKING:
     pass
@@ -33,6 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(config_path=args.config)
         logging.basicConfig(level=settings.log_level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if getattr(args, "serves", False):
+            from gateways.metrics import serve_metrics
+
+            serve_metrics(settings.api_host, settings.metrics_port)
         result: int = args.run(settings, args)
         return result
     except KernelError as e:
@@ -56,9 +59,13 @@ def _parser() -> argparse.ArgumentParser:
 
     from gateways.cli.up import cmd_up
 
-    command("up", cmd_up, "start the platform on the configured store and NATS; Ctrl-C stops it")
-    command("kernel", cmd_kernel, "run the kernel: dispatcher, result applier and timers")
-    command("relay", cmd_relay, "publish every log event to the JetStream EVENTS stream")
+    # the long-running processes serve their metrics on setting metrics_port (0: none)
+    command("up", cmd_up, "start the platform on the configured store and NATS; Ctrl-C stops it"
+            ).set_defaults(serves=True)
+    command("kernel", cmd_kernel, "run the kernel: dispatcher, result applier and timers"
+            ).set_defaults(serves=True)
+    command("relay", cmd_relay, "publish every log event to the JetStream EVENTS stream"
+            ).set_defaults(serves=True)
     command("migrate", cmd_migrate, "create schemas and tables for every application")
     command("settings", cmd_settings, "print the effective settings and where each came from")
     from gateways.cli.worker import add_worker_command
@@ -87,39 +94,36 @@ def _parser() -> argparse.ArgumentParser:
     from gateways.cli.audit import add_audit_command
 
     add_audit_command(sub)
-    from gateways.cli.acl import add_acl_commands
+    from kernel.bootstrap.commands import add_service_commands
 
-    add_acl_commands(sub)
+    add_service_commands(sub)
     from gateways.cli.api import add_api_command
 
     add_api_command(sub)
     from gateways.cli.services import add_services_commands
 
     add_services_commands(sub)
+    from gateways.cli.cluster import add_cluster_command
+
+    add_cluster_command(sub)
     return parser
 
 
 def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
     """Create every application's tables."""
+    from kernel.bootstrap.migrations import migrate_all
+
     for line in migrate_all(settings):
         print(line)
     return 0
-
-
-def migrate_all(settings: Settings) -> list[str]:
-    """The kernel's tables, then the gateways' own (webhook deliveries)."""
-    from gateways.webhooks.store import migrate_webhooks
-
-    return [*migrate(settings), migrate_webhooks(settings)]
 
 
 def cmd_kernel(settings: Settings, _: argparse.Namespace) -> int:
     """Run the operation engine against NATS until SIGINT/SIGTERM."""
     import asyncio
 
-    from gateways.stream.kernel_runner import KernelRunner
-    from gateways.stream.observer import listener_for
     from kernel.bootstrap import open_engine
+    from kernel.bootstrap.processes import kernel_loops
 
     platform, engine, feed = open_engine(settings)
 
@@ -128,8 +132,7 @@ def cmd_kernel(settings: Settings, _: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        runner = KernelRunner(engine, feed, settings.nats_servers)
-        listener = listener_for(engine, settings, settings.nats_servers)
+        runner, listener = kernel_loops(settings, engine, feed)
         log.info("kernel: serving with NATS at %s", ", ".join(settings.nats_servers))
         await asyncio.gather(runner.run(stop), listener.run(stop))
         log.info("kernel: stopped (%s)", runner.stats)
@@ -145,8 +148,7 @@ def cmd_relay(settings: Settings, _: argparse.Namespace) -> int:
     """Relay the platform log to EVENTS until SIGINT/SIGTERM."""
     import asyncio
 
-    from gateways.stream.relay import EventRelay
-    from kernel.event_feed import EventFeed
+    from kernel.bootstrap.processes import platform_relay
 
     platform = open_platform(settings)
 
@@ -155,7 +157,7 @@ def cmd_relay(settings: Settings, _: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        relay = EventRelay(EventFeed(platform.app), settings.nats_servers)
+        relay = platform_relay(settings, platform.app)
         await relay.run(stop)
         log.info("relay: stopped after publishing %d events", relay.published)
 

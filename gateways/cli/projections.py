@@ -6,14 +6,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import msgspec
+from prometheus_client import REGISTRY
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from aggregates.errors import ValidationError
+from gateways.metrics import lag_families
+from kernel.bootstrap.processes import projection_runners
 from kernel.settings import Settings
-from kernel.store.application import KernelApplication, PlatformApplication, open_application
 
 Run = Callable[[Settings, argparse.Namespace], int]
 
@@ -39,7 +42,17 @@ def add_projection_commands(sub: Any) -> None:
     rebuild.set_defaults(run=cmd_rebuild)
     run = actions.add_parser("run", help="follow the log into projections until SIGINT/SIGTERM")
     run.add_argument("names", nargs="*", metavar="NAME", help="projections to run (default all)")
-    run.set_defaults(run=cmd_run)
+    run.set_defaults(run=cmd_run, serves=True)
+
+
+class _Lags(Collector):
+    """This process's projections' lag, for its metrics port."""
+
+    def __init__(self, runners: list[Any]) -> None:
+        self.runners = runners
+
+    def collect(self) -> Iterator[Metric]:
+        return lag_families({r.name: r.lag() for r in self.runners})
 
 
 def _models() -> dict[str, Any]:
@@ -57,24 +70,6 @@ def _chosen(names: Sequence[str], everything: bool) -> list[str]:
         raise ValidationError(f"unknown projection {', '.join(unknown)}; "
                               f"projections are {', '.join(models)}")
     return list(dict.fromkeys(names))
-
-
-@contextmanager
-def projection_runners(settings: Settings, names: Sequence[str]) -> Iterator[list[Any]]:
-    """A runner per named projection over one platform application; closed afterwards."""
-    from projections.runner import ProjectionRunner
-    from projections.views import open_view
-
-    app: KernelApplication = open_application(PlatformApplication, settings)
-    runners: list[Any] = []
-    try:
-        for name in names:
-            runners.append(ProjectionRunner(app, open_view(_models()[name], settings)))
-        yield runners
-    finally:
-        for runner in runners:
-            runner.view.close()
-        app.close()
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -145,6 +140,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     with projection_runners(settings, names) as runners:
         for runner in runners:
             runner.start()
+        lags = _Lags(runners)
+        REGISTRY.register(lags)
         print(f"projections running: {', '.join(names)}", flush=True)
         try:
             while not stop.wait(0.5):

@@ -1,19 +1,20 @@
 """`up`'s services: each enabled one (settings `services`) runs as its own process, restarted
 with backoff when it dies, and stopped with SIGTERM (then SIGKILL) when `up` stops.
 
-A service is a package `gateways.services.<name>` runnable as `python -m`; it talks to the
+A service is a package `services.<name>` runnable as `python -m`; it talks to the
 platform only through NATS, so it could as well run on another machine: `up` only saves the
 operator from starting it by hand.
 """
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class ServiceProcess:
 
     name: str
     config: Path | None = None
+    prepare: Callable[[], object] | None = None  # before each start (it issues the key)
     min_backoff: float = 0.5
     max_backoff: float = 30.0
     stop_timeout: float = 10.0
@@ -37,7 +39,7 @@ class ServiceProcess:
     def argv(self) -> list[str]:
         """The command line of the service's process."""
         extra = ["--config", str(self.config)] if self.config is not None else []
-        return [sys.executable, "-m", f"gateways.services.{self.name}", *extra]
+        return [sys.executable, "-m", f"services.{self.name}", *extra]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start the process, restart it when it exits (with backoff), stop it on `stop`."""
@@ -46,6 +48,8 @@ class ServiceProcess:
             p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
         while not stop.is_set():
             began = time.monotonic()
+            if self.prepare is not None:
+                await asyncio.to_thread(self.prepare)
             proc = await asyncio.create_subprocess_exec(*self.argv(), env=env)
             self.pid = proc.pid
             self.started.set()
@@ -83,6 +87,8 @@ class ServiceProcess:
         log.info("service %s: stopped (exit %s)", self.name, proc.returncode)
 
 
-def service_processes(names: Sequence[str], config: Path | None) -> list[ServiceProcess]:
-    """A supervised process for each service to run."""
-    return [ServiceProcess(name, config) for name in names]
+def service_processes(names: Sequence[str], config: Path | None,
+                      prepare: Callable[[str], object] | None = None) -> list[ServiceProcess]:
+    """A supervised process for each service to run; `prepare(name)` runs before each start."""
+    return [ServiceProcess(name, config, None if prepare is None
+                           else functools.partial(prepare, name)) for name in names]

@@ -16,7 +16,7 @@ from typing import Any
 from uuid import uuid4
 
 from aggregates.errors import ConfigError, NotFoundError, ValidationError
-from aggregates.service import require_service_name
+from kernel.contracts.services import require_service_name
 from kernel.settings import Settings
 
 HELP = "the Services Directory: registered services, their live instances, enable/disable"
@@ -60,18 +60,18 @@ def add_services_commands(sub: Any) -> None:
 
 def cmd_key(settings: Settings, args: argparse.Namespace) -> int:
     """Write a service's key to a file for another machine."""
-    from gateways.services.credentials import export_credentials
+    from gateways.service_keys import export_service_key
 
     if args.out.exists() and args.out.is_dir():
         raise ValidationError(f"--out {args.out} is a directory; name a file")
-    made = export_credentials(settings, args.name, args.out)
+    made = export_service_key(settings, args.name, args.out)
     print(f"service {args.name}: key {made.key_id} written to {args.out} (mode 0600); copy it "
           f"to <data_dir>/services/{args.name}.key where the service runs")
     return 0
 
 
 def _registrations(settings: Settings, name: str | None = None) -> list[dict[str, Any]]:
-    from gateways.services.directory import StoreRegistrations
+    from gateways.stream.services_directory import StoreRegistrations
     from kernel.bootstrap import open_platform
 
     platform = open_platform(settings)
@@ -92,8 +92,8 @@ def live_instances_or_none(settings: Settings,
     """The live instances from the KV bucket, or None and why when NATS is unreachable."""
     import msgspec
 
-    from gateways.services.liveness import live_instances
-    from gateways.stream.connection import connect
+    from kernel.contracts.connection import connect
+    from kernel.contracts.liveness import live_instances
 
     async def read() -> list[dict[str, Any]]:
         nc = await connect(settings.nats_servers, name="cloudkernel-cli",

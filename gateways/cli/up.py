@@ -14,13 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateways.cli.main import migrate_all
 from kernel.bootstrap import inventory_path
+from kernel.bootstrap.migrations import migrate_all
 from kernel.inventory.loader import load_inventory_file
 from kernel.settings import Settings
 
 if TYPE_CHECKING:
-    from gateways.access import Keyring
     from kernel.bootstrap import Platform
     from kernel.dispatch_feed import DispatchFeed
     from kernel.operations import OperationEngine
@@ -72,115 +71,43 @@ async def _serve_kernel_and_workers(settings: Settings, platform: "Platform",
     """Kernel loops, relay, intake, projections, a worker per subsystem, the ACL and services
     directory responders, then the enabled services as their own processes, until a signal."""
     import asyncio
-    import contextlib
-    import functools
 
-    from gateways.access import KeyringAccess, LayeredAccess
-    from gateways.acl.access import AclAccess
-    from gateways.acl.relay import acl_relay
-    from gateways.acl.responder import AclResponder
-    from gateways.acl.service import AclService
-    from gateways.audit.follower import platform_follower
-    from gateways.cli.api import api_server
-    from gateways.cli.projections import projection_runners
-    from gateways.cli.service_processes import service_processes
-    from gateways.ownership import store_lookup
-    from gateways.quotas import quota_check
-    from gateways.services.directory import DirectoryServer, StoreRegistrations
-    from gateways.stream.intake import CommandIntake
-    from gateways.stream.kernel_runner import KernelRunner
-    from gateways.stream.observer import listener_for, reporter_for
-    from gateways.stream.relay import EventRelay
-    from gateways.stream.worker import Worker
-    from gateways.web.admin import ADMIN_USER, banner, ensure_admin_user, mount_web_page
-    from gateways.webhooks.service import WebhookService
-    from gateways.webhooks.store import open_webhook_store
-    from kernel.bootstrap import command_catalog
-    from kernel.event_feed import EventFeed
-    from kernel.reality.roster import HostRoster
-    from projections.catalog import MODELS
-    from subsystems.networkguru.follower import guru_config
-    from subsystems.registry import load_registry
+    from gateways.web.admin import banner
+    from kernel.bootstrap.up import assemble
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    registry = load_registry(configs={"counter": {"path": str(settings.data_dir / "counter.db")},
-                                      "networkguru": guru_config(settings),
-                                      "planner": {"settings": settings}})
-    servers = settings.nats_servers
-    workers = [Worker(p.subsystem, servers=servers) for p in registry.plugins]
-    runner = KernelRunner(engine, feed, servers)
-    # reality: the kernel listens to power reports; the hypervisor reports every host
-    reporters = [reporter_for(p.subsystem, HostRoster(platform.app), settings, servers)
-                 for p in registry.plugins]
-    observers: list[Any] = [listener_for(engine, settings, servers),
-                            *(r for r in reporters if r is not None)]
-    relay = EventRelay(EventFeed(engine.app), servers)
-    sealing = platform_follower(platform.app, settings.data_dir / "audit", servers)
-    # The intake shares the kernel's engine: operations it accepts get their timers here.
-    # The ACL service decides for its users' keys and tokens; the keyring's own keys (the
-    # admin key printed on the first start) keep working beside it.
-    acl = AclService.open(settings)
-    access = LayeredAccess(AclAccess(acl), KeyringAccess(_admin_keyring(settings)))
-    admin_password = ensure_admin_user(acl)
-    acl_events = acl_relay(acl.app, servers)
-    acl_answers = AclResponder(acl, servers)  # login, tokens and SigV4 for the services
-    directory = DirectoryServer(StoreRegistrations(platform.app), servers)
-    intake = CommandIntake(command_catalog(platform, engine), access, servers,
-                           owner_lookup=store_lookup(platform.app.repository))
-    webhook_store = open_webhook_store(settings)
-    webhooks = WebhookService(webhook_store, servers)
-    with projection_runners(settings, list(MODELS)) as projections, \
-            contextlib.closing(webhook_store):
-        for projection in projections:
+    with assemble(settings, platform, engine, feed) as parts:
+        for projection in parts.projections:
             projection.start()
-        # account and domain limits hold for commands from NATS too (the services send there)
-        intake.quota = quota_check(access, platform.app, {p.name: p.view for p in projections})
-        api = api_server(settings, platform, engine, projections, access,
-                         kernel_stats=lambda: runner.stats,
-                         drift_stats=lambda: observers[0].reconciler.stats)
-        api.mount = functools.partial(mount_web_page, servers=servers, login=acl.login)
-        tasks = [asyncio.create_task(runner.run(stop)), asyncio.create_task(relay.run(stop)),
-                 asyncio.create_task(acl_events.run(stop)),
-                 asyncio.create_task(sealing.run(stop)),
-                 asyncio.create_task(acl_answers.run(stop)),
-                 asyncio.create_task(directory.run(stop)),
-                 asyncio.create_task(api.run(stop)),
-                 asyncio.create_task(intake.run(stop)), asyncio.create_task(webhooks.run(stop)),
-                 *(asyncio.create_task(w.run(stop)) for w in workers),
-                 *(asyncio.create_task(o.run(stop)) for o in observers)]
+        tasks = [asyncio.create_task(part.run(stop)) for part in parts.loops]
         ready: asyncio.Future[Any] = asyncio.ensure_future(
-            asyncio.gather(intake.ready.wait(), webhooks.ready.wait(), api.ready.wait(),
-                           acl_answers.ready.wait(), directory.ready.wait(),
-                           *(w.ready.wait() for w in workers)))
+            asyncio.gather(*(event.wait() for event in parts.ready)))
         await asyncio.wait([*tasks, ready], return_when=asyncio.FIRST_COMPLETED)
         for task in tasks:  # a loop that ended before the workers were ready failed
             if task.done():
                 task.result()
-        names = ", ".join(p.name for p in registry.plugins)
         # the services talk NATS only, so they start once the platform answers there
-        services = service_processes(settings.services, config)
-        tasks += [asyncio.create_task(p.run(stop)) for p in services]
+        tasks += [asyncio.create_task(p.run(stop)) for p in parts.services(config)]
         print(f"cloudkernel is up: store={settings.store} data={settings.data_dir} nats={url} "
-              f"api={api.url}; kernel, event relay, command intake, webhooks, admin API, "
+              f"api={parts.api.url}; kernel, event relay, command intake, webhooks, admin API, "
               "audit sealing, "
-              f"{len(projections)} projections and "
-              f"workers for {names} running"
+              f"{len(parts.projections)} projections and "
+              f"workers for {', '.join(parts.plugin_names)} running"
               + (f"; services {', '.join(settings.services)} starting as their own processes"
                  if settings.services else "; no services (setting services)")
               + "; Ctrl-C stops it", flush=True)
-        print(banner(api.url, ADMIN_USER, admin_password), flush=True)
+        print(banner(parts.api.url, parts.acl.admin_user, parts.acl.admin_password), flush=True)
         for line in _service_lines(settings):
             print(line, flush=True)
         try:
             await asyncio.gather(*tasks)
         finally:
             stop.set()
-            for projection in projections:
+            for projection in parts.projections:
                 await asyncio.to_thread(projection.stop)
-            acl.close()
 
 
 def _service_lines(settings: Settings) -> list[str]:
@@ -189,21 +116,6 @@ def _service_lines(settings: Settings) -> list[str]:
              "ec2": ("EC2 API", settings.ec2_port, f" (region {settings.ec2_region})")}
     return [f"{where[n][0]} at http://{settings.api_host}:{where[n][1]}/{where[n][2]}"
             for n in settings.services]
-
-
-def _admin_keyring(settings: Settings) -> "Keyring":
-    """The keyring; on the first start, with an admin key whose secret is printed once."""
-    from datetime import UTC, datetime
-
-    from gateways.access import Keyring, keys_path
-
-    keyring = Keyring(keys_path(settings))
-    now = datetime.now(UTC)
-    if not any(k.role == "admin" and k.status(now) == "active" for k in keyring.entries()):
-        key = keyring.create(actor="admin", role="admin")
-        print(f"created an admin key for signed commands (shown once, kept in {keyring.path}):"
-              f"\n  key id: {key.id}\n  secret: {key.secret}", flush=True)
-    return keyring
 
 
 def _check_nats(urls: Sequence[str]) -> None:

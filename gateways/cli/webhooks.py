@@ -204,7 +204,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         service = WebhookService(store, servers, policy=policy, concurrency=args.concurrency,
-                                 timeout=args.timeout)
+                                 timeout=args.timeout, replicas=settings.nats_replicas)
         task = asyncio.create_task(service.run(stop))
         ready = asyncio.create_task(service.ready.wait())
         await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)

@@ -17,7 +17,7 @@ def add_worker_command(sub: Any) -> None:
     """Register `worker` on the main parser's subcommands."""
     help_ = "serve one subsystem's steps from NATS; SIGTERM/Ctrl-C stops it cleanly"
     worker = sub.add_parser("worker", help=help_, description=help_)
-    worker.set_defaults(run=cmd_worker)
+    worker.set_defaults(run=cmd_worker, serves=True)
     worker.add_argument("--subsystem", required=True, metavar="NAME",
                         help="the subsystem to serve (see `cloudkernel subsystems`)")
     worker.add_argument("--concurrency", type=int, default=8, metavar="N",
@@ -45,6 +45,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Serve one subsystem until SIGTERM/SIGINT."""
     from gateways.stream.observer import reporter_for
     from gateways.stream.worker import Worker, run_until_signalled
+    from kernel.bootstrap.plugins import plugin_configs
     from subsystems.registry import load_registry
 
     try:
@@ -53,35 +54,38 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError(f"--config-json is not JSON: {e}") from None
     if not isinstance(config, dict):
         raise ConfigError("--config-json must be a JSON object")
-    plugin = load_registry([args.subsystem], {args.subsystem: config}).plugin(args.subsystem)
-    servers = args.nats_url or list(settings.nats_urls) or [
-        f"nats://127.0.0.1:{settings.nats_port}"]
-    worker = Worker(plugin.subsystem, servers=servers, concurrency=args.concurrency,
-                    ack_wait=args.ack_wait, drain_timeout=args.drain_timeout,
-                    connect_timeout=args.connect_timeout)
-    companions = []
-    if args.observe:
-        reporter = reporter_for(plugin.subsystem, _hosts(settings, args.observe), settings,
-                                servers)
-        if reporter is None:
-            raise ConfigError(f"--observe: subsystem {args.subsystem} cannot observe hosts "
-                              "(only the hypervisor can)")
-        companions.append(reporter.run)
+    # the planner and the guru follow the platform log of this process's Settings, open here
+    with plugin_configs([args.subsystem], {args.subsystem: config}, settings) as configs:
+        plugin = load_registry([args.subsystem], configs).plugin(args.subsystem)
+        servers = args.nats_url or list(settings.nats_urls) or [
+            f"nats://127.0.0.1:{settings.nats_port}"]
+        worker = Worker(plugin.subsystem, servers=servers, concurrency=args.concurrency,
+                        ack_wait=args.ack_wait, drain_timeout=args.drain_timeout,
+                        connect_timeout=args.connect_timeout,
+                        replicas=settings.nats_replicas)
+        companions = []
+        if args.observe:
+            reporter = reporter_for(plugin.subsystem, _hosts(settings, args.observe), settings,
+                                    servers)
+            if reporter is None:
+                raise ConfigError(f"--observe: subsystem {args.subsystem} cannot observe hosts "
+                                  "(only the hypervisor can)")
+            companions.append(reporter.run)
 
-    def ready(w: Worker) -> None:
-        print(f"worker {w.identity} serves {plugin.source} ({', '.join(plugin.kinds)}) "
-              f"from {', '.join(servers)}; concurrency {w.concurrency}", flush=True)
+        def ready(w: Worker) -> None:
+            print(f"worker {w.identity} serves {plugin.source} ({', '.join(plugin.kinds)}) "
+                  f"from {', '.join(servers)}; concurrency {w.concurrency}", flush=True)
 
-    stats = asyncio.run(run_until_signalled(worker, ready, companions))
-    print(f"worker {worker.identity} stopped: {stats.received} received, {stats.succeeded} "
-          f"succeeded, {stats.failed} failed, {stats.terminated} terminated", flush=True)
-    if stats.abandoned:
-        # Their threads cannot be interrupted and the interpreter would join them at exit;
-        # the steps stay unacked, so JetStream redelivers them to another worker.
-        logging.shutdown()
-        sys.stderr.flush()
-        os._exit(1)
-    return 0
+        stats = asyncio.run(run_until_signalled(worker, ready, companions))
+        print(f"worker {worker.identity} stopped: {stats.received} received, {stats.succeeded} "
+              f"succeeded, {stats.failed} failed, {stats.terminated} terminated", flush=True)
+        if stats.abandoned:
+            # Their threads cannot be interrupted and the interpreter would join them at exit;
+            # the steps stay unacked, so JetStream redelivers them to another worker.
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(1)
+        return 0
 
 
 def _hosts(settings: Settings, observe: list[str]) -> Any:

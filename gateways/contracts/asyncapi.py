@@ -19,7 +19,7 @@ from gateways.contracts.schemas import (
     reply_headers_schema,
     reply_schemas,
 )
-from kernel.event_feed import EVENTS_STREAM, SUBJECT_PREFIX, TOPIC
+from kernel.contracts.events import EVENTS_STREAM, SUBJECT_PREFIX, TOPIC
 from kernel.settings import Settings
 
 ASYNCAPI_VERSION = "3.0.0"

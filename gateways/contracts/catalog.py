@@ -18,10 +18,10 @@ from aggregates import ALL_AGGREGATES
 from aggregates.errors import ConfigError
 from gateways.stream.intake import COMMANDS_PREFIX
 from kernel.commands import Command
-from kernel.event_feed import subject_of
+from kernel.contracts.events import subject_of
 
 # A new command module is added here, and nowhere else.
-COMMAND_MODULES: tuple[str, ...] = ("kernel.operations", "kernel.inventory.loader",
+COMMAND_MODULES: tuple[str, ...] = ("kernel.operation_commands", "kernel.inventory.loader",
                                      "kernel.cloud.vms", "kernel.cloud.templates",
                                      "kernel.cloud.networks", "kernel.cloud.volumes",
                                      "kernel.cloud.volume_copies", "kernel.cloud.vm_moves",

@@ -11,7 +11,11 @@ from typing import Any
 
 import msgspec
 
-from gateways.access import (
+from gateways.contracts.catalog import CommandContract, EventContract, all_command_tags
+from gateways.stream.intake import ERROR_HEADER
+from kernel.commands import MAX_KEY_LENGTH, Command
+from kernel.contracts import events
+from kernel.contracts.access import (
     IDEMPOTENCY_KEY_HEADER,
     KEY_ID_HEADER,
     MAX_SKEW_SECONDS,
@@ -19,16 +23,12 @@ from gateways.access import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
 )
-from gateways.contracts.catalog import CommandContract, EventContract, all_command_tags
-from gateways.stream.intake import ERROR_HEADER
-from kernel import event_feed
-from kernel.commands import MAX_KEY_LENGTH, Command
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 TAG_FIELD = str(Command.__struct_config__.tag_field)
 # The intake's refusal codes (gateways.stream.intake), in the order a request is checked.
 ERROR_CODES = ("malformed", "unauthenticated", "unknown_command", "forbidden", "invalid",
-               "not_found", "conflict", "idempotency_key_reused", "internal")
+               "not_found", "conflict", "idempotency_key_reused", "unavailable", "internal")
 NATS_MSG_ID = "Nats-Msg-Id"
 
 _DECIMAL = {"type": "string", "pattern": "^[1-9][0-9]*$"}
@@ -38,22 +38,22 @@ _UUID = {"type": "string", "format": "uuid"}
 def event_headers_schema(topic: str | None = None) -> dict[str, Any]:
     """The NATS headers of a message on an event subject (of one topic, or of any)."""
     props = {
-        event_feed.POSITION: {**_DECIMAL, "description": "position of the event in the log: "
+        events.POSITION: {**_DECIMAL, "description": "position of the event in the log: "
                               "unique and increasing; deduplicate by it"},
-        event_feed.ORIGINATOR_ID: {**_UUID, "description": "id of the entity that changed"},
-        event_feed.ORIGINATOR_VERSION: {**_DECIMAL, "description": "version of the entity "
+        events.ORIGINATOR_ID: {**_UUID, "description": "id of the entity that changed"},
+        events.ORIGINATOR_VERSION: {**_DECIMAL, "description": "version of the entity "
                                         "after this event, 1 for the event that created it"},
-        event_feed.TOPIC: {"type": "string", "description": "the event topic",
+        events.TOPIC: {"type": "string", "description": "the event topic",
                            **({"const": topic} if topic else {})},
-        event_feed.ACTOR: {"type": "string", "description": "who caused the event"},
-        event_feed.CORRELATION_ID: {**_UUID, "description": "the operation or command the event "
+        events.ACTOR: {"type": "string", "description": "who caused the event"},
+        events.CORRELATION_ID: {**_UUID, "description": "the operation or command the event "
                                     "belongs to; absent when there is none"},
-        event_feed.CAUSATION_ID: {"type": "string", "description": "the command or event that "
+        events.CAUSATION_ID: {"type": "string", "description": "the command or event that "
                                   "caused it; absent when there is none"},
         NATS_MSG_ID: {**_DECIMAL, "description": "JetStream dedup id, equal to the position"},
     }
-    required = [event_feed.POSITION, event_feed.ORIGINATOR_ID, event_feed.ORIGINATOR_VERSION,
-                event_feed.TOPIC, event_feed.ACTOR, NATS_MSG_ID]
+    required = [events.POSITION, events.ORIGINATOR_ID, events.ORIGINATOR_VERSION,
+                events.TOPIC, events.ACTOR, NATS_MSG_ID]
     return {"type": "object", "properties": props, "required": required}
 
 
@@ -83,8 +83,10 @@ def reply_headers_schema() -> dict[str, Any]:
     return {"type": "object", "properties": {
         ERROR_HEADER: {"type": "string", "enum": list(ERROR_CODES),
                        "description": "the error code; on error replies only"},
-        event_feed.CORRELATION_ID: {**_UUID, "description": "the reply's correlation_id; on "
-                                    "successful replies only"}}}
+        events.CORRELATION_ID: {**_UUID, "description": "the reply's correlation_id; on "
+                                    "successful replies only"},
+        "Retry-After": {**_DECIMAL, "description": "seconds to wait before retrying; on "
+                        "`unavailable` replies only"}}}
 
 
 def reply_schemas() -> dict[str, dict[str, Any]]:
@@ -118,8 +120,15 @@ def reply_schemas() -> dict[str, dict[str, Any]]:
             "error": {"type": "object", "properties": {
                 "code": {"type": "string", "enum": list(ERROR_CODES)},
                 "message": {"type": "string", "description": "what was wrong, for a person"},
+                "field": {"type": "string", "description": "the body field (a path such as "
+                          "`plan.steps[0].action`) or header at fault; absent when the "
+                          "error concerns none"},
                 "reason": {"type": "string", "description": "the kernel's own error code, "
                            "finer than `code`; may be absent"},
+                "retry_after": {"type": "integer", "minimum": 1, "description": "on "
+                                "`unavailable` (the event store cannot serve now): seconds "
+                                "to wait before sending the same request again, with the "
+                                "same Idempotency-Key, which applies it at most once"},
                 "detail": {"type": "object", "description": "the kernel's details of the "
                            "error (e.g. the entity and its state); may be absent"},
             }, "required": ["code", "message"]},

@@ -2,6 +2,9 @@
 
 It is the default NATS for `cloudkernel up` and the one the integration tests start. It is
 deliberately synchronous (plain `subprocess`) so both callers can use it without an event loop.
+With a `ClusterSpec` it is one node of a NATS cluster (the tests' 3-node cluster on loopback);
+`sync_always` makes JetStream fsync before it acknowledges (`sync_interval: always`), since the
+default of every 2 minutes loses acknowledged writes when machines fail together.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import socket
 import subprocess
 import sysconfig
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 
 from aggregates.errors import ConfigError
 
-__all__ = ["EmbeddedNatsServer", "find_nats_server"]
+__all__ = ["ClusterSpec", "EmbeddedNatsServer", "find_nats_server"]
 
 _HOST = "127.0.0.1"
 _BINARY = "nats-server"
@@ -47,6 +51,16 @@ def find_nats_server() -> Path:
     )
 
 
+@dataclass(frozen=True)
+class ClusterSpec:
+    """This node's place in a cluster: the cluster's name, the port its routes listen on, and
+    the route URLs of the other nodes (`nats://127.0.0.1:<their cluster port>`)."""
+
+    name: str
+    port: int
+    routes: tuple[str, ...]
+
+
 class EmbeddedNatsServer:
     """One local nats-server process with JetStream, bound to 127.0.0.1."""
 
@@ -60,10 +74,13 @@ class EmbeddedNatsServer:
         start_timeout: float = 10.0,
         stop_timeout: float = 10.0,
         executable: str | os.PathLike[str] | None = None,
+        cluster: ClusterSpec | None = None,
+        sync_always: bool = False,
     ) -> None:
         """Configure the server; `port=None` (or 0) picks a free one, kept across restarts.
 
-        `monitor_port=None` disables HTTP monitoring; 0 picks a free port.
+        `monitor_port=None` disables HTTP monitoring; 0 picks a free port. A `cluster` node
+        starts before its peers are up; JetStream answers once a majority is.
         """
         for name, value in (("port", port), ("monitor_port", monitor_port)):
             if value is not None and not 0 <= value <= 65535:
@@ -77,6 +94,8 @@ class EmbeddedNatsServer:
         self._monitor_port = monitor_port or None
         self._monitor = monitor_port is not None
         self._proc: subprocess.Popen[bytes] | None = None
+        self.cluster = cluster
+        self.sync_always = sync_always
 
     # ----------------------------------------------------------------- properties
 
@@ -143,6 +162,15 @@ class EmbeddedNatsServer:
         ]  # fmt: skip
         if self._monitor:
             args += ["-m", str(self._monitor_port or -1)]
+        if self.cluster is not None:
+            args += ["--cluster_name", self.cluster.name,
+                     "--cluster", f"nats://{_HOST}:{self.cluster.port}"]
+            if self.cluster.routes:
+                args += ["--routes", ",".join(self.cluster.routes)]
+        if self.sync_always:  # only the config file can say it; flags still override the rest
+            conf = self.data_dir / "nats-server.conf"
+            conf.write_text("jetstream {\n  sync_interval: always\n}\n")
+            args += ["-c", str(conf)]
         with open(self.log_path, "ab") as log:
             log.write(f"--- starting: {' '.join(args)}\n".encode())
             log.flush()
@@ -284,7 +312,9 @@ class EmbeddedNatsServer:
 
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the parent dies, so a killed `cloudkernel up` leaves no
-    nats-server holding its port (Linux; elsewhere the server outlives a killed parent)."""
+    nats-server holding its port (Linux; elsewhere the server outlives a killed parent).
+    Linux sends it when the *thread* that started the server ends: start it from a thread
+    that lives as long as the server (the main thread), not from a pool's worker."""
     try:
         import ctypes
 

@@ -2,88 +2,73 @@
 
 An integrator sends a core NATS request to `cloudkernel.commands.<tag>` (for example
 `cloudkernel.commands.operation.cancel`). The body is a JSON object of the command's fields,
-the headers carry `Idempotency-Key` and either the signature (`gateways.access`) or
+the headers carry `Idempotency-Key` and either the signature (`kernel.contracts.access`) or
 `Authorization: Bearer <token>`, a token from the ACL service (its login, or a service's SigV4
 check), which sends the command as the token's user. The reply is JSON:
 
     {"ok": true, "command": ..., "idempotency_key": ..., "replayed": ..., "positions": [...],
      "correlation_id": ..., "result": ...}
-    {"ok": false, "error": {"code": ..., "message": ...}}     (and header Cloudkernel-Error)
+    {"ok": false, "error": {"code": ..., "message": ..., "field"?: ..., "retry_after"?: ...}}
+                                                    (and header Cloudkernel-Error)
+
+A refusal names the body field or header at fault in `field` when it concerns one. While the
+event store cannot be reached (PostgreSQL restarting, say) the reply is `unavailable` with
+`retry_after` seconds (and header Retry-After): nothing is known to have been applied, and a
+retry with the same Idempotency-Key applies the command at most once.
 
 The command's events carry the reply's correlation id, and the relay publishes them. Every
 check (headers, signature, the command, the principal's rights, the body) happens before the
-command runs, so a refused request writes nothing. Requests are decided and run in a bounded
+command runs, so a refused request writes nothing: the checks are `gateways.decision`'s, the
+same as the admin API's (another tenant's resource is `not_found` on both); this module only
+frames them in NATS messages. Requests are decided and run in a bounded
 thread pool, because the core is synchronous; the event loop only moves bytes.
 """
 
 import asyncio
 import logging
-import re
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 
-from aggregates.base import natural_id
-from aggregates.errors import (
-    ConflictError,
-    DomainRuleError,
-    ForbiddenError,
-    IdempotencyKeyReusedError,
-    KernelError,
-    NotFoundError,
-    UnauthenticatedError,
-    ValidationError,
+from aggregates.errors import UnauthenticatedError, shown
+from gateways.decision import (
+    BearerToken,
+    Catalog,
+    CommandDecision,
+    Credentials,
+    ErrorBody,
+    MalformedError,
+    QuotaCheck,
+    command_decoders,
+    refusal,
 )
-from gateways.access import (
+from gateways.metrics import PROCESS
+from gateways.ownership import AccountLookup
+from kernel.contracts.access import (
     IDEMPOTENCY_KEY_HEADER,
     KEY_ID_HEADER,
     SCHEME,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     AccessControl,
-    Principal,
     SignedRequest,
 )
-from gateways.ownership import AccountLookup, owner_of
-from gateways.stream.requests import Answer, answer_requests
-from kernel.bootstrap import CommandRunner
-from kernel.commands import Command
-from kernel.event_feed import CORRELATION_ID
+from kernel.contracts.events import CORRELATION_ID
+from kernel.contracts.requests import Answer, answer_requests
 
 log = logging.getLogger(__name__)
 
 COMMANDS_PREFIX = "cloudkernel.commands."
 QUEUE_GROUP = "cloudkernel-intake"
 ERROR_HEADER = "Cloudkernel-Error"
+RETRY_AFTER_HEADER = "Retry-After"
 AUTHORIZATION_HEADER = "Authorization"
 SIGNED_HEADERS = (KEY_ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
-Catalog = Mapping[str, tuple[type[Command], CommandRunner]]
-
-# Known refusals, most specific first; anything else is an `internal` error.
-_CODES: tuple[tuple[type[KernelError], str], ...] = (
-    (UnauthenticatedError, "unauthenticated"),
-    (ForbiddenError, "forbidden"),
-    (IdempotencyKeyReusedError, "idempotency_key_reused"),
-    (NotFoundError, "not_found"),
-    (ConflictError, "conflict"),
-    (ValidationError, "invalid"),
-    (DomainRuleError, "invalid"),
-)
-
-
-class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Why a command was refused: a stable code, a message, and the kernel's own detail."""
-
-    code: str
-    message: str
-    reason: str | None = None
-    detail: dict[str, Any] | None = None
 
 
 class ErrorReply(msgspec.Struct, kw_only=True):
@@ -114,20 +99,16 @@ class Reply:
     error: str | None = None
 
 
-class MalformedError(Exception):
-    """The request cannot be read as a command (bad body, wrong fields, missing header)."""
-
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field  # the body field at fault, when one is
-
-
-class UnknownCommandError(Exception):
-    """No command has the subject's tag."""
-
-
 _encoder = msgspec.json.Encoder()
-_any_json = msgspec.json.Decoder()
+
+
+def _refuse_control_characters(headers: Mapping[str, str]) -> None:
+    """Refuse a header holding a control character (NUL, a line feed, DEL...): no header
+    the intake reads may hold one, and one would otherwise reach the log."""
+    for name, value in headers.items():
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise MalformedError(f"header {shown(name)[1:-1]} must not contain control "
+                                 "characters (NUL, line breaks, DEL...)", field=name[:100])
 
 
 # Threads that run commands. A command waits in the engine's group commit, so many threads
@@ -145,23 +126,32 @@ class CommandIntake:
     max_in_flight: int = 256
     # where the account owning a command's target is found (None: no resource checks)
     owner_lookup: AccountLookup | None = None
-    # (tag, command, owner) -> None, or raises ForbiddenError naming a limit the command
-    # would pass (gateways.quotas.quota_check); None: no limits checked here
-    quota: Callable[[str, Command, str | None], None] | None = None
+    # the limits a command must not pass (gateways.quotas.quota_check); None: none here
+    quota: QuotaCheck | None = None
     drain_timeout: float = 30.0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stats: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        self._decoders = {tag: msgspec.json.Decoder(type_)
-                          for tag, (type_, _run) in self.catalog.items()}
+        self._decoders = command_decoders(self.catalog)
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="intake")
+        PROCESS.add(self, "cloudkernel_intake_requests", "counter",
+                    "Commands the NATS intake answered, by outcome (ok or the refusal's code).",
+                    ("outcome",), lambda i: [((k,), n) for k, n in sorted(i.stats.items())])
 
-    # ------------------------------------------------------------------ the decision path
+    @property
+    def decision(self) -> CommandDecision:
+        """The command decision with this intake's owner lookup and limits (made on each
+        request: `quota` may be set after the intake is made, once the read models run)."""
+        return CommandDecision(self.catalog, self.access, owner_lookup=self.owner_lookup,
+                               quota=self.quota, decoders=self._decoders)
+
+    # ------------------------------------------------------------------ the NATS framing
 
     def handle(self, subject: str, headers: Mapping[str, str], body: bytes) -> Reply:
         """Check, run and answer one request; never raises."""
         try:
+            _refuse_control_characters(headers)
             reply = self._handle(subject, {k.lower(): v for k, v in headers.items()}, body)
         except Exception as e:
             reply = self._refusal(e, subject, headers)
@@ -173,35 +163,23 @@ class CommandIntake:
         key = headers.get(IDEMPOTENCY_KEY_HEADER.lower(), "")
         if not key.strip():
             raise MalformedError(f"header {IDEMPOTENCY_KEY_HEADER} is required: a key of your "
-                                 "choice, the same when you retry the same command")
-        principal = self._authenticate(subject, headers, key, body)
-        if tag not in self.catalog:
-            raise UnknownCommandError(f"unknown command {tag[:100]!r} on {subject[:140]}; known: "
-                                      f"{', '.join(sorted(self.catalog))}")
-        type_, run = self.catalog[tag]
-        command = self._decode(tag, type_, body)
-        owner = None if self.owner_lookup is None else owner_of(command, self.owner_lookup)
-        # One decision, with the owner: "no owner" means a command on no account's resource,
-        # which only a platform-wide principal may send, so it is never asked before the owner
-        # is known (a tenant's command on its own VM would be refused).
-        self.access.authorize(principal, tag, owner=owner)
-        if self.quota is not None:
-            self.quota(tag, command, owner)
-        # Keys are scoped by actor: another principal's same key is another command, and
-        # never replays (or reveals) this one's result.
-        scoped = f"{principal.actor}/{key}"
-        outcome = run(command, idempotency_key=scoped, actor=principal.actor)
-        correlation_id = natural_id("command", scoped)
+                                 "choice, the same when you retry the same command",
+                                 field=IDEMPOTENCY_KEY_HEADER)
+        decision = self.decision
+        principal = decision.authenticate(self._credentials(subject, headers, key, body))
+        decided = decision.decide(principal, tag, body, key)
+        outcome = decided.run()
         data = _encoder.encode(CommandReply(
             command=outcome.command, idempotency_key=key, replayed=outcome.replayed,
-            positions=outcome.positions, correlation_id=correlation_id, result=outcome.result))
+            positions=outcome.positions, correlation_id=decided.correlation_id,
+            result=outcome.result))
         log.debug("intake: %s by %s (key %s): %s", tag, principal.actor, principal.key_id,
                   "replayed" if outcome.replayed else f"{len(outcome.positions)} events")
-        return Reply(data, {CORRELATION_ID: str(correlation_id)})
+        return Reply(data, {CORRELATION_ID: str(decided.correlation_id)})
 
-    def _authenticate(self, subject: str, headers: Mapping[str, str], key: str,
-                      body: bytes) -> Principal:
-        """A bearer token's user (`Authorization: Bearer <token>`), or the key that signed."""
+    def _credentials(self, subject: str, headers: Mapping[str, str], key: str,
+                     body: bytes) -> Credentials:
+        """A bearer token (`Authorization: Bearer <token>`), or the signature headers."""
         authorization = headers.get(AUTHORIZATION_HEADER.lower())
         if authorization is not None:
             scheme, _, token = authorization.strip().partition(" ")
@@ -211,21 +189,23 @@ class CommandIntake:
             if any(h.lower() in headers for h in SIGNED_HEADERS):
                 raise UnauthenticatedError(f"send either {AUTHORIZATION_HEADER}: Bearer or the "
                                            f"{SCHEME} headers, not both")
-            return self.access.authenticate_bearer(token.strip())
-        return self.access.authenticate(SignedRequest(
+            return BearerToken(token.strip())
+        return SignedRequest(
             subject=subject, idempotency_key=key, body=body,
             key_id=headers.get(KEY_ID_HEADER.lower(), ""),
             timestamp=headers.get(TIMESTAMP_HEADER.lower(), ""),
-            signature=headers.get(SIGNATURE_HEADER.lower(), "")))
-
-    def _decode(self, tag: str, type_: type[Command], body: bytes) -> Command:
-        return decode_command(tag, type_, self._decoders[tag], body)
+            signature=headers.get(SIGNATURE_HEADER.lower(), ""))
 
     def _refusal(self, e: Exception, subject: str, headers: Mapping[str, str]) -> Reply:
-        key_id = headers.get(KEY_ID_HEADER.lower(), headers.get(KEY_ID_HEADER, "-"))
-        body = refusal(e, where=f"intake: {subject}", key_id=key_id)
+        lower = {k.lower(): v for k, v in headers.items()}
+        body = refusal(e, where=f"intake: {subject[:140]}",
+                       key_id=lower.get(KEY_ID_HEADER.lower(), "-"),
+                       idempotency_key=lower.get(IDEMPOTENCY_KEY_HEADER.lower()))
         data = _encoder.encode(ErrorReply(error=body))
-        return Reply(data, {ERROR_HEADER: body.code}, error=body.code)
+        reply_headers = {ERROR_HEADER: body.code}
+        if body.retry_after is not None:
+            reply_headers[RETRY_AFTER_HEADER] = str(body.retry_after)
+        return Reply(data, reply_headers, error=body.code)
 
     # ------------------------------------------------------------------ the NATS loop
 
@@ -251,63 +231,3 @@ class CommandIntake:
             queue=QUEUE_GROUP, executor=self._executor, answer=answer, failed=failed,
             stop=stop, ready=self.ready, max_in_flight=self.max_in_flight,
             drain_timeout=self.drain_timeout, dropped=dropped)
-
-
-# ---------------------------------------------------------------------- shared with the admin API
-
-_FIELD_AT = re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def decode_command(tag: str, type_: type[Command], decoder: msgspec.json.Decoder[Any],
-                   body: bytes) -> Command:
-    """The body as command `tag` (a JSON object of its fields); MalformedError naming why."""
-    fields = ", ".join(type_.__struct_fields__)
-    try:
-        raw = _any_json.decode(body)
-    except msgspec.DecodeError as e:
-        raise MalformedError(f"body is not JSON ({e}); send an object of {tag}'s fields: "
-                             f"{fields}") from None
-    if not isinstance(raw, dict):
-        raise MalformedError(f"body must be a JSON object of {tag}'s fields ({fields}), "
-                             f"got {type(raw).__name__}")
-    if "command" in raw and raw["command"] != tag:
-        raise MalformedError(f"body field command is {raw['command']!r} but the subject "
-                             f"names {tag!r}", field="command")
-    unknown = sorted(set(raw) - set(type_.__struct_fields__) - {"command"})
-    if unknown:
-        raise MalformedError(f"unknown field {', '.join(map(repr, unknown))} for {tag} "
-                             f"(fields: {fields})", field=str(unknown[0]))
-    try:
-        command: Command = decoder.decode(body)
-    except msgspec.ValidationError as e:
-        at = _FIELD_AT.search(str(e))
-        raise MalformedError(f"{tag}: {e}", field=at.group(1) if at else None) from None
-    return command
-
-
-def error_code(e: BaseException) -> str:
-    """The stable code of a refusal: malformed, unknown_command, a KernelError's, or internal."""
-    if isinstance(e, MalformedError):
-        return "malformed"
-    if isinstance(e, UnknownCommandError):
-        return "unknown_command"
-    return next((c for t, c in _CODES if isinstance(e, t)), "internal")
-
-
-def refusal(e: BaseException, *, where: str, key_id: str = "-") -> ErrorBody:
-    """The error body a gateway answers for `e`; internal errors are logged with a reference
-    and never shown (their message may hold SQL or paths)."""
-    code = error_code(e)
-    reason = detail = None
-    if code == "internal":
-        ref = uuid.uuid4()
-        log.error("%s failed (reference %s)", where[:140], ref, exc_info=e)
-        message = f"internal error (reference {ref}); the command may be retried with the " \
-                  "same idempotency key"
-    else:
-        message = str(e)
-        if isinstance(e, KernelError):
-            extra = {k: v for k, v in e.to_dict().items() if k not in ("code", "message")}
-            reason, detail = e.code, extra or None
-        log.info("%s refused (%s): %s [key %s]", where[:140], code, message, key_id[:64])
-    return ErrorBody(code=code, message=message, reason=reason, detail=detail)

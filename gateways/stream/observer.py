@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 import msgspec
 from nats.aio.msg import Msg
 
-from gateways.stream.connection import connect, sleep_unless_stopped
+from kernel.contracts.connection import connect, sleep_unless_stopped
+from kernel.leases import FencedError
 from kernel.operations import OperationEngine
 from kernel.reality.reconciler import RealityPolicy, Reconciler
 from kernel.settings import Settings
@@ -105,6 +106,9 @@ class ObservationListener:
             next_tick = loop.time() + self.reconciler.policy.interval / 2
             while not stop.is_set():
                 await sleep_unless_stopped(stop, self.batch_wait)
+                if not self._on_duty():  # another kernel holds the duty partition
+                    pending.clear()
+                    continue
                 if pending:
                     batch, pending[:] = list(pending), []
                     self.received += len(batch)
@@ -117,9 +121,16 @@ class ObservationListener:
                 await asyncio.wait_for(nc.close(), 5)
             self._store.shutdown(wait=True)
 
+    def _on_duty(self) -> bool:
+        """Whether this kernel reconciles: the only one, or the duty partition's holder."""
+        own = self.reconciler.engine.ownership
+        return own is None or own.holds_duty()
+
     async def _run(self, fn: Callable[..., object], *args: object) -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(self._store, fn, *args)
+        except FencedError as e:
+            log.info("reconciler: %s (the duty partition moved)", e)
         except Exception:
             log.exception("reconciler: %s failed; the next report or tick tries again",
                           getattr(fn, "__name__", fn))

@@ -27,10 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
 
-from gateways.stream.connection import connect, sleep_unless_stopped
-from kernel.event_feed import EVENTS_STREAM, POSITION, SUBJECT_PREFIX, EventFeed, PublicEvent
+from gateways.metrics import PROCESS
+from gateways.stream.streams import ensure_stream
+from kernel.contracts.connection import connect, sleep_unless_stopped
+from kernel.contracts.events import EVENTS_STREAM, POSITION, SUBJECT_PREFIX, PublicEvent
+from kernel.event_feed import EventFeed
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +48,20 @@ class EventRelay:
 
     def __init__(self, feed: EventFeed, servers: Sequence[str], *, page: int = 2000,
                  window: int = 1000, idle_poll: float = 0.05, stream: str = EVENTS_STREAM,
-                 subject_prefix: str = SUBJECT_PREFIX):
-        self.feed, self.servers = feed, list(servers)
+                 subject_prefix: str = SUBJECT_PREFIX, replicas: int = 1):
+        self.feed, self.servers, self.replicas = feed, list(servers), replicas
         # Another log (the ACL's) goes to its own stream under its own subjects.
         self.stream, self.subject_prefix = stream, subject_prefix
         # A JetStream atomic batch holds at most 1,000 messages.
         self.page, self.window, self.idle_poll = page, min(window, 1000), idle_poll
         self.published = 0
         self.resyncs = 0
+        PROCESS.add(self, "cloudkernel_relay_events_published", "counter",
+                    "Log events a relay stored in its stream.", ("stream",),
+                    lambda r: [((r.stream,), r.published)])
+        PROCESS.add(self, "cloudkernel_relay_resyncs", "counter",
+                    "Times a relay re-read its stream's tail (an error, or another relay).",
+                    ("stream",), lambda r: [((r.stream,), r.resyncs)])
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="relay-feed")
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -83,7 +91,8 @@ class EventRelay:
 
     async def _relay(self, js: JetStreamContext, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        last_seq, position = await tail(js, self.stream, self.subject_prefix)
+        last_seq, position = await tail(js, self.stream, self.subject_prefix,
+                                        replicas=self.replicas)
         while not stop.is_set():
             events = await loop.run_in_executor(self._reader, self.feed.read, position, self.page)
             if not events:
@@ -131,21 +140,20 @@ def _error(data: bytes) -> str:
 
 
 async def ensure_events_stream(js: JetStreamContext, stream: str = EVENTS_STREAM,
-                               subject_prefix: str = SUBJECT_PREFIX) -> None:
+                               subject_prefix: str = SUBJECT_PREFIX, *,
+                               replicas: int = 1) -> None:
     """Create the EVENTS stream unless it exists: limits retention, no deletes or purges."""
-    try:
-        await js.stream_info(stream)
-    except NotFoundError:
-        await js.add_stream(StreamConfig(
-            name=stream, subjects=[subject_prefix + ">"],
-            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
-            duplicate_window=120, deny_delete=True, deny_purge=True, allow_atomic=True))
+    await ensure_stream(js, StreamConfig(
+        name=stream, subjects=[subject_prefix + ">"],
+        retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+        duplicate_window=120, deny_delete=True, deny_purge=True, allow_atomic=True,
+        num_replicas=replicas))
 
 
 async def tail(js: JetStreamContext, stream: str = EVENTS_STREAM,
-               subject_prefix: str = SUBJECT_PREFIX) -> tuple[int, int]:
+               subject_prefix: str = SUBJECT_PREFIX, *, replicas: int = 1) -> tuple[int, int]:
     """The stream's last sequence and the log position of its last message (0, 0 if empty)."""
-    await ensure_events_stream(js, stream, subject_prefix)
+    await ensure_events_stream(js, stream, subject_prefix, replicas=replicas)
     info = await js.stream_info(stream)
     last_seq = int(info.state.last_seq or 0)
     if last_seq == 0 or not info.state.messages:

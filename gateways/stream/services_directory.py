@@ -26,14 +26,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from aggregates.errors import NotFoundError, ValidationError
-from aggregates.service import ServiceRegistration, require_service_name
-from gateways.services.liveness import Heartbeat, by_service, live_instances
-from gateways.stream.connection import connect
+from aggregates.service import ServiceRegistration
+from kernel.contracts.connection import connect
+from kernel.contracts.liveness import Heartbeat, by_service, live_instances
+from kernel.contracts.services import GET_SUBJECT, LIST_SUBJECT, require_service_name
 
 log = logging.getLogger(__name__)
 
-LIST_SUBJECT = "cloudkernel.services.list"
-GET_SUBJECT = "cloudkernel.services.get"
 QUEUE_GROUP = "cloudkernel-directory"
 REGISTERED_TOPIC = "service_registration.Registered"
 Document = dict[str, Any]

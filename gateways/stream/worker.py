@@ -17,6 +17,9 @@ Per message, in this order:
 3. only then ack (or term a poison message). If the publish fails the message is nak'ed with
    a short delay and nothing is acked: the step runs again (plugins are idempotent by step id)
    and the outcome's Msg-Id makes a second copy a duplicate JetStream drops.
+
+The worker also answers its plugin's read-only actions (`inventory`) as plain NATS requests,
+in the same thread pool (`gateways.stream.queries`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import msgspec
 from nats.aio.client import Client
@@ -41,9 +45,11 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from aggregates.errors import ConfigError
-from gateways.stream.connection import connect
-from gateways.stream.streams import ensure_streams, ensure_worker_consumer
-from kernel.contracts import (
+from gateways.metrics import PROCESS
+from gateways.stream.queries import serve_queries
+from gateways.stream.streams import ensure_streams, ensure_worker_consumer, when_ready
+from kernel.contracts.connection import connect
+from kernel.contracts.steps import (
     RESULTS_STREAM,
     STEPS_STREAM,
     StepOutcome,
@@ -74,6 +80,7 @@ class WorkerStats:
     publish_errors: int = 0
     in_progress_sent: int = 0
     abandoned: int = 0
+    deferred: int = 0  # deliveries of an attempt already running here, put back for later
 
 
 class Worker:
@@ -93,6 +100,7 @@ class Worker:
         drain_timeout: float = 30.0,
         progress_interval: float | None = None,
         identity: str | None = None,
+        replicas: int = 1,
     ) -> None:
         """Configure; nothing connects before `run`.
 
@@ -109,6 +117,7 @@ class Worker:
         self.subsystem = subsystem
         self.servers = list(servers)
         self.concurrency = concurrency
+        self.replicas = replicas
         self.ack_wait = ack_wait
         self.max_batch = max(1, max_batch)
         self.fetch_timeout = fetch_timeout
@@ -120,11 +129,25 @@ class Worker:
                                      f"{secrets.token_hex(2)}")
         self.runner = StepRunner(subsystem, worker=self.identity)
         self.stats = WorkerStats()
+        PROCESS.add(self, "cloudkernel_worker_steps", "counter",
+                    "Steps a worker took from STEPS, by what became of them.",
+                    ("subsystem", "worker", "outcome"),
+                    lambda w: [((w.subsystem.name, w.identity, k), getattr(w.stats, k))
+                               for k in ("received", "succeeded", "failed", "terminated",
+                                         "withheld", "abandoned", "deferred")])
+        PROCESS.add(self, "cloudkernel_worker_stale_epoch_steps", "counter",
+                    "Steps refused because a newer kernel owns their partition (a deposed "
+                    "kernel's publication).", ("subsystem", "worker"),
+                    lambda w: [((w.subsystem.name, w.identity), w.runner.refused_epoch)])
+        PROCESS.add(self, "cloudkernel_worker_steps_in_flight", "gauge",
+                    "Steps a worker is running now.", ("subsystem", "worker"),
+                    lambda w: [((w.subsystem.name, w.identity), len(w._inflight))])
         self.ready = asyncio.Event()
         self._js: JetStreamContext | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._progress_every = progress_interval or max(ack_wait / 3, _MIN_PROGRESS_S)
         self._inflight: set[asyncio.Task[None]] = set()
+        self._running: set[tuple[UUID, int]] = set()  # the attempts running here now
         self._closing = False
 
     # ----------------------------------------------------------------- lifecycle
@@ -137,8 +160,9 @@ class Worker:
         try:
             nc = await self._connect()
             js = nc.jetstream(timeout=self.publish_timeout)
-            sub = await self._bind(js)
+            sub = await when_ready(lambda: self._bind(js), stop, f"worker {self.identity}")
             self._attach(js, pool)
+            await serve_queries(nc, self.runner, pool)
             log.info("worker %s serves %s (%s) from %s; concurrency %d, in_progress every %.2fs",
                      self.identity, self.subsystem.name, ", ".join(self.runner.kinds),
                      ", ".join(self.servers), self.concurrency, self._progress_every)
@@ -177,7 +201,7 @@ class Worker:
 
     async def _bind(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
         """Ensure the streams and the shared durable consumer; learn its ack_wait."""
-        await ensure_streams(js)
+        await ensure_streams(js, replicas=self.replicas)
         durable = await ensure_worker_consumer(js, self.subsystem.name, ack_wait=self.ack_wait)
         info = await js.consumer_info(STEPS_STREAM, durable)
         ack_wait = info.config.ack_wait or self.ack_wait
@@ -260,6 +284,17 @@ class Worker:
 
     async def _handle(self, msg: Msg) -> None:
         assert self._pool is not None
+        # One attempt runs once at a time here: a second delivery of it (JetStream's
+        # redelivery, or a new kernel publishing what was in flight at its epoch) waits for
+        # the first to finish, then runs on what the first left (idempotent steps say
+        # "done already"), instead of racing it on the same host objects.
+        attempt = self.runner.attempt_of(msg.data)
+        if attempt is not None and attempt in self._running:
+            self.stats.deferred += 1
+            await _quietly(msg.nak, delay=_RETRY_S)
+            return
+        if attempt is not None:
+            self._running.add(attempt)
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
             delivery = _delivery(msg)
@@ -272,6 +307,8 @@ class Worker:
             await self._dispose(msg, verdict)
         finally:
             keep_alive.cancel()
+            if attempt is not None:
+                self._running.discard(attempt)
 
     async def _keep_alive(self, msg: Msg) -> None:
         """Tell JetStream the step is still being worked on, every ack_wait/3."""

@@ -1,36 +1,14 @@
-"""What `cloudkernel up` needs for the web page: a first admin to log in with, and the mount.
+"""What `cloudkernel up` needs for the web page: the mount, and the banner it prints.
 
-`ensure_admin_user` makes, on the first start only, a root admin user of the ACL with a random
-password, returned once to be printed (the ACL keeps only its hash). `mount_web_page` is the
-one call that adds the page to an admin API application.
+`mount_web_page` is the one call that adds the page to an admin API application; the first
+admin to log in with is the ACL's (`services.acl.first_admin`).
 """
 
-import secrets
 from collections.abc import Sequence
-from typing import Any
 
 from aiohttp import web
 
-from aggregates.acl.rules import ROLE_ROOT_ADMIN, ROOT_DOMAIN
 from gateways.web.routes import Login, add_web_routes
-
-ADMIN_USER = "admin"
-ADMIN_ACCOUNT = "admin"
-
-
-def ensure_admin_user(acl: Any, *, username: str = ADMIN_USER,
-                      account: str = ADMIN_ACCOUNT) -> str | None:
-    """The new password of a root admin `username` made now; None when the ACL has an
-    enabled root admin already (nothing is made, and no password is shown again)."""
-    acl.directory.refresh()
-    if any(u.role == ROLE_ROOT_ADMIN and not u.disabled
-           for u in acl.directory.users.values()):
-        return None
-    if account not in acl.directory.accounts:
-        acl.create_account(account, domain=ROOT_DOMAIN)
-    password = secrets.token_urlsafe(15)
-    acl.create_user(username, account=account, role=ROLE_ROOT_ADMIN, password=password)
-    return password
 
 
 def mount_web_page(app: web.Application, *, servers: Sequence[str],

@@ -36,11 +36,11 @@ import msgspec
 from aiohttp import web
 
 from aggregates.errors import UnauthenticatedError, ValidationError
-from gateways.access import Principal
 from gateways.api.context import CONTEXT, ApiContext, authenticator
-from gateways.stream.connection import connect
 from gateways.web.services import add_services_route
-from kernel.event_feed import (
+from kernel.contracts.access import Principal
+from kernel.contracts.connection import connect
+from kernel.contracts.events import (
     ORIGINATOR_ID,
     ORIGINATOR_VERSION,
     POSITION,

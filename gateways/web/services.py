@@ -22,12 +22,12 @@ from aiohttp import web
 from nats.aio.client import Client
 
 from aggregates.errors import NotFoundError
-from gateways.access import Principal
 from gateways.api.context import CONTEXT, ApiContext, authenticator
 from gateways.api.inventory import _visible, one_wait_for, wait_for_position
-from gateways.services.directory import Document, ViewRegistrations, joined
-from gateways.services.liveness import Heartbeat, by_service, live_instances
-from gateways.stream.connection import connect
+from gateways.stream.services_directory import Document, ViewRegistrations, joined
+from kernel.contracts.access import Principal
+from kernel.contracts.connection import connect
+from kernel.contracts.liveness import Heartbeat, by_service, live_instances
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from gateways.stream.connection import sleep_unless_stopped
 from gateways.webhooks.model import Envelope, IncomingEvent
 from gateways.webhooks.store import WebhookStore
-from kernel.event_feed import (
+from kernel.contracts.connection import sleep_unless_stopped
+from kernel.contracts.events import (
     ACTOR,
     CAUSATION_ID,
     CORRELATION_ID,

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from aggregates.errors import ValidationError
-from kernel.event_feed import SUBJECT_PREFIX
+from kernel.contracts.events import SUBJECT_PREFIX
 
 # Delivery ids are derived from (webhook, position), so one event has one id per webhook for
 # good: a receiver can deduplicate on Cloudkernel-Delivery-Id across retries and redeliveries.

@@ -25,10 +25,10 @@ from typing import Any
 
 import aiohttp
 
-from gateways.stream.connection import sleep_unless_stopped
 from gateways.webhooks.model import Outgoing, RetryPolicy, Status
 from gateways.webhooks.signing import signature_header
 from gateways.webhooks.store import WebhookStore
+from kernel.contracts.connection import sleep_unless_stopped
 
 log = logging.getLogger(__name__)
 StoreCall = Callable[..., Awaitable[Any]]

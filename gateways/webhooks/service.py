@@ -13,12 +13,12 @@ from typing import Any
 
 import aiohttp
 
-from gateways.stream.connection import connect
 from gateways.stream.relay import ensure_events_stream
 from gateways.webhooks.intake import Intake, ensure_webhooks_consumer
 from gateways.webhooks.model import RetryPolicy
 from gateways.webhooks.sender import Sender
 from gateways.webhooks.store import WebhookStore
+from kernel.contracts.connection import connect
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,9 @@ class WebhookService:
     def __init__(self, store: WebhookStore, servers: Sequence[str], *,
                  policy: RetryPolicy | None = None, concurrency: int = 16,
                  timeout: float = 10.0, poll: float = 1.0, intake_batch: int = 256,
-                 ack_wait: float = 30.0, connect_timeout: float = 10.0) -> None:
-        self.store, self.servers = store, list(servers)
+                 ack_wait: float = 30.0, connect_timeout: float = 10.0,
+                 replicas: int = 1) -> None:
+        self.store, self.servers, self.replicas = store, list(servers), replicas
         self.policy = policy or RetryPolicy()
         self.ack_wait, self.intake_batch = ack_wait, intake_batch
         self.connect_timeout = connect_timeout
@@ -59,7 +60,7 @@ class WebhookService:
         self._executor = ThreadPoolExecutor(4, thread_name_prefix="webhooks-store")
         try:
             js = nc.jetstream(timeout=10)
-            await ensure_events_stream(js)
+            await ensure_events_stream(js, replicas=self.replicas)
             await ensure_webhooks_consumer(js, ack_wait=self.ack_wait,
                                            max_ack_pending=self.intake_batch)
             async with aiohttp.ClientSession() as session:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kernel.bootstrap.catalog import CLOUD_COMMANDS, cloud_effects
 from kernel.cloud.services import SERVICE_HANDLERS
 from kernel.commands import Command, CommandOutcome, CommandService, Handler
 from kernel.inventory.loader import LoadInventory, handle_load_inventory
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from kernel.dispatch_feed import DispatchFeed
     from kernel.operations import OperationEngine
 
-SAMPLE_INVENTORY = Path(__file__).resolve().parent.parent / "examples" / "inventory.toml"
+SAMPLE_INVENTORY = Path(__file__).resolve().parents[2] / "examples" / "inventory.toml"
 
 PLATFORM_HANDLERS: dict[type, Handler] = {
     LoadInventory: handle_load_inventory,
@@ -46,7 +47,6 @@ def open_platform(settings: Settings) -> Platform:
 
 def open_engine(settings: Settings) -> tuple[Platform, "OperationEngine", "DispatchFeed"]:
     """The platform with its operation engine and dispatch feed."""
-    from kernel.cloud.catalog import CLOUD_COMMANDS, cloud_effects
     from kernel.dispatch_feed import DispatchFeed
     from kernel.operations import OperationEngine
 

@@ -2,12 +2,12 @@
 
 from typing import Any
 
-from kernel.cloud.directory import directory
 from kernel.cloud.hosts import HOST_COMMANDS
 from kernel.cloud.maintenance import MAINTENANCE_EFFECTS
 from kernel.cloud.networks import NETWORK_COMMANDS, NETWORK_EFFECTS
 from kernel.cloud.nics import NIC_EFFECTS
 from kernel.cloud.repair import REPAIR_COMMANDS
+from kernel.cloud.storage_pools import directory
 from kernel.cloud.templates import TEMPLATE_EFFECTS, DownloadTemplateCommand, download_factory
 from kernel.cloud.vm_effects import vm_effects
 from kernel.cloud.vm_moves import VM_MOVE_COMMANDS, VM_MOVE_EFFECTS

@@ -15,7 +15,7 @@ allow the action (a second prepare while one runs) or a VM that cannot move writ
 """
 
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 import msgspec
@@ -24,7 +24,8 @@ from aggregates.host import Host
 from kernel.cloud.maintenance import prepare_operation, vms_to_move, withdraw_waiting
 from kernel.cloud.volumes import look
 from kernel.commands import Command
-from kernel.operations import StartOperation, UnitOfWork
+from kernel.operation_commands import StartOperation
+from kernel.unit_of_work import UnitOfWork
 
 
 class DisableHost(Command, frozen=True, kw_only=True, tag="host.disable"):
@@ -53,6 +54,7 @@ class CancelHostMaintenance(Command, frozen=True, kw_only=True,
                             tag="host.cancel_maintenance"):
     """Bring a host in (or preparing for) maintenance back to Enabled."""
 
+    waits_for_busy_entities: ClassVar[bool] = False  # it stops the operation holding the host
     host_id: UUID
     reason: str = ""
 

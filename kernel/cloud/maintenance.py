@@ -51,8 +51,9 @@ from kernel.cloud.vm_effects import operation_ref, why_failed
 from kernel.cloud.vm_moves import MigrateVm, migrate_factory
 from kernel.cloud.volumes import Reader, look
 from kernel.effects import Effects, EffectScope
-from kernel.operations import StartOperation, UnitOfWork
+from kernel.operation_commands import StartOperation
 from kernel.steps.hypervisor import ReportPower
+from kernel.unit_of_work import UnitOfWork
 
 PREPARE_KIND = "host.prepare_maintenance"
 # The host must answer within about half a minute before its VMs are moved.
@@ -110,7 +111,7 @@ def withdraw_waiting(uow: UnitOfWork, operation_ids: list[UUID], reason: str,
             continue  # it took some of its entities already: let it run
         op.cancel(reason, now)
         for queue in queues:
-            if isinstance(queue, EntityQueue):
+            if isinstance(queue, EntityQueue) and queue.is_waiting(op.id):
                 queue.release(op.id)
         withdrawn.append(op.id)
     return withdrawn

@@ -7,9 +7,13 @@
   VLAN from the zone's pool, and its effect records it on the zone's VlanPool (a VLAN taken
   meanwhile is refused and proposed again) and the Network Implemented. A zone gets a VLAN pool
   of `DEFAULT_VLANS` on its first implement. If the operation fails the Network is Allocated.
-* `network.shutdown` (no NIC may hold an address): `networkguru.shutdown`; its effect gives the
-  VLAN back and records the Network Shutdown. The libvirt networks the element made on hosts
-  stay defined (harmless without NICs); they are redefined by the next implement.
+* `network.shutdown` (no NIC may hold an address): `networkelement.shutdown` on every host the
+  Network records its element on (made there by a deploy, start or migration), each removing
+  the libvirt network with its bridge, DHCP/DNS entries and rules, and recorded as gone from
+  that host; then `networkguru.shutdown`, whose effect gives the VLAN back and records the
+  Network Shutdown. A host that cannot be reached fails the operation: the Network stays
+  Implemented, still set up on that host, and a later shutdown tries again. (Networks
+  implemented before the kernel recorded element hosts know of none.)
 """
 
 from datetime import datetime
@@ -19,21 +23,25 @@ from uuid import UUID, uuid4
 import msgspec
 
 from aggregates.errors import DomainRuleError, NotFoundError, ValidationError
+from aggregates.host import Host
 from aggregates.network import GuestNetworkType, Network, NetworkState
 from aggregates.operation import Operation, OperationState
 from aggregates.plan import Plan, PlannedStep, RetryPolicy
 from aggregates.vlan_pool import VlanPool
 from aggregates.zone import Zone
+from kernel.cloud.nics import ELEMENT_RETRY
 from kernel.commands import Command
 from kernel.effects import BaseEffect, Effects, EffectScope, Refusal, StepContext
-from kernel.operations import StartOperation, UnitOfWork
+from kernel.operation_commands import StartOperation
 from kernel.steps.network import (
     DesignNetwork,
     ImplementNetwork,
     NetworkDesign,
+    ShutdownElement,
     ShutdownNetwork,
     VlanAssigned,
 )
+from kernel.unit_of_work import UnitOfWork
 
 DEFAULT_VLANS = (100, 999)
 RETRY = RetryPolicy(max_attempts=5, initial_delay=0.02, max_delay=0.5, jitter=0.3)
@@ -74,6 +82,13 @@ class NetworkRef(msgspec.Struct, frozen=True, kw_only=True):
     """The network a bound step is about."""
 
     network_id: UUID
+
+
+class ElementRef(msgspec.Struct, frozen=True, kw_only=True):
+    """A network's element on one host (plan arguments of `networkelement.shutdown`)."""
+
+    network_id: UUID
+    host_id: UUID
 
 
 def _step(subsystem: str, action: str, args: msgspec.Struct) -> PlannedStep:
@@ -136,8 +151,18 @@ def shutdown_factory(uow: UnitOfWork, command: ShutdownNetworkCommand,
     if network.allocated_ips:
         raise ValidationError(f"network {network.name}: {len(network.allocated_ips)} NICs "
                               "still hold addresses")
-    return _spec("network.shutdown", network.id,
-                 _step("networkguru", "shutdown", ShutdownNetwork(network_id=network.id)))
+    elements = [msgspec.structs.replace(_step("networkelement", "shutdown",
+                                              ElementRef(network_id=network.id,
+                                                         host_id=host_id)),
+                                        retry=ELEMENT_RETRY)
+                for host_id in network.element_hosts]
+    guru = msgspec.structs.replace(
+        _step("networkguru", "shutdown", ShutdownNetwork(network_id=network.id)),
+        depends_on=tuple(e.step_id for e in elements))
+    operation_id = uuid4()
+    return (StartOperation(kind="network.shutdown", operation_id=operation_id,
+                           plan=Plan(steps=(*elements, guru)), entity_ids=(network.id,)),
+            NetworkAccepted(operation_id=operation_id, network_id=network.id))
 
 
 class DesignEffect(BaseEffect):
@@ -174,11 +199,29 @@ class ImplementEffect(BaseEffect):
         network.implemented(got.vlan)
 
 
+class ShutdownElementEffect(BaseEffect):
+    """networkelement.shutdown: bound with the host's URI; the element is gone from it."""
+
+    def bind(self, scope: EffectScope, ctx: StepContext) -> msgspec.Struct | None:
+        ref = ctx.plan_args(ElementRef)
+        return ShutdownElement(network_id=ref.network_id,
+                               host_uri=scope.peek(ref.host_id, Host).uri)
+
+    def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
+        ref = ctx.plan_args(ElementRef)
+        scope.get(ref.network_id, Network).element_shut_down(ref.host_id)
+
+
 class ShutdownEffect(BaseEffect):
     """networkguru.shutdown: the VLAN back to the pool (what the pool holds), Shutdown."""
 
     def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
         network = scope.get(ctx.plan_args(ShutdownNetwork).network_id, Network)
+        if network.state is not NetworkState.IMPLEMENTED or network.element_hosts:
+            # a deploy made it on a host meanwhile: it is in use again
+            raise Refusal(f"network {network.name} is {network.state.value}, set up on "
+                          f"{len(network.element_hosts)} hosts: it cannot be shut down",
+                          retryable=False, code="network_in_use")
         pool_id = VlanPool.create_id(network.zone_id)
         if scope.uow.find(pool_id) is not None:
             pool = scope.get(pool_id, VlanPool)
@@ -205,5 +248,6 @@ NETWORK_COMMANDS: dict[type[Any], Any] = {CreateNetworkCommand: create_factory,
                     ShutdownNetworkCommand: shutdown_factory}
 NETWORK_EFFECTS = Effects(
     steps={"networkguru.design": DesignEffect(), "networkguru.implement": ImplementEffect(),
-           "networkguru.shutdown": ShutdownEffect()},
+           "networkguru.shutdown": ShutdownEffect(),
+           "networkelement.shutdown": ShutdownElementEffect()},
     operations={"network.implement": ImplementEnded()})

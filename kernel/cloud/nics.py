@@ -4,8 +4,8 @@ Per NIC, a deploy runs `networkguru.allocate` (its effect records the MAC on the
 MacPool, the address on the Network and the Nic itself, reserved; a proposal from a stale
 index is refused and retried; compensation `networkguru.release` gives all of it back), then,
 once the VM is placed, `networkelement.implement` (the guest network's libvirt network on
-that host, if not there yet) and `networkelement.prepare` (the NIC's DHCP and DNS host
-entries; compensation `networkelement.release`).
+that host, if not there yet; the Network records the host) and `networkelement.prepare`
+(the NIC's DHCP and DNS host entries; compensation `networkelement.release`).
 """
 
 from uuid import UUID, uuid4
@@ -22,6 +22,7 @@ from aggregates.vm import VirtualMachine
 from kernel.effects import BaseEffect, Effects, EffectScope, Refusal, StepContext
 from kernel.steps.network import (
     AllocateNic,
+    ElementImplemented,
     ImplementElement,
     NicAllocation,
     PrepareNic,
@@ -147,7 +148,8 @@ def release_nic(scope: EffectScope, nic_id: UUID) -> None:
 
 
 class ImplementElementEffect(BaseEffect):
-    """networkelement.implement: the guest network's libvirt network on the VM's host."""
+    """networkelement.implement: the guest network's libvirt network on the VM's host; the
+    Network records the host, so that its shutdown removes it there."""
 
     def bind(self, scope: EffectScope, ctx: StepContext) -> msgspec.Struct | None:
         ref = ctx.plan_args(NicRef)
@@ -156,6 +158,18 @@ class ImplementElementEffect(BaseEffect):
         return ImplementElement(network_id=network.id, host_uri=host.uri,
                                 network_type=network.network_type.value, cidr=network.cidr,
                                 gateway=network.gateway, vlan=network.vlan)
+
+    def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
+        ref = ctx.plan_args(NicRef)
+        done = msgspec.json.decode(result, type=ElementImplemented)
+        vm = scope.peek(ref.vm_id, VirtualMachine)
+        # The host it was bound to: the VM's, or the one a migration moves it to (or back).
+        for host_id in dict.fromkeys((vm.host_id, vm.destination_host_id, vm.last_host_id)):
+            if host_id is not None and scope.peek(host_id, Host).uri == done.host_uri:
+                scope.get(ref.network_id, Network).element_implemented(host_id)
+                return
+        raise Refusal(f"network {ref.network_id} was implemented on {done.host_uri}, which "
+                      f"is none of vm {vm.name}'s hosts", retryable=False, code="wrong_host")
 
 
 class _Entries(BaseEffect):

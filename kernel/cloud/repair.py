@@ -25,6 +25,10 @@ same transaction, so nothing leaks:
   out of Attaching it stays attached only if its VM lists it as a disk;
 * an entity that a finished operation still shows as holding (a stale hold) is freed, unless
   another operation waits for it.
+
+A volume still attached to a VM that is Expunged (as `vm.destroy` left data volumes before
+expunges detached them) is stuck by that attachment: attach, detach and delete refuse it.
+Its repair detaches it from that VM, whatever its state; a Ready one is repaired to Ready.
 """
 
 from datetime import datetime
@@ -38,7 +42,13 @@ from aggregates.errors import CapacityError, DomainRuleError, NotFoundError
 from aggregates.host import Host
 from aggregates.offering import ServiceOffering
 from aggregates.operation import Operation
-from aggregates.repair import VM_REPAIRS, VOLUME_REPAIRS, RepairRefusedError, check_repair
+from aggregates.repair import (
+    VM_REPAIRS,
+    VOLUME_REPAIRS,
+    RepairRefusedError,
+    check_reason,
+    check_repair,
+)
 from aggregates.snapshot import Snapshot, SnapshotState
 from aggregates.storage_pool import PrimaryStoragePool
 from aggregates.vm import VirtualMachine, VmState
@@ -46,7 +56,8 @@ from aggregates.volume import Volume, VolumeState
 from kernel.cloud.vms import pool_claim_id
 from kernel.cloud.volumes import look
 from kernel.commands import Command
-from kernel.operations import StartOperation, UnitOfWork
+from kernel.operation_commands import StartOperation
+from kernel.unit_of_work import UnitOfWork
 
 _GONE = (VolumeState.ALLOCATED, VolumeState.DESTROY, VolumeState.EXPUNGING,
          VolumeState.EXPUNGED)
@@ -197,7 +208,13 @@ def _repair_volume(uow: UnitOfWork, volume: Volume, command: RepairEntity) -> Re
     label = f"volume {volume.name}"
     to = VOLUME_REPAIRS.state(VolumeState, command.to_state)
     require_no_live_operation(uow, volume.id, label)
-    why = check_repair(VOLUME_REPAIRS, label, volume.state, to, command.reason)
+    attached_vm = None if volume.vm_id is None else uow.find(volume.vm_id)
+    vm_gone = volume.vm_id is not None and (not isinstance(attached_vm, VirtualMachine)
+                                            or attached_vm.state is VmState.EXPUNGED)
+    if vm_gone and volume.state is VolumeState.READY:  # stuck by its attachment alone
+        why = check_reason(label, command.reason)
+    else:
+        why = check_repair(VOLUME_REPAIRS, label, volume.state, to, command.reason)
     snapshot = None
     if volume.state is VolumeState.SNAPSHOTTING and volume.snapshot_id is not None:
         snapshot = uow.find(volume.snapshot_id)
@@ -219,12 +236,16 @@ def _repair_volume(uow: UnitOfWork, volume: Volume, command: RepairEntity) -> Re
     elif isinstance(snapshot, Snapshot) and snapshot.state is SnapshotState.CREATING:
         snapshot.fail(f"repaired: {why}")
         also.append(f"snapshot {snapshot.name} failed")
-    elif from_state is VolumeState.ATTACHING and volume.vm_id is not None:
-        vm = uow.find(volume.vm_id)
-        detach = not (isinstance(vm, VirtualMachine) and volume.id in vm.disks.values())
+    elif from_state is VolumeState.ATTACHING and volume.vm_id is not None and not vm_gone:
+        detach = not (isinstance(attached_vm, VirtualMachine)
+                      and volume.id in attached_vm.disks.values())
         also.append(f"detached from vm {volume.vm_id}" if detach else
                     f"attached to vm {volume.vm_id}, which lists it as a disk")
-    volume.repair(to, why, detach=detach)
+    if vm_gone:
+        also.append(f"detached from vm {volume.vm_id}, which is expunged")
+    volume.repair(to, why, detach=detach, vm_gone=vm_gone)
+    if vm_gone and isinstance(attached_vm, VirtualMachine):
+        attached_vm.detach_disk(volume.id)
     also += drop_stale_hold(uow, volume.id)
     return RepairDone(entity_id=volume.id, kind="volume", name=volume.name,
                       from_state=from_state.value, to_state=to.value, reason=why,

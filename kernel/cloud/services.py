@@ -17,8 +17,13 @@ from eventsourcing.domain import Aggregate
 
 from aggregates.base import current_audit
 from aggregates.errors import ForbiddenError, NotFoundError
-from aggregates.service import ServiceRegistration, require_service_name
+from aggregates.service import ServiceRegistration
 from kernel.commands import Command
+from kernel.contracts.services import (
+    check_disable_reason,
+    check_registration,
+    require_service_name,
+)
 from kernel.store.application import KernelApplication
 
 SERVICE_ACTOR_PREFIX = "service:"
@@ -111,13 +116,13 @@ def handle_register(app: KernelApplication,
                     command: RegisterService) -> tuple[Sequence[Aggregate], ServiceChanged]:
     """service.register: create the registration, update it, or leave it as it is."""
     fields: dict[str, Any] = {f: getattr(command, f) for f in command.__struct_fields__}
-    checked = ServiceRegistration.check(**fields)
+    checked = check_registration(**fields)
     _service_actor("register", checked["name"])
     reg = find_service(app, checked["name"])
     if reg is None:
         new = ServiceRegistration(**checked)
         return [new], _changed(new, "registered")
-    if reg.reregister(**fields):
+    if reg.reregister(**checked):
         return [reg], _changed(reg, "updated")
     return [], _changed(reg, "unchanged")
 
@@ -140,7 +145,8 @@ def _switch(action: str, change: str,
 
 
 handle_enable = _switch("enable", "enabled", lambda reg, _c: reg.enable())
-handle_disable = _switch("disable", "disabled", lambda reg, c: reg.disable(c.reason))
+handle_disable = _switch("disable", "disabled",
+                         lambda reg, c: reg.disable(check_disable_reason(c.reason)))
 handle_deregister = _switch("deregister", "deregistered", lambda reg, _c: reg.deregister())
 
 

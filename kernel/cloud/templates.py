@@ -2,7 +2,8 @@
 
 `template.download` starts the download on the Template aggregate (Downloading) in the same
 transaction as the operation; `storage.download_template` fetches and verifies the file; its
-success records the template Ready with its size and checksum (a mismatch against the
+success records the template Ready with its size (the virtual size of the disk it holds,
+which a root volume is made at unless a deploy asks for more) and checksum (a mismatch against the
 registered checksum is recorded as a failure by the aggregate). If the operation fails, the
 template is in Error and may be downloaded again.
 """
@@ -20,8 +21,9 @@ from aggregates.template import Template
 from kernel.cloud.vms import store_directory, template_file
 from kernel.commands import Command
 from kernel.effects import BaseEffect, Effects, EffectScope, StepContext
-from kernel.operations import StartOperation, UnitOfWork
+from kernel.operation_commands import StartOperation
 from kernel.steps.storage import DownloadTemplate, TemplateDownloaded
+from kernel.unit_of_work import UnitOfWork
 
 DOWNLOAD_RETRY = RetryPolicy(max_attempts=3, initial_delay=2.0, max_delay=30.0)
 
@@ -96,7 +98,8 @@ class DownloadEffect(BaseEffect):
         done = msgspec.json.decode(result, type=TemplateDownloaded)
         template = scope.get(ctx.plan_args(TemplateRef).template_id, Template)
         algorithm, _, digest = done.checksum.partition(":")
-        template.download_completed(done.size_bytes,
+        # the size of the disk it holds (CloudStack's template size), not the file's length
+        template.download_completed(done.virtual_size_bytes or done.size_bytes,
                                     f"{{{'SHA-256' if algorithm == 'sha256' else 'MD5'}}}"
                                     f"{digest}")
 

@@ -15,13 +15,14 @@ from aggregates.storage_pool import PrimaryStoragePool
 from aggregates.template import Template
 from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import Volume, VolumeState
-from kernel.cloud.directory import Directory
 from kernel.cloud.nics import vm_host
+from kernel.cloud.storage_pools import Directory
 from kernel.cloud.vms import (
     MAX_DEPLOY_HOSTS,
     VmRef,
     choose_pool,
     deploy_plan,
+    detach_data_volumes,
     expunge_operation,
     new_root_volume,
     placement_claim_id,
@@ -32,7 +33,7 @@ from kernel.cloud.vms import (
 )
 from kernel.cloud.volumes import storage_host
 from kernel.effects import BaseEffect, Effects, EffectScope, Refusal, StepContext
-from kernel.operations import StartOperation
+from kernel.operation_commands import StartOperation
 from kernel.steps.hypervisor import (
     DefineDomain,
     DiskSpec,
@@ -146,6 +147,10 @@ class CreateVolumeEffect(BaseEffect):
         if volume.state not in (VolumeState.ALLOCATED, VolumeState.CREATING):
             raise Refusal(f"volume {volume.name} is {volume.state.value}", retryable=False,
                           code="invalid_transition")
+        if info.capacity_bytes != volume.size_bytes:  # never record a size it is not
+            raise Refusal(f"volume {volume.name} was made {info.capacity_bytes} bytes, not "
+                          f"the {volume.size_bytes} recorded", retryable=False,
+                          code="size_mismatch")
         try:  # the claim first: it refuses before anything is changed
             pool.claim(pool_claim_id(volume.id), volume.id, volume.size_bytes)
         except CapacityError as e:
@@ -216,7 +221,11 @@ class DefineEffect(BaseEffect):
                             nics=tuple(nics), start=_ref(ctx).start_domain)
 
     def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
-        if msgspec.json.decode(result, type=DomainDefined).started:
+        # A domain started for an operation that is stopping (cancelled while this step ran)
+        # is undefined by the step's compensation next: the VM never runs, and its deploy or
+        # start ends as if the start had not happened (Error, or Stopped), off the host.
+        if msgspec.json.decode(result, type=DomainDefined).started \
+                and not ctx.operation.stopping:
             scope.get(_ref(ctx).vm_id, VirtualMachine).started()
 
     def failed(self, scope: EffectScope, ctx: StepContext, error_code: str,
@@ -308,8 +317,7 @@ class DeployEnded:
         kind, reason = why_failed(op)
         at_hypervisor = kind.startswith("hypervisor.")
         if at_hypervisor and vm.state is VmState.STARTING \
-                and len(vm.avoid_hosts) < MAX_DEPLOY_HOSTS and op.state is not \
-                OperationState.CANCELLED:
+                and len(vm.avoid_hosts) < MAX_DEPLOY_HOSTS and op.cancel_reason is None:
             if vm.host_id is not None:
                 vm.avoid_host(vm.host_id, reason)
             vm.start_failed(reason)
@@ -376,12 +384,14 @@ class DestroyEnded:
 
 
 class ExpungeEnded:
-    """vm.expunge ended: the VM is Expunged (its storage and addresses are gone)."""
+    """vm.expunge ended: the VM is Expunged (its root disk and addresses are gone, its data
+    volumes detached, Ready)."""
 
     def finished(self, scope: EffectScope, op: Operation,
                  now: datetime) -> list[StartOperation]:
         vm = scope.get(operation_ref(op).vm_id, VirtualMachine)
         if op.state is OperationState.SUCCEEDED and vm.state is VmState.DESTROYED:
+            detach_data_volumes(scope, vm)
             vm.expunge()
             vm.expunged()
         return []  # otherwise it stays Destroyed, and may be expunged again

@@ -62,9 +62,10 @@ from kernel.cloud.vms import HYPERVISOR_RETRY, PLAN_RETRY, VmAccepted, VmRef, re
 from kernel.cloud.volumes import bound_step, look, require_idle
 from kernel.commands import Command
 from kernel.effects import BaseEffect, Effect, Effects, EffectScope, Refusal, StepContext
-from kernel.operations import StartOperation, UnitOfWork
+from kernel.operation_commands import StartOperation
 from kernel.steps.hypervisor import Migrated, MigrateDomain, RebootDomain
 from kernel.steps.planner import Placement, PlanPlacement
+from kernel.unit_of_work import UnitOfWork
 
 # Releasing entries on the source is retried for about 40 minutes (1 s doubling to 5 min,
 # 16 attempts) before the migration is rolled back: see the module's docstring.
@@ -257,6 +258,10 @@ class OnDestination(BaseEffect):
             raise DomainRuleError(f"vm {vm.name} is {vm.state.value}: it is moving to no host")
         return msgspec.structs.replace(bound, host_uri=_host_uri(scope, target, "destination"))
 
+    def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
+        """The inner effect's record (a network made on the destination is recorded)."""
+        self.inner.succeeded(scope, ctx, result)
+
 
 class MigratePlanEffect(BaseEffect):
     """planner.plan of vm.migrate: bound with the current host avoided; a success claims the
@@ -303,8 +308,11 @@ class MigrateEffect(BaseEffect):
             raise DomainRuleError(f"vm {vm.name} is {vm.state.value}, not Migrating")
         else:
             source, target = vm.host_id, vm.destination_host_id
+        # a VM migrates only to a host that reaches every pool of its volumes (checked when
+        # the target was chosen): the disks are on storage both hosts share
         return MigrateDomain(vm_id=vm.id, source_uri=_host_uri(scope, source, "source"),
-                             target_uri=_host_uri(scope, target, "destination"))
+                             target_uri=_host_uri(scope, target, "destination"),
+                             shared_storage=True)
 
     def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
         moved = msgspec.json.decode(result, type=Migrated)

@@ -8,9 +8,10 @@ Deploy (`vm.deploy`):
   full host refuses: the attempt fails, the host is added to the VM's avoid list, and the next
   attempt plans again without it) and moves the VM to Starting on that host.
 * `storage.create_volume` makes sure the chosen primary pool (of the host's cluster, or
-  zone-wide) exists on the host and creates the root volume on it from the template; its
-  effect claims the pool's capacity and records the volume Ready and attached (compensation:
-  delete it).
+  zone-wide) exists on the host and creates the root volume on it from the template, grown
+  to the volume's size (the template's disk by default; `root_size_bytes` asks for more);
+  its effect checks the disk made is that size, claims the pool's capacity and records the
+  volume Ready and attached (compensation: delete it).
 * `hypervisor.define` defines the domain from the offering, volume and NICs, with arguments
   bound from the entities, and starts it (compensation: undefine it, powering it off); its
   effect records the VM Running.
@@ -34,7 +35,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 import msgspec
 
 from aggregates.errors import NotFoundError, ValidationError
-from aggregates.host import Host
+from aggregates.host import Host, HostStatus
 from aggregates.image_store import ImageStore
 from aggregates.network import Network, NetworkState
 from aggregates.nic import Nic
@@ -49,18 +50,20 @@ from aggregates.plan import (
 from aggregates.storage_pool import PrimaryStoragePool, StoragePoolState
 from aggregates.template import Template, TemplateState
 from aggregates.vm import VirtualMachine, VmState
-from aggregates.volume import Volume, VolumeType
+from aggregates.volume import Volume, VolumeState, VolumeType
 from kernel.cloud.nics import ELEMENT_RETRY, GURU_RETRY, NicRef, nic_steps
 from kernel.commands import Command
 from kernel.effects import EffectScope, Refusal
-from kernel.operations import StartOperation, UnitOfWork
+from kernel.operation_commands import AlreadyDoneError, StartOperation
 from kernel.steps.planner import PlannerName, PlanPlacement
+from kernel.unit_of_work import UnitOfWork
 
 MAX_DEPLOY_HOSTS = 3
 HYPERVISOR_RETRY = RetryPolicy(max_attempts=2, initial_delay=0.5, jitter=0.1)
 PLAN_RETRY = RetryPolicy(max_attempts=4, initial_delay=0.05, max_delay=1.0, jitter=0.2,
                          non_retryable=("insufficient_capacity",))
 DEFAULT_POOL_ROOT = "/var/lib/cloudkernel/pools"
+SECTOR = 512
 
 
 # --------------------------------------------------------------------------- commands
@@ -185,11 +188,13 @@ def choose_pool(scope: EffectScope, host: Host, size_bytes: int,
 
 def _bound(subsystem: str, action: str, ref: VmRef, *, depends_on: tuple[UUID, ...] = (),
            retry: RetryPolicy = HYPERVISOR_RETRY, deadline: float = 120.0,
-           compensation: Compensation | None = None) -> PlannedStep:
+           compensation: Compensation | None = None,
+           irreversible: bool = False) -> PlannedStep:
     """A step whose wire arguments the kernel binds at dispatch from `ref`'s entities."""
     return PlannedStep(step_id=uuid4(), subsystem=subsystem, action=action,
                        args=msgspec.Raw(msgspec.json.encode(ref)), depends_on=depends_on,
-                       retry=retry, deadline_seconds=deadline, compensation=compensation)
+                       retry=retry, deadline_seconds=deadline, compensation=compensation,
+                       irreversible=irreversible)
 
 
 def _undo(subsystem: str, action: str, ref: VmRef) -> Compensation:
@@ -228,12 +233,13 @@ def deploy_plan(vm: VirtualMachine, volume: Volume, offering: ServiceOffering,
 
 
 def new_root_volume(vm: VirtualMachine, template: Template, size_bytes: int | None) -> Volume:
-    """The root volume a deploy creates from the template."""
+    """The root volume a deploy creates from the template: the template's disk, grown to
+    `size_bytes` if asked (as CloudStack resizes a root disk; never smaller)."""
     size = size_bytes or template.size_bytes
     if not size:
         raise ValidationError(f"template {template.name} has no size: pass root_size_bytes")
     if template.size_bytes and size < template.size_bytes:
-        raise ValidationError(f"root_size_bytes {size} is smaller than template "
+        raise ValidationError(f"root_size_bytes: {size} is smaller than the disk of template "
                               f"{template.name} ({template.size_bytes} bytes)")
     return Volume.allocate(name=f"ROOT-{vm.name}", account=vm.account, zone_id=vm.zone_id,
                            volume_type=VolumeType.ROOT, size_bytes=size,
@@ -263,6 +269,10 @@ def deploy_factory(uow: UnitOfWork, command: DeployVm,
                                  # HA is the offering's (as in CloudStack), or asked for
                                  ha_enabled=command.ha_enabled or offering.ha_enabled,
                                  id=command.vm_id)
+    if command.root_size_bytes is not None and (
+            command.root_size_bytes <= 0 or command.root_size_bytes % SECTOR):
+        raise ValidationError(f"root_size_bytes: {command.root_size_bytes} is not a positive "
+                              f"multiple of {SECTOR} bytes (a disk is whole sectors)")
     volume = new_root_volume(vm, template, command.root_size_bytes)
     for network_id in command.network_ids:
         network = _read(uow, network_id)
@@ -319,17 +329,23 @@ def start_factory(uow: UnitOfWork, command: StartVm,
                   now: datetime) -> tuple[StartOperation, VmAccepted]:
     """vm.start: plan, define and start a Stopped VM."""
     vm = _existing_vm(uow, command.vm_id)
+    if vm.state is VmState.RUNNING:
+        raise AlreadyDoneError(f"vm {vm.name} is Running already: only a Stopped VM starts")
     if vm.state is not VmState.STOPPED:
         raise ValidationError(f"vm {vm.name} is {vm.state.value}: only a Stopped VM starts")
     offering = uow.get(vm.service_offering_id)
     ref = VmRef(vm_id=vm.id, volume_id=vm.root_volume_id, start_domain=True)
-    plan = placement_step(vm, offering, "FirstFit")
+    # The NICs' entries leave the host the VM last ran on before it is placed again (on that
+    # host, the placement's prepare puts them back): the VM may start elsewhere.
+    left = left_host_entry_steps(uow, vm)
+    plan = msgspec.structs.replace(placement_step(vm, offering, "FirstFit"),
+                                   depends_on=tuple(s.step_id for s in left))
     nics, nics_ready = host_nic_steps(uow, vm, plan.step_id)
     define = _bound("hypervisor", "define", ref, depends_on=(plan.step_id, *nics_ready),
                     compensation=_undo("hypervisor", "undefine", ref))
     operation_id = uuid4()
     return (StartOperation(kind="vm.start", operation_id=operation_id,
-                           plan=Plan(steps=(plan, *nics, define)),
+                           plan=Plan(steps=(*left, plan, *nics, define)),
                            entity_ids=(vm.id,)),
             VmAccepted(operation_id=operation_id, vm_id=vm.id))
 
@@ -338,13 +354,17 @@ def stop_factory(uow: UnitOfWork, command: StopVm,
                  now: datetime) -> tuple[StartOperation, VmAccepted]:
     """vm.stop: shut the domain down, undefine it, free the host."""
     vm = _existing_vm(uow, command.vm_id)
+    if vm.state is VmState.STOPPED:
+        raise AlreadyDoneError(f"vm {vm.name} is Stopped already: only a Running VM stops")
     if vm.state is not VmState.RUNNING:
         raise ValidationError(f"vm {vm.name} is {vm.state.value}: only a Running VM stops")
     vm.stop()
     ref = VmRef(vm_id=vm.id, force_after_seconds=command.force_after_seconds)
+    # a domain powered off and undefined is not put back: once the stop is sent, the VM stops
     stop = _bound("hypervisor", "stop", ref,
-                  deadline=max(60.0, command.force_after_seconds + 60.0))
-    undefine = _bound("hypervisor", "undefine", ref, depends_on=(stop.step_id,))
+                  deadline=max(60.0, command.force_after_seconds + 60.0), irreversible=True)
+    undefine = _bound("hypervisor", "undefine", ref, depends_on=(stop.step_id,),
+                      irreversible=True)
     operation_id = uuid4()
     return (StartOperation(kind="vm.stop", operation_id=operation_id,
                            plan=Plan(steps=(stop, undefine)), entity_ids=(vm.id,)),
@@ -356,6 +376,9 @@ def destroy_factory(uow: UnitOfWork, command: DestroyVm,
     """vm.destroy: power off and undefine a running VM, then expunge after the delay; a VM
     on no host is Destroyed at once, and its expunge is the operation."""
     vm = _existing_vm(uow, command.vm_id)
+    if vm.state in (VmState.DESTROYED, VmState.EXPUNGING, VmState.EXPUNGED):
+        raise AlreadyDoneError(f"vm {vm.name} is {vm.state.value} already: it cannot be "
+                               "destroyed now")
     if vm.state not in (VmState.RUNNING, VmState.STOPPED, VmState.ALLOCATED, VmState.ERROR):
         raise ValidationError(f"vm {vm.name} is {vm.state.value}: it cannot be destroyed now")
     if not 0 <= command.expunge_delay_seconds <= MAX_START_AFTER_SECONDS:
@@ -369,8 +392,9 @@ def destroy_factory(uow: UnitOfWork, command: DestroyVm,
         vm.stop(forced=True)
         ref = VmRef(vm_id=vm.id, volume_id=vm.root_volume_id, force_after_seconds=0.0,
                     expunge_delay_seconds=delay)
-        stop = _bound("hypervisor", "stop", ref)
-        undefine = _bound("hypervisor", "undefine", ref, depends_on=(stop.step_id,))
+        stop = _bound("hypervisor", "stop", ref, irreversible=True)
+        undefine = _bound("hypervisor", "undefine", ref, depends_on=(stop.step_id,),
+                          irreversible=True)
         return (StartOperation(kind="vm.destroy", operation_id=operation_id,
                                plan=Plan(steps=(stop, undefine)), entity_ids=entities),
                 accepted)
@@ -384,14 +408,15 @@ def destroy_factory(uow: UnitOfWork, command: DestroyVm,
 def expunge_operation(uow: "UnitOfWork", vm: VirtualMachine, delay: float | None,
                       operation_id: UUID | None = None) -> StartOperation | None:
     """The vm.expunge operation of a Destroyed VM: its NICs' entries and addresses back, its
-    root volume deleted, not before `delay` seconds; None (and the VM Expunged now) when it
-    holds nothing."""
+    root volume deleted, not before `delay` seconds, and its data volumes detached (held by
+    the operation meanwhile); None (and the VM Expunged now) when it holds nothing."""
     ref = VmRef(vm_id=vm.id, volume_id=vm.root_volume_id)
     steps = nic_release_steps(uow, vm, ())
     if vm.root_volume_id is not None:
         steps.append(_bound("storage", "delete_volume", ref,
-                            depends_on=tuple(s.step_id for s in steps)))
+                            depends_on=tuple(s.step_id for s in steps), irreversible=True))
     if not steps:
+        detach_data_volumes(uow, vm)
         vm.expunge()
         vm.expunged()
         return None
@@ -399,7 +424,27 @@ def expunge_operation(uow: "UnitOfWork", vm: VirtualMachine, delay: float | None
              if not s.depends_on else s for s in steps]
     entities = (vm.id,) if vm.root_volume_id is None else (vm.id, vm.root_volume_id)
     return StartOperation(kind="vm.expunge", operation_id=operation_id or uuid4(),
-                          plan=Plan(steps=tuple(steps)), entity_ids=entities)
+                          plan=Plan(steps=tuple(steps)),
+                          entity_ids=(*entities, *data_volume_ids(vm)))
+
+
+def data_volume_ids(vm: VirtualMachine) -> tuple[UUID, ...]:
+    """The VM's disks other than its root volume, by device."""
+    return tuple(v for d, v in sorted(vm.disks.items()) if d != 0)
+
+
+def detach_data_volumes(reader: UnitOfWork | EffectScope, vm: VirtualMachine) -> None:
+    """Before a VM is expunged: each data volume is detached and stays Ready (as CloudStack
+    detaches them on expunge). The VM has no domain any more, so only the records change. A
+    volume stuck in a transition stays linked; `entity.repair` detaches it once the VM is
+    Expunged."""
+    for volume_id in data_volume_ids(vm):
+        volume = reader.get(volume_id)
+        if not isinstance(volume, Volume) or volume.vm_id != vm.id:
+            vm.detach_disk(volume_id)  # a stale entry: the volume is not attached to it
+        elif volume.state is VolumeState.READY:
+            volume.detach()
+            vm.detach_disk(volume_id)
 
 
 def host_nic_steps(uow: UnitOfWork, vm: VirtualMachine,
@@ -409,9 +454,7 @@ def host_nic_steps(uow: UnitOfWork, vm: VirtualMachine,
     ready: list[UUID] = []
     for device_id in sorted(vm.nics):
         nic = uow.get(vm.nics[device_id])
-        ref = msgspec.Raw(msgspec.json.encode(NicRef(vm_id=vm.id, nic_id=nic.id,
-                                                     network_id=nic.network_id,
-                                                     device_id=device_id)))
+        ref = _nic_ref(vm, nic, device_id)
         element = PlannedStep(step_id=uuid4(), subsystem="networkelement", action="implement",
                               args=ref, depends_on=(placed,), retry=ELEMENT_RETRY)
         prepare = PlannedStep(step_id=uuid4(), subsystem="networkelement", action="prepare",
@@ -421,15 +464,40 @@ def host_nic_steps(uow: UnitOfWork, vm: VirtualMachine,
     return steps, ready
 
 
+def _nic_ref(vm: VirtualMachine, nic: Nic, device_id: int) -> msgspec.Raw:
+    """The arguments of a step on one NIC of the VM."""
+    return msgspec.Raw(msgspec.json.encode(NicRef(vm_id=vm.id, nic_id=nic.id,
+                                                  network_id=nic.network_id,
+                                                  device_id=device_id)))
+
+
+def left_host_entry_steps(uow: UnitOfWork, vm: VirtualMachine) -> list[PlannedStep]:
+    """For a Stopped VM that ran on a host that answers: each NIC's entries released there
+    (bound while the VM is on no host, so to the one it last ran on). A host that does not
+    answer (a fenced one, whose VMs start elsewhere) keeps them: a start never waits for it."""
+    if vm.last_host_id is None or vm.host_id is not None:
+        return []
+    last = uow.get(vm.last_host_id)
+    if not isinstance(last, Host) or last.status is not HostStatus.UP:
+        return []
+    steps = []
+    for device_id in sorted(vm.nics):
+        nic: Nic = uow.get(vm.nics[device_id])
+        if nic.ip is None:
+            continue
+        ref = _nic_ref(vm, nic, device_id)
+        steps.append(PlannedStep(step_id=uuid4(), subsystem="networkelement",
+                                 action="release", args=ref, retry=ELEMENT_RETRY))
+    return steps
+
+
 def nic_release_steps(uow: UnitOfWork, vm: VirtualMachine,
                       after: tuple[UUID, ...]) -> list[PlannedStep]:
     """For a VM going away: each NIC's entries leave its host, then its address and MAC."""
     steps: list[PlannedStep] = []
     for device_id in sorted(vm.nics):
         nic: Nic = uow.get(vm.nics[device_id])
-        ref = msgspec.Raw(msgspec.json.encode(NicRef(vm_id=vm.id, nic_id=nic.id,
-                                                     network_id=nic.network_id,
-                                                     device_id=device_id)))
+        ref = _nic_ref(vm, nic, device_id)
         entries: tuple[UUID, ...] = after
         if vm.host_id or vm.last_host_id:
             release_entries = PlannedStep(step_id=uuid4(), subsystem="networkelement",

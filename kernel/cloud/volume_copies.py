@@ -21,7 +21,7 @@ from uuid import UUID
 import msgspec
 
 from aggregates.backup import Backup, BackupState
-from aggregates.errors import DomainRuleError, ValidationError
+from aggregates.errors import DomainRuleError, NotFoundError, ValidationError
 from aggregates.operation import Operation, OperationState
 from aggregates.snapshot import Snapshot, SnapshotState
 from aggregates.storage_pool import PrimaryStoragePool
@@ -40,13 +40,14 @@ from kernel.cloud.volumes import (
     require_idle,
     require_vm_not_running,
     start_operation,
+    storage_host,
     vm_of,
     volume_of,
     volume_ref,
 )
 from kernel.commands import Command
 from kernel.effects import BaseEffect, Effects, EffectScope, Refusal, StepContext
-from kernel.operations import StartOperation, UnitOfWork
+from kernel.operation_commands import StartOperation
 from kernel.steps.backup import (
     BackupCreated,
     BackupRestored,
@@ -62,6 +63,7 @@ from kernel.steps.snapshot import (
     SnapshotReverted,
     SnapshotTaken,
 )
+from kernel.unit_of_work import UnitOfWork
 
 COPY_DEADLINE = 1800.0  # snapshots and backups copy whole volumes
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -248,12 +250,22 @@ def _snapshot_dir(scope: EffectScope, snapshot: Snapshot) -> str:
     return snapshot_directory(pool)
 
 
+def _keeper_uri(scope: EffectScope, volume: Volume) -> str:
+    """The host that keeps the volume's snapshots and backups ("" when none is known any
+    more)."""
+    try:
+        return storage_host(scope, volume).uri
+    except NotFoundError:
+        return ""
+
+
 class SnapshotDeleteEffect(BaseEffect):
     """snapshot.delete: the snapshot's copy is gone; it is Destroyed."""
 
     def bind(self, scope: EffectScope, ctx: StepContext) -> msgspec.Struct | None:
         snapshot = scope.peek(need(plan_ref(ctx).snapshot_id, "snapshot_id"), Snapshot)
-        return DeleteSnapshot(snapshot_id=snapshot.id, directory=_snapshot_dir(scope, snapshot))
+        return DeleteSnapshot(snapshot_id=snapshot.id, directory=_snapshot_dir(scope, snapshot),
+                              host_uri=_keeper_uri(scope, scope.peek(snapshot.volume_id, Volume)))
 
     def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
         snapshot = scope.get(need(plan_ref(ctx).snapshot_id, "snapshot_id"), Snapshot)
@@ -344,8 +356,9 @@ class BackupDeleteEffect(BaseEffect):
 
     def bind(self, scope: EffectScope, ctx: StepContext) -> msgspec.Struct | None:
         ref = plan_ref(ctx)
+        host_uri = next((_keeper_uri(scope, scope.peek(v, Volume)) for v in ref.volume_ids), "")
         return DeleteBackup(backup_id=need(ref.backup_id, "backup_id"),
-                            target_dir=ref.target_dir)
+                            target_dir=ref.target_dir, host_uri=host_uri)
 
     def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
         backup = scope.get(need(plan_ref(ctx).backup_id, "backup_id"), Backup)

@@ -27,7 +27,7 @@ from kernel.cloud.volumes import (
     volume_ref,
 )
 from kernel.effects import BaseEffect, Effects, EffectScope, Refusal, StepContext
-from kernel.operations import StartOperation
+from kernel.operation_commands import StartOperation
 from kernel.steps.hypervisor import AttachDisk, DetachDisk, DiskSpec
 from kernel.steps.storage import (
     CreatePool,

@@ -32,7 +32,7 @@ from aggregates.operation import Operation, OperationState
 from aggregates.storage_pool import PrimaryStoragePool
 from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import Volume, VolumeState, VolumeType
-from kernel.cloud.directory import directory
+from kernel.cloud.storage_pools import directory
 from kernel.cloud.vm_effects import why_failed
 from kernel.cloud.vms import pool_claim_id, reaches
 from kernel.cloud.volume_effects import EnsurePoolEffect
@@ -55,8 +55,9 @@ from kernel.cloud.volumes import (
 )
 from kernel.commands import Command
 from kernel.effects import BaseEffect, Effects, EffectScope, Refusal, StepContext
-from kernel.operations import StartOperation, UnitOfWork
+from kernel.operation_commands import StartOperation
 from kernel.steps.storage import DeleteVolume, MigrateVolume, VolumeMigrated, VolumeRef
+from kernel.unit_of_work import UnitOfWork
 
 MOVE_DEADLINE = 1800.0  # a migration copies the whole volume
 

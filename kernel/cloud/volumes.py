@@ -34,12 +34,13 @@ from aggregates.plan import Compensation, Plan, PlannedStep, RetryPolicy
 from aggregates.storage_pool import PrimaryStoragePool, StoragePoolState
 from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import CDROM_DEVICE_ID, Volume, VolumeState, VolumeType
-from kernel.cloud.directory import directory
+from kernel.cloud.storage_pools import directory
 from kernel.cloud.vms import pool_claim_id, reaches
 from kernel.commands import Command
 from kernel.effects import EffectScope, StepContext
-from kernel.operations import StartOperation, UnitOfWork
+from kernel.operation_commands import StartOperation
 from kernel.steps.storage import VolumeRef
+from kernel.unit_of_work import UnitOfWork
 
 STEP_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.5, max_delay=5.0, jitter=0.2)
 HOST_TOPIC = "host.Registered"

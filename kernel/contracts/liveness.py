@@ -53,8 +53,9 @@ def instance_key(name: str, instance_id: str) -> str:
 
 
 async def open_bucket(js: JetStreamContext, heartbeat_seconds: float,
-                      bucket: str = BUCKET) -> KeyValue:
-    """The liveness bucket, created with a TTL of three heartbeats unless it exists."""
+                      bucket: str = BUCKET, *, replicas: int = 1) -> KeyValue:
+    """The liveness bucket, created with a TTL of three heartbeats unless it exists, on
+    `replicas` nodes of a NATS cluster (a heartbeat outlives a node's loss)."""
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
@@ -62,7 +63,7 @@ async def open_bucket(js: JetStreamContext, heartbeat_seconds: float,
     try:
         return await js.create_key_value(KeyValueConfig(
             bucket=bucket, ttl=HEARTBEATS_PER_TTL * heartbeat_seconds, history=1,
-            storage=StorageType.MEMORY,
+            storage=StorageType.MEMORY, replicas=replicas,
             description="cloudkernel services: one heartbeat per live instance"))
     except Exception:
         # Another instance created it meanwhile (with its own settings): use that one.

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from nats.aio.msg import Msg
 
-from gateways.stream.connection import connect
+from kernel.contracts.connection import connect
 
 log = logging.getLogger(__name__)
 

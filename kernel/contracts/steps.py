@@ -16,6 +16,10 @@ STEPS_SUBJECTS = "steps.>"
 RESULTS_SUBJECTS = "results.>"
 RESULTS_CONSUMER = "kernel-results"
 NULL = msgspec.Raw(b"null")
+# Read-only actions a worker also answers as a plain NATS request on
+# `queries.<subsystem>.<action>` (a StepMessage in, its StepOutcome back): they change
+# nothing, so they need neither the log nor JetStream's redelivery.
+QUERY_ACTIONS = frozenset({"inventory"})
 
 
 class StepMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,11 +33,17 @@ class StepMessage(msgspec.Struct, frozen=True, kw_only=True):
     args: msgspec.Raw = NULL
     deadline_at: datetime | None = None
     compensation: bool = False
+    # several kernels: the operation's partition and the epoch its owner published at (a
+    # worker refuses an epoch older than one it saw for the partition); -1 and 0: one kernel
+    partition: int = -1
+    epoch: int = 0
 
     @property
     def msg_id(self) -> str:
-        """The JetStream dedup id: one per step attempt."""
-        return msg_id(self.step_id, self.attempt)
+        """The JetStream dedup id: one per step attempt (and per epoch: a new owner's
+        publication of an attempt is not a repeat of its deposed predecessor's)."""
+        base = msg_id(self.step_id, self.attempt)
+        return f"{base}:e{self.epoch}" if self.epoch else base
 
     @property
     def subject(self) -> str:
@@ -74,6 +84,11 @@ def step_subject(subsystem: str, action: str) -> str:
 def result_subject(subsystem: str) -> str:
     """`results.<subsystem>`."""
     return f"results.{subsystem}"
+
+
+def query_subject(subsystem: str, action: str) -> str:
+    """`queries.<subsystem>.<action>`: where a worker answers a read-only action."""
+    return f"queries.{subsystem}.{action}"
 
 
 def worker_consumer(subsystem: str) -> str:

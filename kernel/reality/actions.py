@@ -29,8 +29,9 @@ from aggregates.vm import PowerState, VirtualMachine, VmState
 from kernel.cloud.vm_effects import release_placement
 from kernel.cloud.vms import StartVm, start_factory
 from kernel.effects import BaseEffect, Effects, EffectScope
-from kernel.operations import StartOperation, UnitOfWork
+from kernel.operation_commands import StartOperation
 from kernel.steps.hypervisor import FenceHost, StartDomain, StopDomain, UndefineDomain
+from kernel.unit_of_work import UnitOfWork
 
 ACTION_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.5, max_delay=5.0, jitter=0.2)
 FENCE_RETRY = RetryPolicy(max_attempts=3, initial_delay=1.0, max_delay=10.0, jitter=0.2)

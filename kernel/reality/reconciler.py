@@ -12,6 +12,8 @@ changed as events, never every report, and applies the policies of the settings:
   back, its leftover definition removed) or restart (powered on again where it is);
 * a Stopped VM found running: `on_unexpected_running` = adopt (Running there, its capacity
   claimed) or stop (stopped and undefined there);
+* a VM's definition left powered off on a host it does not run on (a fenced host's, once it
+  reports again) is removed there (`vm.clean_definition`), so no second copy can start;
 * a domain no VM accounts for: `on_unknown_domain` = adopt (an UnmanagedDomain whose capacity
   counts) or quarantine (an UnmanagedDomain, powered off and kept);
 * a Running VM missing from its host's reports `power_missing_after` times: PowerReportMissing.
@@ -35,13 +37,15 @@ from aggregates.host import Host, HostStatus
 from aggregates.offering import ServiceOffering
 from aggregates.unmanaged import Disposition, UnmanagedDomain
 from aggregates.vm import PowerState, VirtualMachine, VmState
-from kernel.cloud.directory import directory
+from kernel.cloud.storage_pools import directory
 from kernel.effects import EffectScope
-from kernel.operations import OperationEngine, StartOperation, UnitOfWork, utcnow
+from kernel.operation_commands import StartOperation
+from kernel.operations import OperationEngine, utcnow
 from kernel.reality import actions
 from kernel.reality.roster import HOST_TOPIC
 from kernel.settings import Settings
 from kernel.steps.hypervisor import DomainPower, PowerReport
+from kernel.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 UNMANAGED_TOPIC = "unmanaged_domain.Discovered"
@@ -85,6 +89,7 @@ class _Pass:
         self.missing = missing
         self.operations: list[StartOperation] = []
         self.unmanaged: tuple[UUID, ...] = ()
+        self.looked: dict[UUID, VirtualMachine] = {}  # the VMs this pass compared
 
     def idle(self, entity_id: UUID) -> bool:
         return actions.is_idle(self.scope, entity_id)
@@ -102,6 +107,10 @@ class Reconciler:
         self._since = clock()  # a host never heard from counts its silence from here
         self._last: dict[UUID, datetime] = {}
         self._missing: dict[UUID, int] = {}
+        # Each VM's version when the last pass compared it with a report. A VM the kernel
+        # changed since (a stop that ended) is not acted on from this pass's report, which
+        # may have been taken before that change: the next report, taken after it, decides.
+        self._versions: dict[UUID, int] = {}
         self.stats: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ reports
@@ -112,6 +121,7 @@ class Reconciler:
         at = self.clock()
         heard: dict[UUID, datetime] = {}
         missing: dict[UUID, int] = {}
+        looked: dict[UUID, VirtualMachine] = {}
 
         def work(uow: UnitOfWork, now: datetime) -> int:
             missing.clear()
@@ -128,9 +138,12 @@ class Reconciler:
                 self._reconcile(step, step.scope.get(host_id, Host), report)
             for spec in step.operations:
                 self.engine.start_in(uow, spec, now)
+            looked.clear()
+            looked.update(step.looked)
             return len(heard)
 
         self.engine.run_batch(work)
+        self._versions.update({vm_id: vm.version for vm_id, vm in looked.items()})
         self._last.update(heard)
         self._missing = missing
         self.stats["reports"] += len(latest)
@@ -176,6 +189,8 @@ class Reconciler:
         if not step.idle(vm.id):
             step.missing.pop(vm.id, None)
             return  # its operation decides its state
+        if self._changed_since_last_look(step, vm):
+            return
         vm = step.scope.get(vm.id, VirtualMachine)
         if domain is not None:
             step.missing.pop(vm.id, None)
@@ -215,13 +230,15 @@ class Reconciler:
 
     def _stray(self, step: _Pass, host: Host, vm: VirtualMachine, domain: DomainPower) -> None:
         """A VM's domain on a host the kernel does not have it on."""
-        if not step.idle(vm.id):
+        if not step.idle(vm.id) or self._changed_since_last_look(step, vm):
             return
         power = power_of(domain.state)
         vm = step.scope.get(vm.id, VirtualMachine)
         if vm.state is VmState.RUNNING:  # running elsewhere: recorded, the drift is visible
             if power is PowerState.ON:
                 vm.observe_power(power, host.id)
+            else:  # a definition left here (a fenced host's): no second copy may start
+                step.operations.append(actions.clean_definition(vm.id, host.uri))
             return
         if vm.state is not VmState.STOPPED:
             return
@@ -233,6 +250,13 @@ class Reconciler:
         if self.policy.on_unexpected_running == "adopt" and self._adopt(host, vm, step.scope):
             return
         step.operations.append(actions.enforce_stop(vm.id, host.uri))
+
+    def _changed_since_last_look(self, step: _Pass, vm: VirtualMachine) -> bool:
+        """Whether the kernel changed the VM since the last pass compared it with a report;
+        the VM is remembered as this pass saw it (after what this pass does to it)."""
+        step.looked[vm.id] = vm  # the same object as changed below: its version at the end
+        last = self._versions.get(vm.id)
+        return last is not None and last != vm.version
 
     def _adopt(self, host: Host, vm: VirtualMachine, scope: EffectScope) -> bool:
         offering = scope.peek(vm.service_offering_id, ServiceOffering)

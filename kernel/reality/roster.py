@@ -3,7 +3,7 @@
 from uuid import UUID
 
 from aggregates.host import Host
-from kernel.cloud.directory import directory
+from kernel.cloud.storage_pools import directory
 from kernel.store.application import KernelApplication
 
 HOST_TOPIC = "host.Registered"

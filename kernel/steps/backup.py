@@ -45,10 +45,12 @@ class RestoreBackup(msgspec.Struct, frozen=True, kw_only=True, tag="backup.resto
 
 
 class DeleteBackup(msgspec.Struct, frozen=True, kw_only=True, tag="backup.delete"):
-    """Remove a backup's directory; gone already is success."""
+    """Remove a backup's directory; gone already is success. `host_uri` names a host that
+    reaches it (its VM's), for a host whose files are not the worker's."""
 
     backup_id: UUID
     target_dir: str
+    host_uri: str = ""
 
 
 class BackupFile(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,13 +63,17 @@ class BackupFile(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BackupCreated(msgspec.Struct, frozen=True, kw_only=True):
-    """The backup's directory and files; `created` is False when it existed and verified."""
+    """The backup's directory and files; `created` is False when it existed and verified.
+
+    `consistency` as a snapshot's (`SnapshotTaken`), for all the volumes at once: they are
+    copied at one point in time."""
 
     backup_id: UUID
     path: str
     files: tuple[BackupFile, ...]
     total_bytes: int
     created: bool
+    consistency: str = ""
 
 
 class BackupRestored(msgspec.Struct, frozen=True, kw_only=True):

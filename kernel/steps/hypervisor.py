@@ -7,6 +7,9 @@ migrate -> migrate with the hosts swapped. reboot, console and report_power chan
 that can be undone, or nothing at all.
 """
 
+import base64
+import hashlib
+import hmac
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
@@ -39,6 +42,7 @@ __all__ = [
     "StartDomain",
     "StopDomain",
     "UndefineDomain",
+    "console_password",
 ]
 
 DiskBus = Literal["virtio", "scsi", "sata", "ide"]
@@ -75,12 +79,33 @@ class NicSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ConsoleSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """Remote console: a graphics device and, optionally, a serial console on a pty."""
+    """Remote console: a graphics device and, optionally, a serial console on a pty.
+
+    `listen` empty and `password` None let the hypervisor plugin decide: the host's
+    management address, guarded by `console_password` of the VM (see its docstring for why
+    the password is derived and never sent).
+    """
 
     graphics: Literal["vnc", "spice", "none"] = "vnc"
-    listen: str = "127.0.0.1"
+    listen: str = ""
     password: str | None = None
     serial: bool = True
+
+
+def console_password(secret: bytes, vm_id: UUID) -> str:
+    """The VM's console password: HMAC-SHA256 of its id under the console secret, as 8
+    base32 characters (VNC reads no more than 8).
+
+    Why derived, not recorded: step arguments and results are events in the platform's log
+    and on its NATS stream, which integrators and tenants' services read, so a password in
+    them would be readable by them. Derived, it is written only into the domain's definition
+    on its host (libvirt shows it to privileged clients only), and whoever holds the secret
+    (the hypervisor worker, and the console proxy that later opens the console) computes it
+    again from the VM's id; nothing else needs to store it. Rotating the secret changes the
+    passwords of domains defined after the change.
+    """
+    digest = hmac.new(secret, b"cloudkernel-console:" + vm_id.bytes, hashlib.sha256).digest()
+    return base64.b32encode(digest).decode("ascii")[:8].lower()
 
 
 class DefineDomain(_Args, frozen=True, kw_only=True, tag="hypervisor.define"):
@@ -122,10 +147,12 @@ class StopDomain(_Args, frozen=True, kw_only=True, tag="hypervisor.stop"):
 
 
 class RebootDomain(_Args, frozen=True, kw_only=True, tag="hypervisor.reboot"):
-    """Reboot a running domain; a stopped one is started."""
+    """Reboot a running domain (a stopped one is started): ask the guest, and reset it when
+    it has not rebooted after `force_after_seconds` (0: reset at once)."""
 
     vm_id: UUID
     host_uri: str
+    force_after_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 60.0
 
 
 class DestroyDomain(_Args, frozen=True, kw_only=True, tag="hypervisor.destroy"):
@@ -136,11 +163,15 @@ class DestroyDomain(_Args, frozen=True, kw_only=True, tag="hypervisor.destroy"):
 
 
 class MigrateDomain(_Args, frozen=True, kw_only=True, tag="hypervisor.migrate"):
-    """Move a domain from one host to another; a running one keeps running."""
+    """Move a domain from one host to another; a running one keeps running.
+    `shared_storage`: the platform vouches that both hosts reach the domain's disks (a pool
+    of their cluster or zone), which libvirt cannot tell for a folder a cluster file system
+    or NFS mount it does not recognise serves, and refuses a live migration as unsafe."""
 
     vm_id: UUID
     source_uri: str
     target_uri: str
+    shared_storage: bool = False
 
 
 class AttachDisk(_Args, frozen=True, kw_only=True, tag="hypervisor.attach_disk"):
@@ -205,9 +236,10 @@ class DomainUndefined(msgspec.Struct, frozen=True, kw_only=True):
 class PowerChanged(msgspec.Struct, frozen=True, kw_only=True):
     """A power action's outcome: `how` it happened and the state after it.
 
-    `how`: "started", "resumed", "graceful", "forced", "rebooted", "already" (nothing to
-    do: the domain was in the wanted state) or "gone" (a stop or destroy run as a
-    compensation found no domain at all).
+    `how`: "started", "resumed", "graceful", "forced", "rebooted" (the guest rebooted when
+    asked: libvirt reported its reset), "reset" (it had not after the reboot's
+    `force_after_seconds`, and was reset), "already" (nothing to do: the domain was in the
+    wanted state) or "gone" (a stop or destroy run as a compensation found no domain at all).
     """
 
     vm_id: UUID
@@ -240,12 +272,18 @@ class DiskChanged(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class GraphicsInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """One graphics console of a domain; port None means not allocated yet."""
+    """One graphics console of a domain; port None means not allocated yet.
+
+    `password` is never filled in a result (results are events: see `console_password`);
+    `password_required` says that the console asks for one, which a console proxy computes
+    with `console_password`.
+    """
 
     type: str
     listen: str
     port: int | None
     password: str | None = None
+    password_required: bool = False
 
 
 class ConsoleInfo(msgspec.Struct, frozen=True, kw_only=True):

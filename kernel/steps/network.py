@@ -331,11 +331,15 @@ class NicEntriesReleased(_Result, frozen=True, kw_only=True):
 
 
 class ElementShutDown(_Result, frozen=True, kw_only=True):
-    """The libvirt network is gone; `existed` is False when it was already."""
+    """The libvirt network is gone; `existed` is False when it was already. Its rules went
+    with it (`rule_count` of them); `ruleset` is the nftables script that removes the
+    network's table, for the host agent that applied them (harmless when there is none)."""
 
     network_id: UUID
     host_uri: str
     existed: bool
+    rule_count: int = 0
+    ruleset: str = ""
 
 
 class RulesApplied(_Result, frozen=True, kw_only=True):

@@ -37,20 +37,28 @@ class RevertSnapshot(msgspec.Struct, frozen=True, kw_only=True, tag="snapshot.re
 
 
 class DeleteSnapshot(msgspec.Struct, frozen=True, kw_only=True, tag="snapshot.delete"):
-    """Remove a snapshot's file; gone already is success."""
+    """Remove a snapshot's file; gone already is success. `host_uri` names the host that
+    keeps it (its volume's), for a host whose files are not the worker's."""
 
     snapshot_id: UUID
     directory: str
+    host_uri: str = ""
 
 
 class SnapshotTaken(msgspec.Struct, frozen=True, kw_only=True):
-    """The snapshot file; `created` is False when it existed and verified."""
+    """The snapshot file; `created` is False when it existed and verified.
+
+    `consistency`: "offline" (no running VM had the volume: an exact copy), "filesystem"
+    (taken by the VM's qemu with the guest's filesystems frozen by its agent), "crash" (by
+    its qemu at one instant, not frozen: as after a power cut), "" (an existing file whose
+    taking this step did not see)."""
 
     snapshot_id: UUID
     path: str
     size_bytes: int
     sha256: str
     created: bool
+    consistency: str = ""
 
 
 class SnapshotReverted(msgspec.Struct, frozen=True, kw_only=True):

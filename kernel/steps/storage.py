@@ -134,7 +134,9 @@ class VolumeInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class VolumeResized(msgspec.Struct, frozen=True, kw_only=True):
-    """The capacity after a resize and how it was done ("resize", "recreated", "already")."""
+    """The capacity after a resize and how it was done: "live" (through the running domain
+    that holds it), "resize" (libvirt's volume resize), "recreated" (its file grown and its
+    record made again) or "already"."""
 
     volume: VolumeRef
     capacity_bytes: int
@@ -156,10 +158,13 @@ class Deleted(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TemplateDownloaded(msgspec.Struct, frozen=True, kw_only=True):
-    """The verified template file; `downloaded` is False when it was there already."""
+    """The verified template file; `downloaded` is False when it was there already.
+    `size_bytes` is the file's length, `virtual_size_bytes` the size of the disk it holds
+    (a qcow2 header's; a raw file's length; 0 from a plugin that does not say)."""
 
     path: str
     size_bytes: int
     checksum: str
     sha256: str
     downloaded: bool
+    virtual_size_bytes: int = 0

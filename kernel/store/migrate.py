@@ -5,12 +5,15 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from aggregates.errors import ConfigError
+from kernel.leases import LeaseTable
 from kernel.settings import Settings
-from kernel.store.application import APPLICATIONS, PlatformApplication, open_application
+from kernel.store.application import APPLICATIONS, open_application
 
 
 def migrate(settings: Settings) -> list[str]:
-    """Create the schema and every application's tables; safe to run again. Returns a report."""
+    """Create the schema and the platform applications' tables; safe to run again. Returns a
+    report. `kernel.bootstrap.migrations` adds the ACL's, the read models' and the webhooks'."""
     report: list[str] = []
     if settings.store == "sqlite":
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -21,6 +24,17 @@ def migrate(settings: Settings) -> list[str]:
                     sql.Identifier(settings.postgres_schema)
                 )
             )
+    if settings.store == "postgres":
+        table = LeaseTable(settings.postgres_dsn, settings.postgres_schema,
+                           partitions=settings.kernel_partitions,
+                           period=settings.lease_seconds)
+        try:
+            table.create()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        finally:
+            table.close()
+        report.append(f"leases: {settings.kernel_partitions} partitions")
     for cls in APPLICATIONS:
         app = open_application(cls, settings, create_table=True)
         try:
@@ -28,24 +42,4 @@ def migrate(settings: Settings) -> list[str]:
         finally:
             app.close()
         report.append(f"{cls.name}: ready ({settings.store}, log head at {head})")
-    # The ACL service's own log (gateways.acl), apart from the platform's; it makes ROOT.
-    from gateways.acl.service import AclService
-
-    acl = AclService.open(settings, create_table=True)
-    try:
-        report.append(f"{acl.app.name}: ready ({settings.store}, log head at "
-                      f"{acl.app.recorder.max_notification_id() or 0})")
-    finally:
-        acl.close()
-    # Read models: their tables and tracking rows (projections import the store, not this).
-    from projections.catalog import MODELS
-    from projections.views import open_view
-
-    for model in MODELS.values():
-        view = open_view(model, settings, create_table=True)
-        try:
-            position = view.max_tracking_id(PlatformApplication.name) or 0
-        finally:
-            view.close()
-        report.append(f"projection {model.name}: ready (at position {position})")
     return report

@@ -75,6 +75,8 @@ class PostgresKernelRecorder(PostgresProcessRecorder):
             "COPY {}.{} (originator_id, originator_version, topic, state, notification_id) "
             "FROM STDIN (FORMAT BINARY)"
         ).format(schema, Identifier(events_table_name))
+        # a kernel's fence (kernel.leases): first in the transaction, it locks the leases
+        self._fence = SQL("SELECT {}.kernel_fence(%s, %s::int[], %s::bigint[])").format(schema)
         self._id_type = "uuid" if datastore.originator_id_type == "uuid" else "text"
         self._insert_arrays = SQL(
             "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
@@ -116,6 +118,11 @@ class PostgresKernelRecorder(PostgresProcessRecorder):
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
+        # A kernel that no longer holds its partitions' leases writes nothing: the fence
+        # raises (kernel.leases.FENCED_SQLSTATE) and the whole transaction rolls back.
+        fence = kwargs.get("fence")
+        if fence is not None:
+            curs.execute(self._fence, fence.arguments(), prepare=True)
         # A reused key violates the primary key and the whole transaction rolls back.
         for record in records_of(kwargs):
             curs.execute(self._insert_idempotency, (record.key, record.fingerprint, record.result))

@@ -11,7 +11,7 @@ Decisions, in order (the first refusal wins, and every refusal is an AccessDenie
    subtree (never a parent's or a sibling's); a user only its own account. A mutating command
    with no owning account is for a root admin only.
 
-Signed requests are CK1-HMAC-SHA256 (gateways.access) with the key's derived secret. A
+Signed requests are CK1-HMAC-SHA256 (kernel.contracts.access) with the key's derived secret. A
 signature is accepted once: a bounded in-memory cache remembers those seen within the skew
 window, so a captured request cannot be replayed even with a new idempotency key.
 """
@@ -22,24 +22,24 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
-from aggregates.acl import AclAccount, AclApiKey, AclUser
-from aggregates.acl.rules import (
-    LIMIT_NAMES,
-    ROLE_DOMAIN_ADMIN,
-    ROLE_ROOT_ADMIN,
-    USAGE_OF_LIMIT,
-)
 from aggregates.errors import ForbiddenError, UnauthenticatedError, ValidationError
-from gateways.access import (
+from kernel.contracts.access import (
     MAX_SKEW_SECONDS,
     Principal,
     SignedRequest,
     require_signature_headers,
     verify,
 )
-from gateways.acl.directory import AclDirectory
-from gateways.acl.secrets import TokenClaims, read_token
-from gateways.acl.service import AclService
+from services.acl.entities import AclDirectory
+from services.acl.model import AclAccount, AclApiKey, AclUser
+from services.acl.model.rules import (
+    LIMIT_NAMES,
+    ROLE_DOMAIN_ADMIN,
+    ROLE_ROOT_ADMIN,
+    USAGE_OF_LIMIT,
+)
+from services.acl.secrets import TokenClaims, read_token
+from services.acl.service import AclService
 
 TENANT_COMMANDS: tuple[str, ...] = ("vm.*", "volume.*", "network.*", "snapshot.*", "backup.*",
                                     "operation.cancel")
@@ -92,11 +92,14 @@ class RefusalAudit:
         self.service = service
         self._last: dict[str, float] = {}
 
-    def __call__(self, actor: str, key_id: str, command: str, reason: str, now: float) -> None:
-        """Record one refusal of `key_id`'s request for `command`, unless one was this second."""
-        if now - self._last.get(key_id, float("-inf")) < 1.0:
+    def __call__(self, actor: str, key_id: str, command: str, reason: str, now: float, *,
+                 bucket: str | None = None) -> None:
+        """Record one refusal of `key_id`'s request for `command`, unless one of its `bucket`
+        (the key, by default) was this second."""
+        bucket = key_id if bucket is None else bucket
+        if now - self._last.get(bucket, float("-inf")) < 1.0:
             return
-        self._last[key_id] = now
+        self._last[bucket] = now
         self.service.record_denial(principal=actor, key_id=key_id, command=command[:200],
                                    owner=None, reason=reason)
 
@@ -117,13 +120,9 @@ def token_user(directory: AclDirectory, claims: TokenClaims, now: float) -> AclU
     return user
 
 
-def key_user(directory: AclDirectory, key: AclApiKey, replays: ReplayCache, signature: str,
-             now: float) -> AclUser:
-    """The enabled user of a live key whose (already checked) signature is used for the first
-    time; UnauthenticatedError naming why not."""
-    if not replays.first_use(signature.lower(), now):
-        raise UnauthenticatedError("this signature was used before: a replayed request is "
-                                   "refused (sign every request anew)")
+def live_user(directory: AclDirectory, key: AclApiKey, now: float) -> AclUser:
+    """The enabled user of a key that is neither revoked nor expired; UnauthenticatedError
+    naming why not."""
     if key.revoked:
         raise UnauthenticatedError(f"key {key.key_id} was revoked")
     if key.expires_at is not None and key.expires_at.timestamp() <= now:
@@ -131,6 +130,18 @@ def key_user(directory: AclDirectory, key: AclApiKey, replays: ReplayCache, sign
     user = directory.users.get(key.username)
     if user is None or user.disabled:
         raise UnauthenticatedError(f"the user of key {key.key_id} is disabled")
+    return user
+
+
+def key_user(directory: AclDirectory, key: AclApiKey, replays: ReplayCache, signature: str,
+             now: float) -> AclUser:
+    """The enabled user of a live key whose (already checked) signature is used for the first
+    time; UnauthenticatedError naming why not. The key's state is checked first, so a
+    revoked key's signature is refused as revoked, never remembered as seen."""
+    user = live_user(directory, key, now)
+    if not replays.first_use(signature.lower(), now):
+        raise UnauthenticatedError("this signature was used before: a replayed request is "
+                                   "refused (sign every request anew)")
     return user
 
 
@@ -152,9 +163,13 @@ class AclAccess:
         directory = self.service.directory
         directory.refresh()
         key = directory.keys.get(request.key_id)
-        if key is None:
-            raise UnauthenticatedError(f"unknown key id {request.key_id[:64]!r}")
         now = self.clock()
+        if key is None:
+            e = UnauthenticatedError(f"unknown key id {request.key_id[:64]!r}")
+            # probes with made-up ids share one bucket: a flood of them is one event a second
+            self._audit_refusal("", request.key_id[:64], request.subject, str(e), now,
+                                bucket="(unknown key)")
+            raise e
         try:
             verify(self.service.master.key_secret(key.key_id), request, now=now,
                    max_skew=self.max_skew)
@@ -169,6 +184,17 @@ class AclAccess:
         claims = read_token(self.service.master, token, now=self.clock())
         user = token_user(self.service.directory, claims, self.clock())
         return _principal(user, TOKEN_KEY_PREFIX + claims.jti, ())
+
+    def audit_refusal(self, *, principal: str, key_id: str, command: str, reason: str,
+                      credentials: bool) -> None:
+        """Record a refusal another source of keys decided (the platform's keyring, beside
+        the ACL): refused credentials as this source's own are (at most one a second per
+        key), a refused command every time."""
+        if credentials:
+            self._audit_refusal(principal, key_id, command, reason, self.clock())
+        else:
+            self.service.record_denial(principal=principal, key_id=key_id, command=command,
+                                       owner=None, reason=reason)
 
     # ----------------------------------------------------------------------- authorization
 

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from aggregates.acl.rules import ACL_ROLES, LIMIT_NAMES, ROOT_DOMAIN
 from aggregates.errors import ValidationError
-from gateways.acl.service import AclService
 from kernel.settings import Settings
+from services.acl.model.rules import ACL_ROLES, LIMIT_NAMES, ROOT_DOMAIN
+from services.acl.service import AclService
 
 CLI_ACTOR = "acl-cli"
 

@@ -7,8 +7,8 @@ changed) and reloads the aggregates they touched. Denials are not loaded: nothin
 import threading
 from uuid import UUID
 
-from aggregates.acl import AclAccount, AclApiKey, AclDomain, AclRule, AclUser
 from kernel.store.application import KernelApplication
+from services.acl.model import AclAccount, AclApiKey, AclDomain, AclRule, AclUser
 
 _SKIPPED_PREFIX = "acl_audit."
 

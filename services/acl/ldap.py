@@ -7,8 +7,8 @@ LdapUnavailableError (a KernelError, HTTP 503-like), so a down directory never r
 wrong password.
 """
 
-from aggregates.acl.rules import require_username
 from aggregates.errors import ConfigError, KernelError, UnauthenticatedError
+from services.acl.model.rules import require_username
 
 
 class LdapUnavailableError(KernelError):

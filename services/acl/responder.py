@@ -1,7 +1,7 @@
 """AclResponder: the ACL service answering services over NATS (login, tokens, SigV4).
 
-It serves `cloudkernel.acl.login`, `.authenticate` and `.sigv4` (wire format in
-`gateways.acl.client`) in the queue group `cloudkernel-acl`, so several responders share the
+It serves `cloudkernel.acl.login`, `.authenticate`, `.authorize` and `.sigv4` (wire format in
+`services.acl.client`) in the queue group `cloudkernel-acl`, so several responders share the
 load. The ACL calls block (the store, scrypt), so they run in a small thread pool; the event
 loop only moves bytes.
 
@@ -9,10 +9,11 @@ SigV4 (`verify_sigv4`): the access key id is an ACL API key id and its secret is
 ACL derives (`MasterKey.key_secret`), so the secret never leaves this process. Checked, the
 first failure winning: the request's form; the key exists; the credential date is within a day
 of today and the string to sign's X-Amz-Date within `max_skew` (15 minutes, as AWS) of now, on
-the same scope; the signature (constant-time compare); the signature was not seen before within
-the window (a replay); the key is neither revoked nor expired; its user is enabled. Every
-refusal after the key is found is an AccessDenied event on the ACL log (at most one a second
-per key, as `AclAccess` does).
+the same scope; the signature (constant-time compare); the key is neither revoked nor
+expired; its user is enabled; the signature was not seen before within the window (a replay;
+with `report_replay` the answer says `replayed` instead, the key's state checked all the
+same). Every refusal after the key is found is an AccessDenied event on the ACL log (at most
+one a second per key, as `AclAccess` does).
 
 A verified signature yields a bearer token (`issue_token`, 15 minutes) for the key's user, so
 a service can send commands as that user. Such a token carries the user's rights, not the
@@ -36,36 +37,40 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
-from aggregates.acl import AclApiKey, AclUser
-from aggregates.acl.rules import ROLE_ROOT_ADMIN
 from aggregates.errors import (
     ForbiddenError,
     KernelError,
     UnauthenticatedError,
     ValidationError,
 )
-from gateways.acl.access import (
+from kernel.contracts.requests import Answer, answer_requests
+from services.acl.access import (
     TOKEN_KEY_PREFIX,
+    AclAccess,
     RefusalAudit,
     ReplayCache,
     key_user,
+    live_user,
     token_user,
 )
-from gateways.acl.client import (
+from services.acl.client import (
     AUTHENTICATE_SUBJECT,
+    AUTHORIZE_SUBJECT,
     LOGIN_SUBJECT,
     SIGV4_SUBJECT,
     AclError,
     AclPrincipal,
     AclReply,
     AuthenticateRequest,
+    AuthorizeRequest,
     LoginRequest,
     SigV4Verification,
 )
-from gateways.acl.secrets import issue_token, read_token
-from gateways.acl.service import AclService
-from gateways.acl.sigv4 import ALGORITHM, TERMINATOR, amz_time, check_scope, signature
-from gateways.stream.requests import Answer, answer_requests
+from services.acl.model import AclApiKey, AclUser
+from services.acl.model.rules import ROLE_ROOT_ADMIN
+from services.acl.secrets import issue_token, read_token
+from services.acl.service import AclService
+from services.acl.sigv4 import ALGORITHM, TERMINATOR, amz_time, check_scope, signature
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,7 @@ _encode = msgspec.json.Encoder().encode
 _decoders: dict[str, msgspec.json.Decoder[Any]] = {
     LOGIN_SUBJECT: msgspec.json.Decoder(LoginRequest),
     AUTHENTICATE_SUBJECT: msgspec.json.Decoder(AuthenticateRequest),
+    AUTHORIZE_SUBJECT: msgspec.json.Decoder(AuthorizeRequest),
     SIGV4_SUBJECT: msgspec.json.Decoder(SigV4Verification),
 }
 _CODES: tuple[tuple[type[KernelError], str], ...] = (
@@ -111,6 +117,7 @@ class AclResponder:
         # A signature stays valid 2 x skew (X-Amz-Date from now - skew to now + skew).
         self.replays = ReplayCache(2 * self.max_skew + 1)
         self._audit_refusal = RefusalAudit(self.service)
+        self._access = AclAccess(self.service, clock=self.clock, max_skew=self.max_skew)
         self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="acl")
 
     # ------------------------------------------------------------------ the decisions
@@ -138,8 +145,10 @@ class AclResponder:
             return AclReply(ok=True, token=token, principal=self.authenticate(token))
         if isinstance(request, AuthenticateRequest):
             return AclReply(ok=True, principal=self.authenticate(request.token))
-        token, principal = self.verify_sigv4(request)
-        return AclReply(ok=True, token=token, principal=principal)
+        if isinstance(request, AuthorizeRequest):
+            return AclReply(ok=True, principal=self.authorize(request))
+        token, principal, replayed = self.check_sigv4(request)
+        return AclReply(ok=True, token=token, principal=principal, replayed=replayed)
 
     def authenticate(self, token: str) -> AclPrincipal:
         """The principal of a genuine, unexpired token of an enabled user."""
@@ -148,8 +157,23 @@ class AclResponder:
         return principal_of(token_user(self.service.directory, claims, now),
                             TOKEN_KEY_PREFIX + claims.jti)
 
+    def authorize(self, request: AuthorizeRequest) -> AclPrincipal:
+        """The principal of a token whose user may send the command on the owner's resources,
+        decided as the intake decides it (`AclAccess.authorize`: a refusal is ForbiddenError
+        and an AccessDenied event)."""
+        principal = self.authenticate(request.token)
+        self._access.authorize(self._access.authenticate_bearer(request.token), request.command,
+                               owner=request.owner)
+        return principal
+
     def verify_sigv4(self, request: SigV4Verification) -> tuple[str, AclPrincipal]:
         """A bearer token and the principal of a valid SigV4 signature (see the module)."""
+        token, principal, _replayed = self.check_sigv4(request)
+        return token, principal
+
+    def check_sigv4(self, request: SigV4Verification) -> tuple[str, AclPrincipal, bool]:
+        """`verify_sigv4`, and whether the signature is a replay (only with
+        `request.report_replay`: otherwise a replay is refused)."""
         amz_date = _check_form(request)
         directory = self.service.directory
         directory.refresh()
@@ -158,7 +182,7 @@ class AclResponder:
             raise UnauthenticatedError(f"unknown access key id {request.access_key_id[:64]!r}")
         now = self.clock()
         try:
-            user = self._check_key(key, request, amz_date, now)
+            user, replayed = self._check_key(key, request, amz_date, now)
             if key.scope or key.read_only:
                 limits = "read-only" if key.read_only else f"scoped to {', '.join(key.scope)}"
                 raise ForbiddenError(
@@ -172,10 +196,10 @@ class AclResponder:
         lifetime = min(self.sigv4_token_seconds, self.service.token_lifetime)
         token = issue_token(self.service.master, user.username, now=now, lifetime=lifetime,
                             key_id=key.key_id)
-        return token, principal_of(user, key.key_id)
+        return token, principal_of(user, key.key_id), replayed
 
     def _check_key(self, key: AclApiKey, request: SigV4Verification, amz_date: str,
-                   now: float) -> AclUser:
+                   now: float) -> tuple[AclUser, bool]:
         scope = request.string_to_sign.split("\n")[2]
         expected = f"{request.date}/{request.region}/{request.service}/{TERMINATOR}"
         if scope != expected or amz_date[:8] != request.date:
@@ -198,7 +222,11 @@ class AclResponder:
         if not hmac.compare_digest(expected.encode(), request.signature.lower().encode()):
             raise UnauthenticatedError("the SigV4 signature does not match the request (check "
                                        "the secret key and how the request was signed)")
-        return key_user(self.service.directory, key, self.replays, request.signature, now)
+        if not request.report_replay:
+            return key_user(self.service.directory, key, self.replays, request.signature,
+                            now), False
+        user = live_user(self.service.directory, key, now)
+        return user, not self.replays.first_use(request.signature.lower(), now)
 
     # ------------------------------------------------------------------ the NATS loop
 
@@ -210,7 +238,8 @@ class AclResponder:
 
         await answer_requests(
             servers=self.servers, name="cloudkernel-acl",
-            subjects=[LOGIN_SUBJECT, AUTHENTICATE_SUBJECT, SIGV4_SUBJECT], queue=QUEUE_GROUP,
+            subjects=[LOGIN_SUBJECT, AUTHENTICATE_SUBJECT, AUTHORIZE_SUBJECT, SIGV4_SUBJECT],
+            queue=QUEUE_GROUP,
             executor=self._executor, answer=lambda msg: (self.handle(msg.subject, msg.data), None),
             failed=failed, stop=stop, ready=self.ready, max_in_flight=self.max_in_flight)
 

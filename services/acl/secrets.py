@@ -22,7 +22,7 @@ from pathlib import Path
 import msgspec
 
 from aggregates.errors import ConfigError, UnauthenticatedError
-from gateways.access import write_private_file
+from kernel.store.files import write_private_file
 
 MASTER_KEY_FILE = "acl-master.key"
 CREDENTIALS_FILE = "acl-credentials.json"

@@ -1,7 +1,7 @@
 """AclService: every ACL admin action, validated and saved on the ACL's own log.
 
 The service also logs users in (local password or LDAP) and records denials. Secrets stay
-out of the log (see gateways.acl.secrets).
+out of the log (see services.acl.secrets).
 """
 
 import secrets
@@ -12,8 +12,6 @@ from typing import Any
 
 from eventsourcing.persistence import IntegrityError
 
-from aggregates.acl import AccessDenial, AclAccount, AclApiKey, AclDomain, AclRule, AclUser
-from aggregates.acl.rules import ROOT_DOMAIN, require_username
 from aggregates.base import SYSTEM_ACTOR, audit_context
 from aggregates.errors import (
     ConfigError,
@@ -22,10 +20,14 @@ from aggregates.errors import (
     UnauthenticatedError,
     ValidationError,
 )
-from gateways.acl.application import open_acl_application
-from gateways.acl.directory import AclDirectory
-from gateways.acl.ldap import LdapLogin
-from gateways.acl.secrets import (
+from kernel.settings import Settings
+from kernel.store.application import KernelApplication
+from services.acl.application import open_acl_application
+from services.acl.entities import AclDirectory
+from services.acl.ldap import LdapLogin
+from services.acl.model import AccessDenial, AclAccount, AclApiKey, AclDomain, AclRule, AclUser
+from services.acl.model.rules import ROOT_DOMAIN, require_username
+from services.acl.secrets import (
     CREDENTIALS_FILE,
     MASTER_KEY_FILE,
     CredentialStore,
@@ -34,8 +36,6 @@ from gateways.acl.secrets import (
     hash_password,
     issue_token,
 )
-from kernel.settings import Settings
-from kernel.store.application import KernelApplication
 
 MIN_PASSWORD = 8
 LIMIT_TARGETS = ("account", "domain")

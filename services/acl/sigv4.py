@@ -4,7 +4,7 @@ A service that takes SigV4-signed HTTP requests (the EC2 API) never sees a secre
 the `Authorization` header (`parse_authorization`), rebuilds the canonical request and the
 string to sign from the request as received (`canonical_request`, `string_to_sign`, or both at
 once with `signed_request`), and asks the ACL service over NATS to check the signature
-(`gateways.acl.client.AclClient.verify_sigv4`). The ACL service, which alone can derive the
+(`services.acl.client.AclClient.verify_sigv4`). The ACL service, which alone can derive the
 key's secret, computes `signing_key(secret, date, region, service)` and the HMAC.
 
 The canonical forms follow botocore's `SigV4Auth` (the tests check agreement):

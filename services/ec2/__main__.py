@@ -1,10 +1,10 @@
-"""`python -m gateways.services.ec2 [--config FILE]`: the EC2 API service as a process;
+"""`python -m services.ec2 [--config FILE]`: the EC2 API service as a process;
 SIGTERM or SIGINT stops it cleanly."""
 
 import sys
 
-from gateways.services.ec2 import SERVICE_NAME, serve
-from gateways.services.hosting import service_main
+from services.ec2 import SERVICE_NAME, serve
+from services.framework.hosting import service_main
 
 if __name__ == "__main__":
     sys.exit(service_main(SERVICE_NAME, "the EC2 API service", serve,

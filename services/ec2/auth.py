@@ -1,28 +1,32 @@
 """SigV4 authentication of EC2 requests, decided by the ACL service.
 
 The service rebuilds the string to sign from the request as received
-(`gateways.acl.sigv4.signed_request`) and asks the ACL service to check it
-(`AclClient.verify_sigv4`); it never sees a secret. The ACL answers a short-lived bearer token
+(`services.acl.sigv4.signed_request`) and asks the ACL service to check it
+(`AclClient.check_sigv4`); it never sees a secret. The ACL answers a short-lived bearer token
 for the key's user, which the service sends its commands with, so the platform's own checks
 (the principal's rights, the resource's account) decide every change.
 
-The ACL refuses a signature it saw before (a replay). A client may legitimately send the
-same bytes twice within a second (a poller, a retry), which sign the same; so a verified
-signature's answer is remembered here for a while and reused for an identical request.
+Every request is checked by the ACL, none from a memory of an earlier answer: the ACL alone
+knows whether the key still exists, is revoked or expired, and whether its user is enabled, so
+a revocation takes effect at once on every path. A signature the ACL saw before (a replay: the
+same bytes, signed in the same second) is answered `replayed` rather than refused, and the
+Caller says so; what a replay gets is the service's decision (`services.ec2.service`: a read is
+served again, a change gets its first answer or a refusal). A Caller's `fingerprint` names the
+signed request (access key id, signature and string to sign): a change's idempotency key is
+derived from it, so the platform runs a replayed change once whatever the service remembers.
 """
 
 import hashlib
 import re
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qsl
 
 from aggregates.errors import ForbiddenError, UnauthenticatedError, ValidationError
-from gateways.acl.client import AclPrincipal, AclUnavailableError
-from gateways.acl.sigv4 import (
+from services.acl.client import AclPrincipal, AclUnavailableError, SigV4Check
+from services.acl.sigv4 import (
     ALGORITHM,
     SigV4Authorization,
     SigV4Request,
@@ -33,10 +37,8 @@ from gateways.acl.sigv4 import (
     signed_request,
     string_to_sign,
 )
-from gateways.services.ec2.protocol import Ec2Error
+from services.ec2.protocol import Ec2Error
 
-REMEMBER_SECONDS = 600.0  # well inside the token's life (15 minutes)
-MAX_REMEMBERED = 10_000
 MAX_EXPIRES = 604_800  # a presigned URL lives at most 7 days (the ACL's skew limits it more)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -47,6 +49,8 @@ class Caller:
 
     principal: AclPrincipal
     token: str
+    replayed: bool = False  # the ACL saw this signature before
+    fingerprint: str = ""  # the signed request's: sha256 of key id, signature, string to sign
 
     @property
     def account(self) -> str | None:
@@ -55,21 +59,19 @@ class Caller:
 
 
 class Verifier(Protocol):
-    """What checks a signature (`gateways.acl.client.AclClient`)."""
+    """What checks a signature (`services.acl.client.AclClient`)."""
 
-    async def verify_sigv4(self, *, access_key_id: str, date: str, region: str, service: str,
-                           string_to_sign: str, signature: str) -> tuple[str, AclPrincipal]:
-        """A bearer token and the principal of a valid signature."""
+    async def check_sigv4(self, *, access_key_id: str, date: str, region: str, service: str,
+                          string_to_sign: str, signature: str) -> SigV4Check:
+        """A bearer token and the principal of a valid signature, and whether it is a replay."""
         ...
 
 
 class Authenticator:
     """Turns a signed HTTP request into a Caller, or the EC2 error refusing it."""
 
-    def __init__(self, verifier: Verifier, *, region: str, service: str = "ec2",
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.verifier, self.region, self.service, self.clock = verifier, region, service, clock
-        self._remembered: OrderedDict[str, tuple[float, Caller]] = OrderedDict()
+    def __init__(self, verifier: Verifier, *, region: str, service: str = "ec2") -> None:
+        self.verifier, self.region, self.service = verifier, region, service
 
     async def caller(self, method: str, path: str, query: str,
                      headers: Iterable[tuple[str, str]], body: bytes) -> Caller:
@@ -91,13 +93,8 @@ class Authenticator:
             raise Ec2Error("AuthFailure", f"Credential should be scoped to region "
                            f"'{self.region}' and service '{self.service}', not "
                            f"'{auth.region}'/'{auth.service}'")
-        memo = hashlib.sha256(f"{auth.signature}\n{signed.string_to_sign}".encode()).hexdigest()
-        now = self.clock()
-        found = self._remembered.get(memo)
-        if found is not None and found[0] > now:
-            return found[1]
         try:
-            token, principal = await self.verifier.verify_sigv4(**signed.verification())
+            check = await self.verifier.check_sigv4(**signed.verification())
         except UnauthenticatedError as e:
             raise auth_error(str(e)) from None
         except ForbiddenError as e:
@@ -106,17 +103,14 @@ class Authenticator:
             raise Ec2Error("IncompleteSignature", str(e)) from None
         except AclUnavailableError as e:
             raise Ec2Error("Unavailable", f"authentication is unavailable: {e}", 503) from None
-        caller = Caller(principal=principal, token=token)
-        self._remember(memo, caller, now)
-        return caller
+        return Caller(principal=check.principal, token=check.token, replayed=check.replayed,
+                      fingerprint=fingerprint(auth.access_key_id, auth.signature,
+                                              signed.string_to_sign))
 
-    def _remember(self, memo: str, caller: Caller, now: float) -> None:
-        self._remembered[memo] = (now + REMEMBER_SECONDS, caller)
-        while self._remembered:
-            first = next(iter(self._remembered))
-            if len(self._remembered) <= MAX_REMEMBERED and self._remembered[first][0] > now:
-                break
-            self._remembered.popitem(last=False)
+
+def fingerprint(access_key_id: str, signature: str, string_to_sign: str) -> str:
+    """What names one signed request: its key id, signature and string to sign, hashed."""
+    return hashlib.sha256(f"{access_key_id}\n{signature}\n{string_to_sign}".encode()).hexdigest()
 
 
 def presigned_request(method: str, path: str, query: str, headers: Iterable[tuple[str, str]],

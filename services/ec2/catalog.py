@@ -3,10 +3,10 @@ DescribeRegions (the service's one region). Every account sees the same catalog.
 
 from typing import Any
 
-from gateways.services.ec2.context import Request, matches, parse_ids
-from gateways.services.ec2.ids import IMAGE, IMAGE_STATES, device_name, to_ec2
-from gateways.services.ec2.protocol import Ec2Error, timestamp
-from gateways.services.tenant_rows import TemplateRow
+from services.ec2.context import Request, matches, parse_ids
+from services.ec2.ids import IMAGE, IMAGE_STATES, device_name, to_ec2
+from services.ec2.protocol import Ec2Error, timestamp
+from services.framework.tenant_rows import TemplateRow
 
 OWNER = "cloudkernel"
 

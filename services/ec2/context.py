@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from gateways.services.ec2.auth import Caller
-from gateways.services.ec2.ids import from_ec2
-from gateways.services.ec2.protocol import Ec2Error, Filter, Params
-from gateways.services.ec2.store import Ec2Store
-from gateways.services.tenant_view import TenantView
+from services.ec2.auth import Caller
+from services.ec2.ids import from_ec2
+from services.ec2.protocol import Ec2Error, Filter, Params
+from services.ec2.store import Ec2Store
+from services.framework.tenant_view import TenantView
 
 
 class Outcome(Protocol):
-    """A command's outcome (`gateways.services.framework.CommandResult` has these)."""
+    """A command's outcome (`services.framework.framework.CommandResult` has these)."""
 
     @property
     def result(self) -> Any: ...
@@ -48,6 +48,16 @@ class Platform(Protocol):
         """Wait (a bounded time) until the view shows what the command changed."""
         ...
 
+    async def wait_for(self, ready: Callable[[], bool], timeout: float) -> bool:
+        """Wait (at most `timeout` seconds) until `ready()`, asked again whenever the view
+        changes; whether it became so."""
+        ...
+
+    async def authorize(self, caller: Caller, tag: str, owner: str | None) -> None:
+        """Return if the caller may send the command on the owner's resources (the ACL
+        decides, as the intake would); Refused (`forbidden`) if not. Nothing is sent."""
+        ...
+
 
 @dataclass(frozen=True)
 class Request:
@@ -63,6 +73,24 @@ class Request:
         """The caller's account (None: a root admin, who sees every account)."""
         return self.caller.account
 
+    @property
+    def dry_run(self) -> bool:
+        """Whether the request only asks if it would succeed (`DryRun=true`)."""
+        return self.params.boolean("DryRun")
+
+    async def check_dry_run(self, *commands: tuple[str, str | None]) -> None:
+        """Nothing without DryRun. With it, called once the request is checked and before
+        anything changes: UnauthorizedOperation if the ACL would refuse one of the commands
+        (tag, owning account) it would send, else DryRunOperation, as EC2 answers."""
+        if not self.dry_run:
+            return
+        for tag, owner in commands:
+            try:
+                await self.platform.authorize(self.caller, tag, owner)
+            except Refused as e:
+                raise refused(e) from None
+        raise dry_run_operation()
+
     def owner(self) -> str:
         """The account new resources belong to; a root admin has none to create them in."""
         if self.caller.account is None:
@@ -72,12 +100,16 @@ class Request:
         return self.caller.account
 
     def token(self) -> str:
-        """The idempotency seed of this request: EC2's ClientToken, else the request id."""
+        """The idempotency seed of this request: EC2's ClientToken, else the signed request's
+        fingerprint, so a replay of the same signed bytes (to any instance of the service)
+        is the same command to the platform, which runs it once."""
         client_token = self.params.get("ClientToken")
         if client_token:
             if len(client_token) > 64:
                 raise Ec2Error("InvalidParameterValue", "ClientToken is at most 64 characters")
             return f"ct:{client_token}"
+        if self.caller.fingerprint:
+            return f"sg:{self.caller.fingerprint[:32]}"
         return f"rq:{self.request_id}"
 
     def key(self, action: str, *parts: object) -> str:
@@ -90,6 +122,12 @@ class Request:
 
 
 TAG_FILTER = "tag:"
+
+
+def dry_run_operation() -> Ec2Error:
+    """EC2's answer to a DryRun request that would have succeeded."""
+    return Ec2Error("DryRunOperation", "Request would have succeeded, but DryRun flag is set.")
+
 Action = Callable[[Request], Awaitable[dict[str, Any]]]
 
 

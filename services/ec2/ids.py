@@ -1,18 +1,21 @@
 """EC2 ids of platform entities, and the VM states as EC2 instance states.
 
 An id is a prefix and the platform UUID's 32 hex digits (`i-`, `vol-`, `snap-`, `ami-`), so
-it maps back without a table. Malformed ids get EC2's `...Malformed` codes, unknown ones the
-`...NotFound` codes.
+it maps back without a table. An id of AWS's own shape (the prefix and 8 or 17 hex digits, as
+`i-0123456789abcdef0`) is well formed and names nothing here: it maps to a UUID no platform
+entity has, so every lookup finds nothing and the action answers the `...NotFound` code, as
+AWS does. Anything else is malformed (the `...Malformed` codes).
 """
 
 import re
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from gateways.services.ec2.protocol import Ec2Error
+from services.ec2.protocol import Ec2Error
 
 INSTANCE, VOLUME, SNAPSHOT, IMAGE = "i-", "vol-", "snap-", "ami-"
 RESERVATION = "r-"
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_AWS_SHAPED = re.compile(r"^(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 
 # prefix -> (what it names, malformed code, not found code)
 KINDS = {
@@ -57,10 +60,19 @@ def from_ec2(prefix: str, ec2_id: str) -> UUID:
     """The platform id of an EC2 id; Ec2Error (`...Malformed`) if it is not one."""
     _what, malformed, _ = KINDS[prefix]
     text = ec2_id.strip()
-    if not text.startswith(prefix) or not _HEX32.match(text[len(prefix):]):
-        raise Ec2Error(malformed, f"Invalid id: \"{ec2_id[:80]}\" (expecting \"{prefix}"
-                       "\" followed by 32 hex digits)")
-    return UUID(hex=text[len(prefix):])
+    digits = text[len(prefix):] if text.startswith(prefix) else ""
+    if _HEX32.match(digits):
+        return UUID(hex=digits)
+    if _AWS_SHAPED.match(digits):
+        return foreign(text)
+    raise Ec2Error(malformed, f"Invalid id: \"{ec2_id[:80]}\" (expecting \"{prefix}\" "
+                   "followed by 32 hex digits, or AWS's 8 or 17)")
+
+
+def foreign(ec2_id: str) -> UUID:
+    """The UUID of a well-formed EC2 id of AWS's shape: a version-5 UUID of a name no id of
+    ours is made from, so no platform entity has it."""
+    return uuid5(NAMESPACE_URL, f"cloudkernel:ec2:aws-shaped:{ec2_id}")
 
 
 def not_found(prefix: str, ec2_id: str) -> Ec2Error:

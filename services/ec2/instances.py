@@ -8,22 +8,25 @@ ClientToken (or its request id), so a retried call launches nothing twice. Start
 terminate check every id first (nothing is changed if one is unknown), skip instances already
 where asked, and answer EC2's previous and current states. `TagSpecification` tags an instance
 before its deploy is sent (so it never shows untagged), and its root volume once the deploy
-named it. DescribeInstances pages with MaxResults/NextToken (`gateways.services.ec2.pages`).
+named it. DescribeInstances pages with MaxResults/NextToken (`services.ec2.pages`).
 """
 
+import logging
+import re
 from collections import defaultdict
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from gateways.services.ec2.context import Outcome, Refused, Request, matches, parse_ids, refused
-from gateways.services.ec2.ids import (
+from services.ec2.context import Outcome, Refused, Request, matches, parse_ids, refused
+from services.ec2.ids import (
     IMAGE,
     INSTANCE,
     PENDING,
     SHUTTING_DOWN,
     STOPPING,
+    TERMINATED,
     VOLUME,
     device_name,
     from_ec2,
@@ -32,15 +35,20 @@ from gateways.services.ec2.ids import (
     reservation_of,
     to_ec2,
 )
-from gateways.services.ec2.pages import page_of, paginate
-from gateways.services.ec2.protocol import Ec2Error, timestamp
-from gateways.services.ec2.store import InstanceNote
-from gateways.services.ec2.tags import tag_filters, tag_new, tag_set, tag_specifications, tags_of
-from gateways.services.tenant_rows import VmRow, ZoneRow
+from services.ec2.pages import page_of, paginate
+from services.ec2.protocol import Ec2Error, timestamp
+from services.ec2.store import InstanceNote
+from services.ec2.tags import tag_filters, tag_new, tag_set, tag_specifications, tags_of
+from services.framework.tenant_rows import VmRow, ZoneRow
 
+log = logging.getLogger(__name__)
 MAX_INSTANCES = 20
 TERMINATED_VISIBLE = timedelta(hours=1)  # as EC2: terminated instances linger a while
 FINAL = ("Destroyed", "Expunging", "Expunged")
+DESTROYABLE = ("Running", "Stopped", "Allocated", "Error", *FINAL)
+PLACEMENT_WAIT = 20.0  # seconds RunInstances waits for the planner: well inside a step's deadline
+INSUFFICIENT_CAPACITY = "insufficient_capacity"  # the planner's error code for no fitting host
+COMMAND_OF = {"start": "vm.start", "stop": "vm.stop", "terminate": "vm.destroy"}
 
 
 def _zone(req: Request, name: str | None, default_id: str) -> ZoneRow:
@@ -95,9 +103,11 @@ async def run_instances(req: Request) -> dict[str, Any]:
     subnet = p.get("SubnetId")
     networks = [str(from_subnet(subnet))] if subnet else []
     reservation = reservation_of(f"{account}/{req.token()}")
+    await req.check_dry_run(("vm.deploy", account))
     client_token = p.get("ClientToken")
     launched: list[UUID] = []
     last: Outcome | None = None
+    short: Refused | None = None  # the intake refused a deploy: no more are sent
     for index in range(high):
         vm_id = req.derived_id("RunInstances", index)
         fresh = view.vm(vm_id, None) is None  # a retry tags nothing again
@@ -112,36 +122,90 @@ async def run_instances(req: Request) -> dict[str, Any]:
             last = await req.platform.command(req.caller, "vm.deploy", body,
                                               idempotency_key=req.key("RunInstances", index))
         except Refused as e:
-            if len(launched) >= low:
-                break
-            if launched:
-                raise Ec2Error("InsufficientInstanceCapacity", f"only {len(launched)} of "
-                               f"MinCount {low} instances could be launched: {e.message}") \
-                    from None
-            raise refused(e) from None
+            if not launched:
+                raise refused(e) from None
+            short = e
+            break
         launched.append(vm_id)
         root = last.result.get("volume_id") if isinstance(last.result, Mapping) else None
         if fresh and root:
             tag_new(req, to_ec2(VOLUME, root), account, specs.get("volume", {}))
     if last is not None:
         await req.platform.settle(last)
-    rows = {v.id: v for v in view.vms(account, launched, include_expunged=True)}
-    notes = store.instances(launched)
+    unplaced = await _unplaced(req, launched)
+    placed = [v for v in launched if v not in unplaced]
+    if len(placed) < low:  # as EC2: fewer than MinCount, and none is launched
+        await _undo(req, launched)
+        why = short.message if short is not None and len(placed) == len(launched) \
+            else "no host can take it"
+        raise Ec2Error("InsufficientInstanceCapacity", f"We currently do not have sufficient "
+                       f"{kind} capacity in the Availability Zone you requested ({zone.name}): "
+                       f"{len(placed)} of MinCount {low} instances could be placed ({why})")
+    await _undo(req, unplaced)
+    rows = {v.id: v for v in view.vms(account, placed, include_expunged=True)}
+    notes = store.instances(placed)
     items = [render_instance(req, rows[v], notes.get(v)) if v in rows
-             else _pending(req, v, index, template.id, kind, zone, key_name,
+             else _pending(req, v, launched.index(v), template.id, kind, zone, key_name,
                            specs.get("instance", {}))
-             for index, v in enumerate(launched)]
+             for v in placed]
     return {"reservationId": reservation, "ownerId": account, "groupSet": [],
             "instancesSet": items}
 
 
+def no_capacity(vm: VmRow) -> bool:
+    """Whether the VM's deploy failed because no host could take it (it never ran)."""
+    return INSUFFICIENT_CAPACITY in vm.last_error and vm.state in ("Error", *FINAL)
+
+
+async def _unplaced(req: Request, vm_ids: list[UUID]) -> list[UUID]:
+    """Wait (at most PLACEMENT_WAIT) until the planner placed each VM or could not; those it
+    could not. One not decided by then is taken as placed: it shows as terminated, with the
+    reason, if its placement fails later (`render_instance`)."""
+    view = req.platform.view
+
+    def decided() -> bool:
+        return all((row := view.vm(v, None)) is not None and row.state != "Allocated"
+                   for v in vm_ids)
+
+    if vm_ids:
+        await req.platform.wait_for(decided, PLACEMENT_WAIT)
+    return [v for v in vm_ids if (row := view.vm(v, None)) is not None and no_capacity(row)]
+
+
+async def _undo(req: Request, vm_ids: list[UUID]) -> None:
+    """Destroy the VMs of a launch that is refused (as the caller, once per launch: the key
+    is the request's); each is shown terminated."""
+    view = req.platform.view
+
+    def destroyable() -> bool:
+        return all((row := view.vm(v, None)) is None or row.state in DESTROYABLE
+                   for v in vm_ids)
+
+    if vm_ids:  # one being placed or started is destroyed once it is up
+        await req.platform.wait_for(destroyable, PLACEMENT_WAIT)
+    for vm_id in vm_ids:
+        row = view.vm(vm_id, None)
+        if row is not None and row.state in FINAL:
+            continue
+        try:
+            await req.platform.command(req.caller, "vm.destroy", {"vm_id": str(vm_id)},
+                                       idempotency_key=req.key("RunInstances.undo", vm_id))
+        except Refused as e:
+            log.warning("ec2: a refused launch's VM %s is left %s: %s", vm_id,
+                        row.state if row else "unknown", e.message)
+            continue
+        req.platform.store.mark_terminating(vm_id)
+
+
 def from_subnet(subnet: str) -> UUID:
-    """The network of a `subnet-` id."""
+    """The network of a `subnet-` id (one of AWS's shape names no network here)."""
     text = subnet.strip()
+    digits = text.removeprefix("subnet-") if text.startswith("subnet-") else ""
+    if re.fullmatch(r"[0-9a-f]{8}|[0-9a-f]{17}", digits):
+        raise Ec2Error("InvalidSubnetID.NotFound", f"The subnet ID '{subnet[:80]}' does not "
+                       "exist")
     try:
-        if not text.startswith("subnet-"):
-            raise ValueError(text)
-        return UUID(hex=text.removeprefix("subnet-"))
+        return UUID(hex=digits)
     except ValueError:
         raise Ec2Error("InvalidSubnetID.Malformed", f"Invalid id: \"{subnet[:80]}\"") from None
 
@@ -162,7 +226,8 @@ def render_instance(req: Request, vm: VmRow, note: InstanceNote | None,
                     tags: dict[str, str] | None = None) -> dict[str, Any]:
     """An instance as EC2 describes it (`tags`: its tags, when already read)."""
     view, store = req.platform.view, req.platform.store
-    code, name = instance_state(vm.state, bool(note and note.terminating))
+    code, name = TERMINATED if no_capacity(vm) else \
+        instance_state(vm.state, bool(note and note.terminating))
     offering = view.offering(UUID(vm.offering_id))
     zone = next((z.name for z in view.zones() if str(z.id) == vm.zone_id), vm.zone_id)
     devices = []
@@ -189,7 +254,11 @@ def render_instance(req: Request, vm: VmRow, note: InstanceNote | None,
                           tags_of(req, {to_ec2(INSTANCE, vm.id): vm.name})[
                               to_ec2(INSTANCE, vm.id)]),
     }
-    if vm.state == "Error":
+    if no_capacity(vm):  # as EC2 shows a launch that failed once accepted
+        out["stateReason"] = {"code": "Server.InsufficientInstanceCapacity",
+                              "message": f"Server.InsufficientInstanceCapacity: "
+                                         f"{vm.last_error}"}
+    elif vm.state == "Error":
         out["stateReason"] = {"code": "Server.InternalError", "message": vm.last_error}
     return out
 
@@ -270,6 +339,9 @@ async def _change(req: Request, verb: str) -> dict[str, Any]:
         if vm is None:
             raise not_found(INSTANCE, ec2_id)
         vms.append(vm)
+    if verb == "stop":
+        req.params.boolean("Force")  # checked before anything is sent
+    await req.check_dry_run(*((COMMAND_OF[verb], vm.account) for vm in vms))
     notes = store.instances(ids)
     before = {vm.id: instance_state(vm.state, bool(notes.get(vm.id) and
                                                    notes[vm.id].terminating)) for vm in vms}
@@ -311,17 +383,19 @@ async def _send(req: Request, verb: str, vm: VmRow) -> Outcome | None:
     else:
         if vm.state in FINAL:
             return None
-        req.platform.store.mark_terminating(vm.id)
         tag, body = "vm.destroy", {"vm_id": str(vm.id)}
     if verb != "terminate" and vm.state in FINAL:
         raise Ec2Error("IncorrectInstanceState", f"The instance '{to_ec2(INSTANCE, vm.id)}' "
                        f"is not in a state from which it can be {verb}ed.")
     try:
-        return await req.platform.command(req.caller, tag, body,
-                                          idempotency_key=req.key(tag, vm.id))
+        outcome = await req.platform.command(req.caller, tag, body,
+                                             idempotency_key=req.key(tag, vm.id))
     except Refused as e:
         raise refused(e, invalid="IncorrectInstanceState",
                       not_found=not_found(INSTANCE, to_ec2(INSTANCE, vm.id))) from None
+    if verb == "terminate":  # only once accepted: a refused one leaves it as it was
+        req.platform.store.mark_terminating(vm.id)
+    return outcome
 
 
 async def start_instances(req: Request) -> dict[str, Any]:

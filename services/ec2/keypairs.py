@@ -1,13 +1,13 @@
 """Key pair actions: CreateKeyPair, DescribeKeyPairs, DeleteKeyPair.
 
-Key pairs live in the service's own store, per account (`gateways.services.ec2.store`); the
+Key pairs live in the service's own store, per account (`services.ec2.store`); the
 private key is in CreateKeyPair's answer only."""
 
 from typing import Any
 
-from gateways.services.ec2.context import Request, matches
-from gateways.services.ec2.protocol import Ec2Error, timestamp
-from gateways.services.ec2.store import KeyPair
+from services.ec2.context import Request, matches
+from services.ec2.protocol import Ec2Error, timestamp
+from services.ec2.store import KeyPair, check_key_pair
 
 
 async def create_key_pair(req: Request) -> dict[str, Any]:
@@ -16,8 +16,10 @@ async def create_key_pair(req: Request) -> dict[str, Any]:
     name = req.params.required("KeyName")
     if (req.params.get("KeyFormat") or "pem") != "pem":
         raise Ec2Error("InvalidParameterValue", "KeyFormat: only pem is supported")
-    pair, private = req.platform.store.create_key_pair(account, name,
-                                                       req.params.get("KeyType") or "rsa")
+    key_type = req.params.get("KeyType") or "rsa"
+    check_key_pair(name, key_type)
+    await req.check_dry_run()
+    pair, private = req.platform.store.create_key_pair(account, name, key_type)
     return {"keyName": pair.name, "keyFingerprint": pair.fingerprint, "keyMaterial": private,
             "keyPairId": pair.key_pair_id}
 
@@ -63,5 +65,6 @@ async def delete_key_pair(req: Request) -> dict[str, Any]:
     if req.account is None:
         raise Ec2Error("UnauthorizedOperation", "a root admin has no key pairs: sign with a "
                        "key of an account's user")
+    await req.check_dry_run()
     req.platform.store.delete_key_pair(req.account, name=name, key_pair_id=key_id)
     return {"return": True}

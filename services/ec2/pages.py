@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from gateways.services.ec2.protocol import Ec2Error, Params
+from services.ec2.protocol import Ec2Error, Params
 
 MIN_RESULTS, MAX_RESULTS = 5, 1000
 _UNBOUND = ("Action", "Version", "MaxResults", "NextToken")  # not part of the query's identity

@@ -21,13 +21,33 @@ API_VERSION = "2016-11-15"
 _INDEXED = re.compile(r"^(?P<prefix>.+)\.(?P<n>[1-9][0-9]{0,3})$")
 MAX_LIST = 1000
 
-# code -> HTTP status (EC2 answers 400 for every client error but authentication ones)
+# code -> HTTP status (EC2 answers 400 for every client error but authentication ones and a dry
+# run's answer; a server error is a 5xx)
 STATUS = {
     "AuthFailure": 401, "SignatureDoesNotMatch": 403, "IncompleteSignature": 400,
     "MissingAuthenticationToken": 401, "UnauthorizedOperation": 403, "OptInRequired": 403,
     "RequestExpired": 400, "Unavailable": 503, "ServiceUnavailable": 503,
-    "InternalError": 500, "RequestLimitExceeded": 503,
+    "InternalError": 500, "RequestLimitExceeded": 503, "DryRunOperation": 412,
+    "InsufficientInstanceCapacity": 500,
 }
+
+
+# Every error code this service answers, each one of EC2's documented codes (the API
+# reference's "Error codes": the common client errors, those of the actions served here, and
+# the server errors).
+CODES = frozenset({
+    "AuthFailure", "DryRunOperation", "IdempotentParameterMismatch", "IncompleteSignature",
+    "IncorrectInstanceState", "IncorrectState", "InsufficientInstanceCapacity",
+    "InternalError", "InvalidAMIID.Malformed", "InvalidAMIID.NotFound",
+    "InvalidAMIID.Unavailable", "InvalidAction", "InvalidAttachment.NotFound", "InvalidID",
+    "InvalidInstanceID.Malformed", "InvalidInstanceID.NotFound", "InvalidKeyPair.Duplicate",
+    "InvalidKeyPair.NotFound", "InvalidParameterCombination", "InvalidParameterValue",
+    "InvalidSnapshot.NotFound", "InvalidSnapshotID.Malformed", "InvalidSubnetID.Malformed",
+    "InvalidSubnetID.NotFound", "InvalidVolume.NotFound", "InvalidVolumeID.Malformed",
+    "MissingAction", "MissingAuthenticationToken", "MissingParameter", "RequestExpired",
+    "SignatureDoesNotMatch", "TagLimitExceeded", "UnauthorizedOperation", "Unavailable",
+    "UnsupportedOperation", "VolumeInUse",
+})
 
 
 class Ec2Error(Exception):

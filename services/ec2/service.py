@@ -2,33 +2,39 @@
 
 `Ec2Http.handle` serves one EC2 Query request: it answers 503 `Unavailable` while the admin
 has the service disabled, authenticates the SigV4 signature through the ACL service, reads
-the `Action`, runs it and renders the XML (or EC2's error document). `RuntimePlatform` is the
+the `Action`, runs it and renders the XML (or EC2's error document). A change (any action but
+a Describe, unless DryRun) is served once per signed request: its answer is kept in the store
+by the request's fingerprint, and a replay of the same signed bytes gets that answer again and
+runs nothing; a replay this service never answered is refused. `RuntimePlatform` is the
 platform as actions see it, over a `ServiceRuntime`: commands go to the intake with the
 caller's bearer token, and `settle` waits until the tenant view caught up with a command.
 """
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 from uuid import UUID, uuid4
 
 from aiohttp import web
 
-from gateways.services.ec2 import catalog, instances, keypairs, tagging, volumes
-from gateways.services.ec2.auth import Authenticator, Caller
-from gateways.services.ec2.context import Action, Outcome, Refused, Request
-from gateways.services.ec2.protocol import (
+from aggregates.errors import ForbiddenError, KernelError, UnauthenticatedError
+from services.acl.client import AclClient, AclUnavailableError
+from services.ec2 import catalog, instances, keypairs, tagging, volumes
+from services.ec2.auth import Authenticator, Caller
+from services.ec2.context import Action, Outcome, Refused, Request, dry_run_operation
+from services.ec2.protocol import (
     Ec2Error,
     Params,
     error_response,
     response,
 )
-from gateways.services.ec2.store import Ec2Store
-from gateways.services.framework import CommandRefusedError, ServiceRuntime
-from gateways.services.tenant_view import TenantView, ViewEvent
-from gateways.services.wire import UNAVAILABLE
+from services.ec2.store import Ec2Store
+from services.framework.framework import CommandRefusedError, ServiceRuntime
+from services.framework.tenant_view import TenantView, ViewEvent
+from services.framework.wire import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024
@@ -57,6 +63,11 @@ ACTIONS: dict[str, Action] = {
     "DeleteTags": tagging.delete_tags,
     "DescribeTags": tagging.describe_tags,
 }
+# What only reads: a replay of one is served again. Every other action changes something, and
+# is served once per signed request (a replay gets its first answer).
+READS = frozenset(a for a in ACTIONS if a.startswith("Describe"))
+# A change whose answer holds a secret (the private key): a replay is refused, not answered.
+SECRET_ANSWERS = frozenset({"CreateKeyPair"})
 
 
 class RuntimePlatform:
@@ -86,6 +97,18 @@ class RuntimePlatform:
             raise Refused(e.code, e.message, e.field) from None
         return outcome
 
+    async def authorize(self, caller: Caller, tag: str, owner: str | None) -> None:
+        """Ask the ACL whether the caller may send the command (EC2's DryRun); Refused if
+        not, Ec2Error Unavailable if the ACL does not answer."""
+        try:
+            await AclClient(self.runtime.nc).authorize(caller.token, tag, owner)
+        except ForbiddenError as e:
+            raise Refused("forbidden", str(e)) from None
+        except UnauthenticatedError as e:
+            raise Refused("unauthenticated", str(e)) from None
+        except (AclUnavailableError, KernelError) as e:
+            raise Ec2Error("Unavailable", f"authorization is unavailable: {e}", 503) from None
+
     def _caught_up(self, outcome: Outcome) -> bool:
         result = outcome.result if isinstance(outcome.result, Mapping) else {}
         operation_id = result.get("operation_id")
@@ -95,11 +118,18 @@ class RuntimePlatform:
 
     async def settle(self, outcome: Outcome, timeout: float = 5.0) -> None:
         """Wait until the view shows the command's events (at most `timeout` seconds)."""
+        if not await self.wait_for(lambda: self._caught_up(outcome), timeout):
+            log.info("ec2: the view is behind command %s after %.0f s", outcome, timeout)
+
+    async def wait_for(self, ready: Callable[[], bool], timeout: float) -> bool:
+        """Wait (at most `timeout` seconds) until `ready()`, asked again whenever the view
+        changed; whether it became so."""
         try:
             async with asyncio.timeout(timeout), self._changed:
-                await self._changed.wait_for(lambda: self._caught_up(outcome))
+                await self._changed.wait_for(ready)
         except TimeoutError:
-            log.info("ec2: the view is behind command %s after %.0f s", outcome, timeout)
+            return False
+        return True
 
 
 class Ec2Http:
@@ -117,23 +147,37 @@ class Ec2Http:
         return app
 
     async def handle(self, request: web.Request) -> web.Response:
-        """One request: auth, action, XML."""
+        """One request: auth, action, XML; a change is served once per signed request."""
         request_id = str(uuid4())
         try:
-            action, body = await self._serve(request, request_id)
-            return web.Response(body=response(action, request_id, body), content_type=XML,
-                                headers={"x-amzn-RequestId": request_id})
-        except Ec2Error as e:
-            return _error(e, request_id)
-        except web.HTTPRequestEntityTooLarge:
-            return _error(Ec2Error("InvalidParameterValue", "the request body is too large"),
-                          request_id)
-        except Exception:
-            log.exception("ec2: request %s failed", request_id)
-            return _error(Ec2Error("InternalError", "An internal error has occurred", 500),
-                          request_id)
+            call = await self._read(request, request_id)
+        except Exception as e:
+            return _failure(e, request_id)
+        if not call.changes:
+            return await self._run(call)
+        store, fingerprint = self.platform.store, call.req.caller.fingerprint
+        kept = store.claim_answer(fingerprint, request_id)
+        if kept is not None and kept.status is not None:
+            log.info("ec2: %s %s is a replay: its first answer again (%s)", call.action,
+                     request_id, kept.request_id)
+            return web.Response(status=kept.status, body=kept.body, content_type=XML,
+                                headers={"x-amzn-RequestId": kept.request_id})
+        if kept is not None:
+            return _error(_replay("while the first is still being served"), request_id)
+        if call.req.caller.replayed:
+            # The ACL saw this signature, this service never answered it (another instance
+            # of the service did, or this one lost its store): it runs nowhere again.
+            answer = _error(_replay("served elsewhere"), request_id)
+        else:
+            answer = await self._run(call)
+        keep = _error(_replay("its answer is shown once"), request_id) \
+            if call.action in SECRET_ANSWERS and answer.status == 200 else answer
+        kept_body = keep.body
+        assert isinstance(kept_body, bytes)  # every answer here is made of bytes
+        store.keep_answer(fingerprint, keep.status, kept_body)
+        return answer
 
-    async def _serve(self, request: web.Request, request_id: str) -> tuple[str, dict[str, Any]]:
+    async def _read(self, request: web.Request, request_id: str) -> "Call":
         if not self.enabled():
             raise Ec2Error("Unavailable", "The EC2 service is disabled by the administrator",
                            503)
@@ -158,7 +202,47 @@ class Ec2Http:
             raise Ec2Error("InvalidAction", f"The action {action[:60]} is not valid for this "
                            "web service.")
         log.debug("ec2: %s by %s (%s)", action, caller.principal.actor, request_id)
-        return action, await handler(Request(params, caller, request_id, self.platform))
+        changes = action not in READS and not params.boolean("DryRun")
+        return Call(action, handler, Request(params, caller, request_id, self.platform),
+                    changes)
+
+    async def _run(self, call: "Call") -> web.Response:
+        request_id = call.req.request_id
+        try:
+            body = await call.handler(call.req)
+            if call.req.dry_run:
+                if call.action not in READS:  # it should have stopped before a change
+                    raise RuntimeError(f"{call.action} did not check DryRun")
+                raise dry_run_operation()  # a read: checked, and it would be answered
+            return web.Response(body=response(call.action, request_id, body),
+                                content_type=XML, headers={"x-amzn-RequestId": request_id})
+        except Exception as e:
+            return _failure(e, request_id)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A request read and authenticated: its action, and whether it changes anything."""
+
+    action: str
+    handler: Action
+    req: Request
+    changes: bool
+
+
+def _replay(why: str) -> Ec2Error:
+    return Ec2Error("AuthFailure", f"This signed request was used before ({why}): a replayed "
+                    "change is not run again; sign every request anew")
+
+
+def _failure(e: Exception, request_id: str) -> web.Response:
+    if isinstance(e, Ec2Error):
+        return _error(e, request_id)
+    if isinstance(e, web.HTTPRequestEntityTooLarge):
+        return _error(Ec2Error("InvalidParameterValue", "the request body is too large"),
+                      request_id)
+    log.error("ec2: request %s failed", request_id, exc_info=e)
+    return _error(Ec2Error("InternalError", "An internal error has occurred", 500), request_id)
 
 
 def _error(error: Ec2Error, request_id: str) -> web.Response:

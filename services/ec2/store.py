@@ -1,6 +1,7 @@
 """The EC2 service's own store (SQLite): key pairs, tags, and what EC2 knows of an instance
 that the platform does not (its reservation, key name, launch index, a terminate under way,
-the device names volumes were attached as).
+the device names volumes were attached as), and the answers of the changes it served, by
+their signed request's fingerprint, so a replay gets the first answer and runs nothing.
 
 Tags are kept per resource (its EC2 id) with the account owning it. A resource may have a
 default `Name` (the platform name of a resource made outside EC2); a row with no value hides
@@ -16,6 +17,7 @@ import hashlib
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from uuid import UUID, uuid4
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from gateways.services.ec2.protocol import Ec2Error
+from services.ec2.protocol import Ec2Error
 
 KEY_TYPES = ("rsa", "ed25519")
 _KEY_NAME = re.compile(r"^[\x20-\x7e]{1,255}$")
@@ -42,7 +44,13 @@ CREATE TABLE IF NOT EXISTS attachments (volume_id TEXT PRIMARY KEY, vm_id TEXT N
 CREATE TABLE IF NOT EXISTS tags (resource_id TEXT NOT NULL, account TEXT NOT NULL,
     key TEXT NOT NULL, value TEXT, PRIMARY KEY (resource_id, key));
 CREATE INDEX IF NOT EXISTS tags_by_account ON tags (account, resource_id);
+CREATE TABLE IF NOT EXISTS answers (fingerprint TEXT PRIMARY KEY, at REAL NOT NULL,
+    status INTEGER, request_id TEXT NOT NULL, body BLOB);
+CREATE INDEX IF NOT EXISTS answers_by_age ON answers (at);
 """
+# A signature is accepted at most 15 minutes either side of its X-Amz-Date (the ACL's window):
+# an answer kept an hour outlives every replay of its request.
+ANSWER_SECONDS = 3600.0
 MAX_TAGS = 50
 StoredTags = dict[str, str | None]  # key -> value (None: a default tag deleted)
 
@@ -82,6 +90,25 @@ class InstanceNote:
     launch_index: int
     client_token: str | None
     terminating: bool
+
+
+@dataclass(frozen=True)
+class KeptAnswer:
+    """The answer a change got (`status` None: the change is still being served)."""
+
+    status: int | None
+    request_id: str
+    body: bytes
+
+
+def check_key_pair(name: str, key_type: str) -> None:
+    """Raise InvalidParameterValue unless the name and key type are EC2's."""
+    if not _KEY_NAME.match(name):
+        raise Ec2Error("InvalidParameterValue", "KeyName must be 1 to 255 printable "
+                       "ASCII characters")
+    if key_type not in KEY_TYPES:
+        raise Ec2Error("InvalidParameterValue", f"Value ({key_type[:20]}) for parameter "
+                       "KeyType is invalid. Expected rsa or ed25519.")
 
 
 def generate(key_type: str) -> tuple[str, str, str]:
@@ -130,12 +157,7 @@ class Ec2Store:
     def create_key_pair(self, account: str, name: str,
                         key_type: str = "rsa") -> tuple[KeyPair, str]:
         """A new key pair of the account and its private key (shown this once)."""
-        if not _KEY_NAME.match(name):
-            raise Ec2Error("InvalidParameterValue", "KeyName must be 1 to 255 printable "
-                           "ASCII characters")
-        if key_type not in KEY_TYPES:
-            raise Ec2Error("InvalidParameterValue", f"Value ({key_type[:20]}) for parameter "
-                           "KeyType is invalid. Expected rsa or ed25519.")
+        check_key_pair(name, key_type)
         private, public, fingerprint = generate(key_type)
         pair = KeyPair(account=account, name=name, key_pair_id="key-" + uuid4().hex[:17],
                        key_type=key_type, fingerprint=fingerprint, public_key=public,
@@ -213,6 +235,29 @@ class Ec2Store:
             row = self._db.execute("SELECT device FROM attachments WHERE volume_id = ? AND "
                                    "vm_id = ?", (str(volume_id), str(vm_id))).fetchone()
         return None if row is None else str(row[0])
+
+    # ------------------------------------------------------------------ answers
+
+    def claim_answer(self, fingerprint: str, request_id: str,
+                     now: float | None = None) -> KeptAnswer | None:
+        """The answer kept for a signed request (status None while it is being served); or
+        None, when it was not seen: then it is claimed for this request, to `keep_answer`."""
+        at = time.time() if now is None else now
+        with self._transaction() as db:
+            db.execute("DELETE FROM answers WHERE at < ?", (at - ANSWER_SECONDS,))
+            row = db.execute("SELECT status, request_id, body FROM answers WHERE "
+                             "fingerprint = ?", (fingerprint,)).fetchone()
+            if row is not None:
+                return KeptAnswer(row[0], row[1], bytes(row[2] or b""))
+            db.execute("INSERT INTO answers (fingerprint, at, request_id) VALUES (?, ?, ?)",
+                       (fingerprint, at, request_id))
+        return None
+
+    def keep_answer(self, fingerprint: str, status: int, body: bytes) -> None:
+        """Keep the answer of a claimed request, for its replays."""
+        with self._lock:
+            self._db.execute("UPDATE answers SET status = ?, body = ? WHERE fingerprint = ?",
+                             (status, body, fingerprint))
 
     # ------------------------------------------------------------------ tags
 

@@ -9,12 +9,12 @@ malformed one gets its `...Malformed` code, another account's or an unknown one 
 from datetime import UTC, datetime
 from typing import Any
 
-from gateways.services.ec2.context import Request, matches
-from gateways.services.ec2.ids import INSTANCE, SNAPSHOT, VOLUME, from_ec2, not_found, to_ec2
-from gateways.services.ec2.instances import visible
-from gateways.services.ec2.pages import page_of, paginate
-from gateways.services.ec2.protocol import Ec2Error
-from gateways.services.ec2.tags import (
+from services.ec2.context import Request, matches
+from services.ec2.ids import INSTANCE, SNAPSHOT, VOLUME, from_ec2, not_found, to_ec2
+from services.ec2.instances import visible
+from services.ec2.pages import page_of, paginate
+from services.ec2.protocol import Ec2Error
+from services.ec2.tags import (
     RESOURCE_TYPES,
     default_tags,
     new_tags,
@@ -64,6 +64,7 @@ async def create_tags(req: Request) -> dict[str, Any]:
     tags = new_tags(req.params)
     if not tags:
         raise Ec2Error("MissingParameter", "The request must contain the parameter Tag")
+    await req.check_dry_run()  # the service's own data: the caller's resources, checked
     req.platform.store.set_tags(resources, tags)
     return {"return": True}
 
@@ -72,6 +73,7 @@ async def delete_tags(req: Request) -> dict[str, Any]:
     """DeleteTags: delete tags (by key, or key and value) or, with no Tag, all of them."""
     resources = _resources(req)
     tags = read_tags(req.params)
+    await req.check_dry_run()
     req.platform.store.delete_tags(resources, tags or None)
     return {"return": True}
 

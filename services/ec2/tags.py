@@ -10,10 +10,10 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from gateways.services.ec2.context import TAG_FILTER, Request
-from gateways.services.ec2.ids import INSTANCE, SNAPSHOT, VOLUME
-from gateways.services.ec2.protocol import Ec2Error, Params
-from gateways.services.ec2.store import MAX_TAGS, effective_tags
+from services.ec2.context import TAG_FILTER, Request
+from services.ec2.ids import INSTANCE, SNAPSHOT, VOLUME
+from services.ec2.protocol import Ec2Error, Params
+from services.ec2.store import MAX_TAGS, effective_tags
 
 RESOURCE_TYPES = {INSTANCE: "instance", VOLUME: "volume", SNAPSHOT: "snapshot"}
 MAX_KEY, MAX_VALUE = 128, 256

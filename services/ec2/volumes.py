@@ -11,8 +11,8 @@ MaxResults/NextToken.
 from typing import Any
 from uuid import UUID
 
-from gateways.services.ec2.context import Refused, Request, matches, parse_ids, refused
-from gateways.services.ec2.ids import (
+from services.ec2.context import Refused, Request, matches, parse_ids, refused
+from services.ec2.ids import (
     INSTANCE,
     SNAPSHOT,
     SNAPSHOT_STATES,
@@ -23,10 +23,10 @@ from gateways.services.ec2.ids import (
     not_found,
     to_ec2,
 )
-from gateways.services.ec2.pages import page_of, paginate
-from gateways.services.ec2.protocol import Ec2Error, timestamp
-from gateways.services.ec2.tags import tag_filters, tag_new, tag_set, tag_specifications, tags_of
-from gateways.services.tenant_rows import SnapshotRow, VolumeRow
+from services.ec2.pages import page_of, paginate
+from services.ec2.protocol import Ec2Error, timestamp
+from services.ec2.tags import tag_filters, tag_new, tag_set, tag_specifications, tags_of
+from services.framework.tenant_rows import SnapshotRow, VolumeRow
 
 GIB = 1024**3
 MAX_GIB = 16384
@@ -92,6 +92,7 @@ async def create_volume(req: Request) -> dict[str, Any]:
         raise Ec2Error("InvalidParameterValue", f"Invalid availability zone: "
                        f"[{zone_name[:60]}]")
     specs = tag_specifications(p, ("volume",))
+    await req.check_dry_run(("volume.create", account))
     volume_id = req.derived_id("CreateVolume")
     if view.volume(volume_id, None) is None:  # a retry tags nothing again
         tag_new(req, to_ec2(VOLUME, volume_id), account, specs.get("volume", {}))
@@ -122,6 +123,7 @@ async def attach_volume(req: Request) -> dict[str, Any]:
     vm = view.vm(from_ec2(INSTANCE, instance_ec2), req.account)
     if vm is None or vm.state == "Expunged":
         raise not_found(INSTANCE, instance_ec2)
+    await req.check_dry_run(("volume.attach", volume.account))
     if volume.vm_id is not None:
         raise Ec2Error("VolumeInUse", f"{volume_ec2} is already attached to an instance")
     req.platform.store.note_attachment(volume.id, vm.id, device)
@@ -145,11 +147,13 @@ async def detach_volume(req: Request) -> dict[str, Any]:
     p = req.params
     volume_ec2 = p.required("VolumeId")
     volume = _volume(req, volume_ec2)
+    instance = p.get("InstanceId")
+    asked = from_ec2(INSTANCE, instance) if instance else None
+    await req.check_dry_run(("volume.detach", volume.account))
     if volume.vm_id is None:
         raise Ec2Error("IncorrectState", f"Volume '{volume_ec2}' is in the 'available' state.")
-    instance = p.get("InstanceId")
     vm_id = UUID(volume.vm_id)
-    if instance and from_ec2(INSTANCE, instance) != vm_id:
+    if asked is not None and asked != vm_id:
         raise Ec2Error("InvalidAttachment.NotFound", f"Volume '{volume_ec2}' is not attached "
                        f"to instance '{instance}'")
     device = req.platform.store.attachment_device(volume.id, vm_id) \
@@ -170,6 +174,7 @@ async def delete_volume(req: Request) -> dict[str, Any]:
     """DeleteVolume: delete a detached data volume."""
     volume_ec2 = req.params.required("VolumeId")
     volume = _volume(req, volume_ec2)
+    await req.check_dry_run(("volume.delete", volume.account))
     if volume.vm_id is not None:
         raise Ec2Error("VolumeInUse", f"Volume {volume_ec2} is currently attached to "
                        f"{to_ec2(INSTANCE, volume.vm_id)}")
@@ -237,11 +242,12 @@ async def create_snapshot(req: Request) -> dict[str, Any]:
     volume_ec2 = req.params.required("VolumeId")
     volume = _volume(req, volume_ec2)
     specs = tag_specifications(req.params, ("snapshot",))
+    description = req.params.get("Description")
+    await req.check_dry_run(("volume.snapshot", volume.account))
     snapshot_id = req.derived_id("CreateSnapshot", volume.id)
     if req.platform.view.snapshot(snapshot_id, None) is None:  # a retry tags nothing again
         tag_new(req, to_ec2(SNAPSHOT, snapshot_id), volume.account, specs.get("snapshot", {}))
     body: dict[str, Any] = {"volume_id": str(volume.id), "snapshot_id": str(snapshot_id)}
-    description = req.params.get("Description")
     if description:
         body["name"] = description[:255]
     try:

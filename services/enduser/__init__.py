@@ -3,7 +3,7 @@ volumes over HTTP (JSON), in a process of its own that talks to the platform onl
 
 * It registers with the Services Directory as `enduser`, heartbeats, and follows the admin's
   enable/disable switch (disabled: every route answers 503 naming the service).
-* It keeps its own tenant view (`gateways.services.tenant_view`) in
+* It keeps its own tenant view (`services.framework.tenant_view`) in
   `<data_dir>/services/enduser/`, fed by a durable consumer of the public events, so a
   restart resumes where it stopped.
 * Users log in with `POST /v1/login` (the ACL service checks the password over NATS) and send
@@ -14,7 +14,7 @@ volumes over HTTP (JSON), in a process of its own that talks to the platform onl
   the request Structs of `bodies` and the answer Structs of `openapi`) and `GET /v1/docs` (an
   offline page of it); `GET /healthz` answers 200, or 503 while disabled, for load balancers.
 
-Routes: see `gateways.services.enduser.routes`. Run it with `python -m gateways.services.enduser
+Routes: see `services.enduser.routes`. Run it with `python -m services.enduser
 [--config FILE]`.
 """
 
@@ -22,13 +22,13 @@ import asyncio
 
 from aiohttp import web
 
-from gateways.acl.client import AclClient
-from gateways.services.enduser.auth import Authenticator
-from gateways.services.enduser.routes import EndUser, make_app
-from gateways.services.framework import ServiceRuntime, ServiceSpec
-from gateways.services.hosting import package_version, serve_http
-from gateways.services.tenant_view import TenantView
 from kernel.settings import Settings
+from services.acl.client import AclClient
+from services.enduser.auth import Authenticator
+from services.enduser.routes import EndUser, make_app
+from services.framework.framework import ServiceRuntime, ServiceSpec
+from services.framework.hosting import package_version, serve_http
+from services.framework.tenant_view import TenantView
 
 SERVICE_NAME = "enduser"
 

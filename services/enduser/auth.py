@@ -14,8 +14,8 @@ from typing import Protocol
 from aiohttp import web
 
 from aggregates.errors import KernelError
-from gateways.acl.client import AclPrincipal
-from gateways.services.enduser.errors import ApiError, from_acl
+from services.acl.client import AclPrincipal
+from services.enduser.errors import ApiError, from_acl
 
 CACHE_SECONDS = 5.0
 MAX_CACHED = 10_000
@@ -23,7 +23,7 @@ BEARER = "bearer "
 
 
 class Acl(Protocol):
-    """What the service asks the ACL (`gateways.acl.client.AclClient` is one)."""
+    """What the service asks the ACL (`services.acl.client.AclClient` is one)."""
 
     async def login(self, username: str, password: str) -> tuple[str, AclPrincipal]:
         """A token and its principal for a user name and password."""
@@ -88,4 +88,4 @@ class Authenticator:
         try:
             return await self.acl.login(username, password)
         except KernelError as e:
-            raise from_acl(e) from None
+            raise from_acl(e, login=True) from None

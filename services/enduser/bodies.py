@@ -1,12 +1,16 @@
 """The End User API's request bodies (msgspec Structs: they decode the requests and give the
 OpenAPI document its schemas) and its request limits."""
 
+import re
 from typing import Annotated
 from uuid import UUID
 
 import msgspec
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
+# As the admin API's: the platform scopes a key by the caller, within its 200 characters.
+MAX_KEY_LENGTH = 120
+KEY_PATTERN = re.compile(rf"^[!-~]{{1,{MAX_KEY_LENGTH}}}$")
 MAX_BODY = 64 * 1024
 Size = Annotated[int, msgspec.Meta(ge=1, le=2 ** 63 - 1)]
 

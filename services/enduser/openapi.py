@@ -10,10 +10,11 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from gateways.acl.client import AclPrincipal
-from gateways.api.docs import PAGE
-from gateways.services.enduser.bodies import (
+from kernel.contracts.docs_page import PAGE
+from services.acl.client import AclPrincipal
+from services.enduser.bodies import (
     IDEMPOTENCY_KEY,
+    KEY_PATTERN,
     MAX_BODY,
     AttachBody,
     DeployBody,
@@ -211,7 +212,7 @@ _ID = {"name": "id", "in": "path", "required": True,
 
 def _key(required: bool) -> dict[str, Any]:
     return {"name": IDEMPOTENCY_KEY, "in": "header", "required": required,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+            "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
             "description": "a key of your choice: a retry with the same key answers the first "
                            "result again" + ("" if required else " (default: a fresh key)")}
 

@@ -4,7 +4,7 @@ view of its resources, not of the platform's)."""
 from collections.abc import Iterable
 from typing import Any
 
-from gateways.services.tenant_rows import OperationRow, VmRow, VolumeRow
+from services.framework.tenant_rows import OperationRow, VmRow, VolumeRow
 
 
 def vm_json(vm: VmRow, volumes: Iterable[VolumeRow] | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ with the same key answers the first result); the other actions take one if given
 """
 
 import asyncio
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -19,34 +20,37 @@ from uuid import UUID
 import msgspec
 from aiohttp import web
 
-from gateways.services.enduser import openapi
-from gateways.services.enduser.auth import Authenticator, Caller
-from gateways.services.enduser.bodies import (
+from services.enduser import openapi
+from services.enduser.auth import Authenticator, Caller
+from services.enduser.bodies import (
     IDEMPOTENCY_KEY,
+    KEY_PATTERN,
     MAX_BODY,
+    MAX_KEY_LENGTH,
     AttachBody,
     DeployBody,
     LoginBody,
     NoBody,
     VolumeBody,
 )
-from gateways.services.enduser.errors import (
+from services.enduser.errors import (
     COMMAND_STATUS,
+    SERVER_LOG,
     ApiError,
     error_middleware,
     invalid_body,
     json_response,
     not_found,
 )
-from gateways.services.enduser.render import operation_json, vm_json, volume_json
-from gateways.services.framework import CommandRefusedError
-from gateways.services.tenant_view import TenantView
+from services.enduser.render import operation_json, vm_json, volume_json
+from services.framework.framework import CommandRefusedError
+from services.framework.tenant_view import TenantView
 
 T = TypeVar("T")
 
 
 class Runtime(Protocol):
-    """What the routes use of `gateways.services.framework.ServiceRuntime`."""
+    """What the routes use of `services.framework.framework.ServiceRuntime`."""
 
     @property
     def enabled(self) -> bool:
@@ -83,8 +87,25 @@ async def _body(request: web.Request, type_: type[T], what: str) -> T:
         raise ApiError(413, "invalid", f"body over {MAX_BODY} bytes")
     try:
         return msgspec.json.decode(data or b"{}", type=type_)
-    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+    except msgspec.ValidationError as e:
+        if "got `float`" not in str(e):
+            raise invalid_body(e, what) from None
+    except msgspec.DecodeError as e:
         raise invalid_body(e, what) from None
+    try:  # JSON does not tell 3 from 3.0: an integral number is an integer
+        return msgspec.convert(_integral_as_int(msgspec.json.decode(data)), type_)
+    except msgspec.ValidationError as e:
+        raise invalid_body(e, what) from None
+
+
+def _integral_as_int(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 63:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_as_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_as_int(v) for v in value]
+    return value
 
 
 def _id(request: web.Request, kind: str) -> UUID:
@@ -95,26 +116,42 @@ def _id(request: web.Request, kind: str) -> UUID:
 
 
 def _key(request: web.Request, *, required: bool) -> str:
-    key = request.headers.get(IDEMPOTENCY_KEY, "").strip()
-    if not key and required:
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is None and required:
         raise ApiError(400, "invalid", f"header {IDEMPOTENCY_KEY} is required: a key of your "
                        "choice, the same when you retry the same request", field=IDEMPOTENCY_KEY)
-    if len(key) > 200:
-        raise ApiError(400, "invalid", f"{IDEMPOTENCY_KEY} is over 200 characters",
-                       field=IDEMPOTENCY_KEY)
+    if key is not None and not KEY_PATTERN.match(key):
+        raise ApiError(400, "invalid", f"header {IDEMPOTENCY_KEY} must be 1-{MAX_KEY_LENGTH} "
+                       "printable ASCII characters without spaces", field=IDEMPOTENCY_KEY)
     return key or uuid.uuid4().hex
 
 
+_HEAD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _request_field(platform_field: str | None, names: Mapping[str, str]) -> str | None:
+    """The request's own name (a body field, `id` for the path's) of the command field a
+    platform refusal names (`network_ids[1]`); None for one the request does not carry."""
+    if platform_field is None or platform_field == IDEMPOTENCY_KEY:
+        return platform_field
+    head = _HEAD.match(platform_field)
+    if head is None or head.group() not in names:
+        return None
+    return names[head.group()] + platform_field[head.end():]
+
+
 async def _command(request: web.Request, caller: Caller, tag: str, body: Mapping[str, Any],
-                   key: str) -> web.Response:
-    """Send a command as the caller; 202 with the operation, once the view shows it."""
+                   key: str, fields: Mapping[str, str]) -> web.Response:
+    """Send a command as the caller; 202 with the operation, once the view shows it. A
+    refusal names the request's field it concerns (`fields`: the request's name of each
+    command field it fills), when it names one."""
     ctx = request.app[ENDUSER]
     try:
         result = await ctx.runtime.command(tag, body, idempotency_key=key,
                                            bearer_token=caller.token)
     except CommandRefusedError as e:
         raise ApiError(COMMAND_STATUS.get(e.code, 502), e.code, e.message,
-                       field=e.field) from None
+                       field=_request_field(e.field, fields)) from None
     await _caught_up(ctx, max(result.positions, default=0))
     answer = dict(result.result) if isinstance(result.result, dict) else {"result": result.result}
     operation_id = answer.get("operation_id")
@@ -164,6 +201,10 @@ async def get_vm(request: web.Request) -> web.Response:
     return json_response(vm_json(vm, await ctx.read(ctx.view.vm_volumes, vm_id)))
 
 
+_DEPLOY_FIELDS = {**{f: f for f in DeployBody.__struct_fields__},
+                  "service_offering_id": "offering_id"}
+
+
 async def deploy_vm(request: web.Request) -> web.Response:
     """`POST /v1/vms`: deploy a VM in the caller's account."""
     caller = await _caller(request)
@@ -174,7 +215,8 @@ async def deploy_vm(request: web.Request) -> web.Response:
                "network_ids": body.network_ids}
     if body.root_size_bytes is not None:
         command["root_size_bytes"] = body.root_size_bytes
-    return await _command(request, caller, "vm.deploy", msgspec.to_builtins(command), key)
+    return await _command(request, caller, "vm.deploy", msgspec.to_builtins(command), key,
+                          _DEPLOY_FIELDS)
 
 
 async def vm_action(request: web.Request) -> web.Response:
@@ -185,7 +227,8 @@ async def vm_action(request: web.Request) -> web.Response:
     await _body(request, NoBody, f"vm.{action}")
     if await ctx.read(ctx.view.vm, vm_id, caller.account) is None:
         raise not_found("VM", vm_id)
-    return await _command(request, caller, f"vm.{action}", {"vm_id": str(vm_id)}, key)
+    return await _command(request, caller, f"vm.{action}", {"vm_id": str(vm_id)}, key,
+                          {"vm_id": "id"})
 
 
 async def list_volumes(request: web.Request) -> web.Response:
@@ -215,7 +258,8 @@ async def create_volume(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", f"no VM {body.vm_id} in your account", field="vm_id")
     command = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
     return await _command(request, caller, "volume.create",
-                          msgspec.to_builtins({**command, "account": caller.account}), key)
+                          msgspec.to_builtins({**command, "account": caller.account}), key,
+                          {f: f for f in VolumeBody.__struct_fields__})
 
 
 async def volume_action(request: web.Request) -> web.Response:
@@ -234,7 +278,8 @@ async def volume_action(request: web.Request) -> web.Response:
         await _body(request, NoBody, "volume.detach")
     if await ctx.read(ctx.view.volume, volume_id, caller.account) is None:
         raise not_found("volume", volume_id)
-    return await _command(request, caller, f"volume.{action}", command, key)
+    return await _command(request, caller, f"volume.{action}", command, key,
+                          {"volume_id": "id", "vm_id": "vm_id"})
 
 
 async def delete_volume(request: web.Request) -> web.Response:
@@ -244,7 +289,8 @@ async def delete_volume(request: web.Request) -> web.Response:
     key = _key(request, required=False)
     if await ctx.read(ctx.view.volume, volume_id, caller.account) is None:
         raise not_found("volume", volume_id)
-    return await _command(request, caller, "volume.delete", {"volume_id": str(volume_id)}, key)
+    return await _command(request, caller, "volume.delete", {"volume_id": str(volume_id)}, key,
+                          {"volume_id": "id"})
 
 
 async def get_operation(request: web.Request) -> web.Response:
@@ -315,7 +361,7 @@ async def enabled_middleware(request: web.Request,
 def make_app(ctx: EndUser) -> web.Application:
     """The End User API as an aiohttp application."""
     app = web.Application(middlewares=[error_middleware, enabled_middleware],
-                          client_max_size=MAX_BODY)
+                          client_max_size=MAX_BODY, handler_args={"logger": SERVER_LOG})
     app[ENDUSER] = ctx
     r = app.router
     r.add_post("/v1/login", login)

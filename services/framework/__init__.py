@@ -11,7 +11,7 @@ for their operations through their public events. A minimal service:
 
     import asyncio
     from pathlib import Path
-    from gateways.services import ServiceRuntime, ServiceSpec, service_credentials
+    from services.framework import ServiceRuntime, ServiceSpec, service_credentials
     from kernel.settings import load_settings
 
     async def main() -> None:
@@ -19,6 +19,7 @@ for their operations through their public events. A minimal service:
         spec = ServiceSpec(name="billing", version="1.0",
                            endpoints={"http": "http://127.0.0.1:8490/"},
                            consumes=("cloudkernel.events.vm.>",))
+        # the key `cloudkernel services key billing --out <data_dir>/services/billing.key` wrote
         runtime = ServiceRuntime(spec, settings.nats_servers,
                                  credentials=service_credentials(settings, "billing"),
                                  data_dir=Path(settings.data_dir))
@@ -37,8 +38,8 @@ See docs/services.md for commands, waiting for operations, system VMs and the di
 NATS subjects.
 """
 
-from gateways.services.credentials import ServiceCredentials, service_credentials
-from gateways.services.framework import (
+from services.framework.credentials import ServiceCredentials, service_credentials
+from services.framework.framework import (
     CommandRefusedError,
     CommandResult,
     OperationOutcome,

@@ -21,9 +21,9 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from gateways.services.wire import ServiceEvent
-from gateways.stream.connection import sleep_unless_stopped
-from kernel.event_feed import EVENTS_STREAM
+from kernel.contracts.connection import sleep_unless_stopped
+from kernel.contracts.events import EVENTS_STREAM
+from services.framework.wire import ServiceEvent
 
 log = logging.getLogger(__name__)
 Handler = Callable[[ServiceEvent], Awaitable[None] | None]

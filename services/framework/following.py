@@ -15,9 +15,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from gateways.services.wire import OperationOutcome, ServiceEvent
-from gateways.stream.connection import sleep_unless_stopped
-from kernel.event_feed import EVENTS_STREAM, ORIGINATOR_VERSION, SUBJECT_PREFIX
+from kernel.contracts.connection import sleep_unless_stopped
+from kernel.contracts.events import EVENTS_STREAM, ORIGINATOR_VERSION, SUBJECT_PREFIX
+from services.framework.wire import OperationOutcome, ServiceEvent
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,14 @@ from uuid import UUID
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from aggregates.service import ServiceRegistration
-from gateways.services import liveness
-from gateways.services.consumers import DurableConsumer, Handler, consumer
-from gateways.services.credentials import ServiceCredentials
-from gateways.services.following import RegistrationFollower, wait_for_operation
-from gateways.services.wire import (
+from kernel.contracts import liveness
+from kernel.contracts.connection import connect, sleep_unless_stopped
+from kernel.contracts.services import check_registration, registration_id
+from services.framework.consumers import DurableConsumer, Handler, consumer
+from services.framework.credentials import ServiceCredentials
+from services.framework.following import RegistrationFollower, wait_for_operation
+from services.framework.system_vms import ensure_system_vm
+from services.framework.wire import (
     UNAVAILABLE,
     CommandRefusedError,
     CommandResult,
@@ -36,7 +38,6 @@ from gateways.services.wire import (
     ServiceEvent,
     send_command,
 )
-from gateways.stream.connection import connect, sleep_unless_stopped
 
 __all__ = ["CommandRefusedError", "CommandResult", "OperationOutcome", "ServiceEvent",
            "ServiceRuntime", "ServiceSpec"]
@@ -58,9 +59,9 @@ class ServiceSpec:
 
     def __post_init__(self) -> None:
         # The platform checks the same; failing here says so before anything connects.
-        ServiceRegistration.check(name=self.name, version=self.version,
-                                  endpoints=self.endpoints, consumes=self.consumes,
-                                  publishes=self.publishes, description=self.description)
+        check_registration(name=self.name, version=self.version, endpoints=self.endpoints,
+                           consumes=self.consumes, publishes=self.publishes,
+                           description=self.description)
 
     def body(self) -> dict[str, Any]:
         """The body of its `service.register` command."""
@@ -78,6 +79,7 @@ class ServiceRuntime:
     credentials: ServiceCredentials
     data_dir: Path
     heartbeat_seconds: float = 2.0
+    replicas: int = 1  # of the liveness bucket, on a NATS cluster
     register_timeout: float = 60.0
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     enabled: bool = field(default=False, init=False)
@@ -95,10 +97,15 @@ class ServiceRuntime:
     _pending: set["asyncio.Future[Any]"] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
-        self.registration_id = ServiceRegistration.create_id(self.spec.name)
+        self.registration_id = registration_id(self.spec.name)
         self._follower = RegistrationFollower(self.registration_id, self._on_state)
 
     # ------------------------------------------------------------------ setup
+
+    @property
+    def service_name(self) -> str:
+        """The service's name."""
+        return self.spec.name
 
     @property
     def nc(self) -> Client:
@@ -132,7 +139,8 @@ class ServiceRuntime:
         self._started_at = time.time()
         self._nc = await connect(self.servers, name=f"cloudkernel-service-{self.spec.name}")
         js = self._nc.jetstream()
-        self._kv = await liveness.open_bucket(js, self.heartbeat_seconds)
+        self._kv = await liveness.open_bucket(js, self.heartbeat_seconds,
+                                              replicas=self.replicas)
         await self._register()
         await self._beat()
         self._tasks.append(asyncio.create_task(self._follower.run(js, self._halt)))
@@ -253,8 +261,6 @@ class ServiceRuntime:
                                timeout: float = 300) -> UUID:
         """Run a system VM for this service through an ordinary vm.deploy, idempotent by
         name; with `wait`, until its deploy succeeded (RuntimeError if it did not)."""
-        from gateways.services.system_vms import ensure_system_vm
-
         return await ensure_system_vm(self, name, zone_id=zone_id, template_id=template_id,
                                       offering_id=offering_id, account=account,
                                       network_ids=network_ids, wait=wait, timeout=timeout)

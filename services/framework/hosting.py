@@ -1,6 +1,6 @@
 """What every HTTP service on the framework shares: the serve loop (its key, its tenant view
 fed by a durable consumer, its runtime, its HTTP site, an orderly stop) and its process entry
-point (`python -m gateways.services.<name>`).
+point (`python -m services.<name>`).
 
 A service brings only what is its own: its `ServiceSpec`, the handler of its view's events
 (default: the view applies them) and its aiohttp application.
@@ -20,9 +20,9 @@ from typing import Any
 from aiohttp import web
 
 from aggregates.errors import ConfigError
-from gateways.services.framework import ServiceEvent, ServiceRuntime, ServiceSpec
-from gateways.services.tenant_view import TenantView
 from kernel.settings import Settings, load_settings
+from services.framework.framework import ServiceEvent, ServiceRuntime, ServiceSpec
+from services.framework.tenant_view import TenantView
 
 log = logging.getLogger(__name__)
 EventHandler = Callable[[ServiceEvent], Awaitable[None] | None]
@@ -49,14 +49,15 @@ async def serve_http(settings: Settings, stop: asyncio.Event, ready: asyncio.Eve
                      | None = None) -> None:
     """Run a service until `stop` is set: register, consume into its tenant view, serve HTTP
     on `settings.api_host:port`; then stop taking requests, stop consuming, close."""
-    from gateways.services.credentials import service_credentials
+    from services.framework.credentials import service_credentials
 
     data_dir = service_dir(settings, spec.name)
     credentials = await asyncio.to_thread(service_credentials, settings, spec.name)
     view = await asyncio.to_thread(TenantView, data_dir / "view.db")
     runtime = ServiceRuntime(spec, settings.nats_servers, credentials=credentials,
                              data_dir=data_dir,
-                             heartbeat_seconds=settings.service_heartbeat_seconds)
+                             heartbeat_seconds=settings.service_heartbeat_seconds,
+                             replicas=settings.nats_replicas)
 
     async def apply(event: ServiceEvent) -> None:
         await asyncio.to_thread(view.apply, event)
@@ -94,9 +95,9 @@ async def serve_http(settings: Settings, stop: asyncio.Event, ready: asyncio.Eve
 
 def service_main(name: str, description: str, serve: Serve,
                  banner: Callable[[Settings], str], argv: list[str] | None = None) -> int:
-    """`python -m gateways.services.<name> [--config FILE]`: run until SIGTERM or SIGINT;
+    """`python -m services.<name> [--config FILE]`: run until SIGTERM or SIGINT;
     2 on a bad setting."""
-    parser = argparse.ArgumentParser(prog=f"python -m gateways.services.{name}",
+    parser = argparse.ArgumentParser(prog=f"python -m services.{name}",
                                      description=description)
     parser.add_argument("--config", metavar="FILE", help="settings file (TOML)")
     args = parser.parse_args(argv)

@@ -5,14 +5,30 @@ A system VM is known by its service and name: its VM id and the command's idempo
 derived from them, so asking again answers the first deploy's result and deploys nothing.
 """
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from aggregates.service import require_service_name
+from kernel.contracts.services import require_service_name
+from services.framework.wire import CommandResult, OperationOutcome
 
-if TYPE_CHECKING:
-    from gateways.services.framework import ServiceRuntime
+
+class Deployer(Protocol):
+    """What deploying a system VM needs of a running service (a ServiceRuntime)."""
+
+    @property
+    def service_name(self) -> str:
+        """The service's name."""
+        ...
+
+    async def command(self, tag: str, body: Mapping[str, Any], *,
+                      idempotency_key: str) -> CommandResult:
+        """Send a command; its answer."""
+        ...
+
+    async def wait_operation(self, operation_id: UUID, timeout: float = 120) -> OperationOutcome:
+        """Wait until the operation ended."""
+        ...
 
 
 def system_vm_id(service: str, name: str) -> UUID:
@@ -25,13 +41,13 @@ def system_vm_name(service: str, name: str) -> str:
     return f"s-{service}-{name}"
 
 
-async def ensure_system_vm(runtime: "ServiceRuntime", name: str, *, zone_id: UUID,
+async def ensure_system_vm(runtime: Deployer, name: str, *, zone_id: UUID,
                            template_id: UUID, offering_id: UUID, account: str = "system",
                            network_ids: Sequence[UUID] = (), wait: bool = False,
                            timeout: float = 300) -> UUID:
     """Deploy the system VM unless this service deployed it already; returns its VM id."""
     require_service_name(name)
-    service = runtime.spec.name
+    service = runtime.service_name
     vm_id = system_vm_id(service, name)
     body = {"name": system_vm_name(service, name), "account": account,
             "zone_id": str(zone_id), "service_offering_id": str(offering_id),

@@ -1,4 +1,4 @@
-"""The tables and rows of `gateways.services.tenant_view.TenantView`: what it keeps and what its
+"""The tables and rows of `services.framework.tenant_view.TenantView`: what it keeps and what its
 queries answer."""
 
 import json

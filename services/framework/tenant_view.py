@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
 
-from gateways.services.tenant_rows import (
+from services.framework.tenant_rows import (
     SCHEMA,
     OfferingRow,
     OperationRow,
@@ -37,7 +37,7 @@ ENTITY_AGGREGATES = ("vm", "volume", "snapshot", "template", "service_offering",
 
 
 class ViewEvent(Protocol):
-    """What the view needs of an event (`gateways.services.framework.ServiceEvent` has it)."""
+    """What the view needs of an event (`services.framework.framework.ServiceEvent` has it)."""
 
     @property
     def position(self) -> int: ...

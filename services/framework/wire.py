@@ -14,15 +14,15 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from gateways.access import (
+from kernel.contracts.access import (
     IDEMPOTENCY_KEY_HEADER,
     KEY_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     sign,
 )
-from gateways.services.credentials import ServiceCredentials
-from kernel.event_feed import ORIGINATOR_ID, POSITION, TOPIC
+from kernel.contracts.events import ORIGINATOR_ID, POSITION, TOPIC
+from services.framework.credentials import ServiceCredentials
 
 COMMANDS_PREFIX = "cloudkernel.commands."  # as gateways.stream.intake serves them
 UNAVAILABLE = "unavailable"

@@ -14,9 +14,10 @@ import msgspec
 
 from aggregates.errors import StepFailedError
 from kernel.steps.backup import BackupFile
-from subsystems.storage import files
+from subsystems.libvirt import files
 
-__all__ = ["MANIFEST", "Manifest", "backup_dir", "read_manifest", "verify", "write_manifest"]
+__all__ = ["MANIFEST", "Manifest", "backup_dir", "manifest_bytes", "parse_manifest",
+           "read_manifest", "verify", "write_manifest"]
 
 MANIFEST = "manifest.json"
 
@@ -39,13 +40,19 @@ def backup_dir(target_dir: str, backup_id: UUID) -> Path:
     return Path(target_dir) / str(backup_id)
 
 
+def manifest_bytes(backup_id: UUID, vm_id: UUID, entries: tuple[BackupFile, ...]
+                   ) -> tuple[Manifest, bytes]:
+    """A new manifest of these files, and its bytes as written."""
+    manifest = Manifest(backup_id=backup_id, vm_id=vm_id, created_at=datetime.now(UTC),
+                        files=entries)
+    return manifest, msgspec.json.format(msgspec.json.encode(manifest)) + b"\n"
+
+
 def write_manifest(directory: Path, backup_id: UUID, vm_id: UUID,
                    entries: tuple[BackupFile, ...]) -> Manifest:
     """Record the backup's files; after this the backup is complete."""
-    manifest = Manifest(backup_id=backup_id, vm_id=vm_id, created_at=datetime.now(UTC),
-                        files=entries)
-    files.write_atomically(directory / MANIFEST, msgspec.json.format(
-        msgspec.json.encode(manifest)) + b"\n")
+    manifest, raw = manifest_bytes(backup_id, vm_id, entries)
+    files.write_atomically(directory / MANIFEST, raw)
     return manifest
 
 
@@ -56,14 +63,19 @@ def read_manifest(directory: Path) -> Manifest | None:
         raw = path.read_bytes()
     except FileNotFoundError:
         return None
+    return parse_manifest(raw, str(path))
+
+
+def parse_manifest(raw: bytes, where: str) -> Manifest:
+    """A manifest's bytes read from `where`; `backup_corrupt` when unreadable."""
     try:
         manifest = _manifest_decoder.decode(raw)
     except msgspec.DecodeError as e:
-        raise StepFailedError(f"backup manifest {path} is unreadable: {e}", retryable=False,
+        raise StepFailedError(f"backup manifest {where} is unreadable: {e}", retryable=False,
                               code="backup_corrupt") from e
     for entry in manifest.files:
         if Path(entry.file).name != entry.file:  # a manifest must not point outside its dir
-            raise StepFailedError(f"backup manifest {path} names file {entry.file!r}",
+            raise StepFailedError(f"backup manifest {where} names file {entry.file!r}",
                                   retryable=False, code="backup_corrupt")
     return manifest
 

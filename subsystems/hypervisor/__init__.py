@@ -1,1 +1,1 @@
-"""The libvirt hypervisor subsystem: the only package that imports libvirt."""
+"""The libvirt hypervisor subsystem: VM domains, through the shared driver `subsystems.libvirt`."""

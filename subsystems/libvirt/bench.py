@@ -12,8 +12,9 @@ import uuid
 from dataclasses import dataclass
 
 from kernel.steps.hypervisor import DefineDomain, DiskSpec, NicSpec
-from subsystems.hypervisor import domain_xml, domains
-from subsystems.hypervisor.connections import connection
+from subsystems.libvirt import domain_xml, domains
+from subsystems.libvirt.connections import connection
+from subsystems.libvirt.host_policy import DomainSettings
 
 __all__ = ["DefineStartRate", "bare_define_start_rate"]
 
@@ -37,13 +38,13 @@ def bare_define_start_rate(uri: str, n: int = 200, *, cleanup: bool = True) -> D
     XML is built before the clock starts. With `cleanup`, they are destroyed and undefined
     afterwards (not timed)."""
     conn = connection(uri)
-    domain_type = domains.domain_type_of(conn)
+    shape = domains.shape_of(conn, "x86_64", DomainSettings())
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     xmls = [domain_xml.build_domain_xml(DefineDomain(
         vm_id=uuid.uuid4(), name=f"{prefix}-{i}", host_uri=uri, cpu_cores=1, cpu_mhz=1000,
         memory_mib=128, disks=(DiskSpec(path=f"/var/lib/bench/{prefix}-{i}.qcow2"),),
         nics=(NicSpec(mac=f"52:54:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}",
-                      network="default"),)), domain_type) for i in range(n)]
+                      network="default"),)), shape) for i in range(n)]
     started = []
     t0 = time.perf_counter()
     for xml in xmls:

@@ -1,25 +1,34 @@
 """Domain XML: built from a DefineDomain step, read back and edited, as pure functions.
 
-The same XML serves libvirt's test driver and qemu/KVM; only the `<domain type>` differs, and
-`choose_domain_type` picks it from the connection's driver and capabilities. CPU speed becomes
+The same XML serves libvirt's test driver and qemu/KVM (the test driver records the CPU,
+machine, controllers and channel and ignores them); what depends on the host (the `<domain
+type>`, CPU, machine, spare PCIe root ports, the guest agent's channel) comes in a
+`DomainShape` that `host_policy` decides. CPU speed becomes
 `<cputune><shares>` = cores x MHz (CloudStack's mapping), so a host's CPU time is shared in
-proportion to the offering. The domain's UUID is the VM's id.
+proportion to the offering. The domain's UUID is the VM's id, and its `<metadata>` names the
+step that defined it (`defined_by`), so that a define step can tell its own domain from one
+another step left.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from uuid import UUID
 from xml.etree import ElementTree as ET
 
 from aggregates.errors import StepFailedError
 from kernel.steps.hypervisor import ConsoleSpec, DefineDomain, DiskSpec, GraphicsInfo, NicSpec
+from subsystems.libvirt.host_policy import DomainShape
 
 __all__ = [
+    "GUEST_AGENT_CHANNEL",
+    "METADATA_NS",
     "DiskView",
     "NicView",
+    "arch_of",
     "build_domain_xml",
-    "choose_domain_type",
+    "defined_by",
     "disk_element",
     "disk_xml",
     "disks_of",
@@ -30,11 +39,18 @@ __all__ = [
     "set_domain_type",
     "target_name",
     "with_disk",
+    "with_listen",
     "without_disk",
 ]
 
+METADATA_NS = "urn:cloudkernel:hypervisor"
+_DEFINED_BY = f"{{{METADATA_NS}}}defined-by"
+ET.register_namespace("cloudkernel", METADATA_NS)
 _BUS_PREFIX = {"virtio": "vd", "scsi": "sd", "sata": "sd", "ide": "hd"}
-_TYPE_PREFERENCE = ("kvm", "qemu", "test")
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+# devices of ours besides disks and NICs that take a PCIe slot on q35: the memory balloon and
+# the USB controller libvirt adds (the guest agent's virtio-serial controller is counted apart)
+_OTHER_PCIE_DEVICES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,41 +74,30 @@ class NicView:
     model: str
 
 
-def choose_domain_type(driver: str, capabilities_xml: str, arch: str = "x86_64") -> str:
-    """The `<domain type>` for a connection: "test" on the test driver, else the best the
-    host's capabilities offer for `arch` (kvm before qemu)."""
-    if driver.lower() == "test":
-        return "test"
-    offered: set[str] = set()
-    root = ET.fromstring(capabilities_xml)
-    for guest in root.iter("guest"):
-        arch_elem = guest.find("arch")
-        if arch_elem is not None and arch_elem.get("name") == arch:
-            offered.update(d.get("type", "") for d in arch_elem.iter("domain"))
-    for candidate in _TYPE_PREFERENCE:
-        if candidate in offered:
-            return candidate
-    raise StepFailedError(f"host driver {driver} offers no domain type for arch {arch} "
-                          f"(offered: {sorted(offered) or 'none'})", retryable=False,
-                          code="invalid_definition")
-
-
-def build_domain_xml(args: DefineDomain, domain_type: str) -> str:
-    """The persistent definition of a VM's domain."""
-    dom = ET.Element("domain", {"type": domain_type})
+def build_domain_xml(args: DefineDomain, shape: DomainShape,
+                     step_id: UUID | None = None) -> str:
+    """The persistent definition of a VM's domain (naming the step that defines it)."""
+    dom = ET.Element("domain", {"type": shape.domain_type})
     _text(dom, "name", args.name)
     _text(dom, "uuid", str(args.vm_id))
+    if step_id is not None:
+        ET.SubElement(ET.SubElement(dom, "metadata"), _DEFINED_BY, {"step": str(step_id)})
     _text(dom, "memory", str(args.memory_mib), unit="MiB")
     _text(dom, "currentMemory", str(args.memory_mib), unit="MiB")
     _text(dom, "vcpu", str(args.cpu_cores), placement="static")
     tune = ET.SubElement(dom, "cputune")
     _text(tune, "shares", str(args.cpu_cores * args.cpu_mhz))
     os_elem = ET.SubElement(dom, "os")
-    _text(os_elem, "type", "hvm", arch=args.arch)
+    machine = {"machine": shape.machine} if shape.machine else {}
+    _text(os_elem, "type", "hvm", arch=args.arch, **machine)
     ET.SubElement(os_elem, "boot", {"dev": "hd"})
     features = ET.SubElement(dom, "features")
     ET.SubElement(features, "acpi")  # a graceful shutdown is an ACPI power button press
     ET.SubElement(features, "apic")
+    if shape.cpu is not None:
+        cpu = ET.SubElement(dom, "cpu", {"mode": shape.cpu.mode})
+        if shape.cpu.model:
+            _text(cpu, "model", shape.cpu.model, fallback="forbid")
     ET.SubElement(dom, "clock", {"offset": "utc"})
     _text(dom, "on_poweroff", "destroy")
     _text(dom, "on_reboot", "restart")
@@ -108,6 +113,16 @@ def build_domain_xml(args: DefineDomain, domain_type: str) -> str:
         devices.append(disk_element(disk, target))
     for nic in args.nics:
         devices.append(_nic_element(nic))
+    if shape.guest_agent:
+        channel = ET.SubElement(devices, "channel", {"type": "unix"})
+        ET.SubElement(channel, "target", {"type": "virtio", "name": GUEST_AGENT_CHANNEL})
+    if shape.pcie:
+        taken = sum(d.bus == "virtio" for d in args.disks) + len(args.nics) \
+            + shape.guest_agent + _OTHER_PCIE_DEVICES
+        # libvirt numbers controllers without an index from 0, and 0 must be the root
+        ET.SubElement(devices, "controller", {"type": "pci", "index": "0", "model": "pcie-root"})
+        for _ in range(taken + shape.hotplug_ports):
+            ET.SubElement(devices, "controller", {"type": "pci", "model": "pcie-root-port"})
     _add_console(devices, args.console)
     return ET.tostring(dom, encoding="unicode")
 
@@ -167,6 +182,15 @@ def disks_of(xml: str) -> list[DiskView]:
     return found
 
 
+def defined_by(xml: str) -> UUID | None:
+    """The step that defined this domain, as its metadata says (None: not ours, or older)."""
+    mark = ET.fromstring(xml).find(f"metadata/{_DEFINED_BY}")
+    try:
+        return UUID(mark.get("step", "")) if mark is not None else None
+    except ValueError:
+        return None
+
+
 def nics_of(xml: str) -> list[NicView]:
     """The NICs of a domain XML, in order."""
     found = []
@@ -183,13 +207,15 @@ def nics_of(xml: str) -> list[NicView]:
 
 
 def graphics_of(xml: str) -> tuple[GraphicsInfo, ...]:
-    """The graphics consoles of a domain XML (pass the live XML for allocated ports)."""
+    """The graphics consoles of a domain XML (pass the live XML for allocated ports, the
+    secure one for passwords)."""
     found = []
     for gfx in ET.fromstring(xml).iterfind("devices/graphics"):
         port = int(gfx.get("port", "-1"))
+        password = gfx.get("passwd")
         found.append(GraphicsInfo(type=gfx.get("type", ""), listen=gfx.get("listen", ""),
-                                  port=port if port > 0 else None,
-                                  password=gfx.get("passwd")))
+                                  port=port if port > 0 else None, password=password,
+                                  password_required=password is not None))
     return tuple(found)
 
 
@@ -236,6 +262,30 @@ def set_domain_type(xml: str, domain_type: str) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+def arch_of(xml: str) -> str:
+    """The guest architecture a definition names (x86_64 when it names none)."""
+    os_type = ET.fromstring(xml).find("os/type")
+    return (os_type.get("arch") if os_type is not None else None) or "x86_64"
+
+
+def with_listen(xml: str, old: str, new: str) -> str:
+    """The XML with graphics that listened on address `old` listening on `new` (unchanged
+    text when none did)."""
+    if old == new:
+        return xml
+    root = ET.fromstring(xml)
+    changed = False
+    for gfx in root.iterfind("devices/graphics"):
+        if gfx.get("listen") == old:
+            gfx.set("listen", new)
+            changed = True
+        for listen in gfx.iterfind("listen"):
+            if listen.get("address") == old:
+                listen.set("address", new)
+                changed = True
+    return ET.tostring(root, encoding="unicode") if changed else xml
+
+
 def _suffix(index: int) -> str:
     """0 -> a, 25 -> z, 26 -> aa: libvirt's disk name scheme."""
     letters = ""
@@ -265,12 +315,14 @@ def _add_console(devices: ET.Element, console: ConsoleSpec) -> None:
         cons = ET.SubElement(devices, "console", {"type": "pty"})
         ET.SubElement(cons, "target", {"type": "serial", "port": "0"})
     if console.graphics != "none":
-        attrs = {"type": console.graphics, "port": "-1", "autoport": "yes",
-                 "listen": console.listen}
+        attrs = {"type": console.graphics, "port": "-1", "autoport": "yes"}
+        if console.listen:  # else the host's default (qemu.conf: vnc_listen, loopback)
+            attrs["listen"] = console.listen
         if console.password is not None:
             attrs["passwd"] = console.password
         gfx = ET.SubElement(devices, "graphics", attrs)
-        ET.SubElement(gfx, "listen", {"type": "address", "address": console.listen})
+        if console.listen:
+            ET.SubElement(gfx, "listen", {"type": "address", "address": console.listen})
 
 
 def _devices(root: ET.Element) -> ET.Element:

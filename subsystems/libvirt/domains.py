@@ -4,28 +4,25 @@ Each function checks the real state first, so running it again is harmless: defi
 that exists (same UUID) changes nothing, starting a running one reports "already", and
 removing what is gone is success.
 
-Attach and detach try `attachDeviceFlags`/`detachDeviceFlags` first (qemu/KVM: live and
-persistent at once). Where libvirt answers VIR_ERR_NO_SUPPORT (the test driver), the fallback
-rewrites the persistent definition with the disk added or removed (`defineXML` of the
-inactive XML). A running domain keeps its live configuration until it is next started
-(stop, then start): the result says `how="redefined"` and `live=False` then.
+A reboot is checked against what happened, not against libvirt's return: the guest is asked
+(ACPI) and libvirt returns at once; the reboot event (`events.watch_reboot`) says it rebooted.
+One that has not after `force_after` seconds is reset, and the result says which (`rebooted`
+or `reset`). Disks are in `disks`, beside this module.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 from uuid import UUID
 
 import libvirt
+import msgspec
 
 from aggregates.errors import StepFailedError
 from kernel.steps.hypervisor import (
     ConsoleInfo,
     DefineDomain,
-    DiskChanged,
-    DiskSpec,
     DomainDefined,
     DomainPower,
     DomainUndefined,
@@ -34,27 +31,28 @@ from kernel.steps.hypervisor import (
     PowerReport,
     PowerState,
 )
-from subsystems.hypervisor import domain_xml
-from subsystems.hypervisor.connections import connection
-from subsystems.hypervisor.faults import code_of, is_not_found, is_unsupported, translated, wrap
+from subsystems.libvirt import domain_xml, events, host_policy, pools
+from subsystems.libvirt.connections import connection
+from subsystems.libvirt.faults import code_of, is_not_found, translated, wrap
+from subsystems.libvirt.host_policy import DomainSettings, DomainShape
 
 __all__ = [
-    "attach_disk",
+    "INACTIVE_XML",
     "console",
     "define",
     "destroy",
-    "detach_disk",
-    "domain_type_of",
     "fence",
     "lookup",
     "reboot",
     "report_power",
     "require",
     "running_on",
+    "shape_of",
     "start",
     "state_of",
     "stop",
     "undefine",
+    "undefine_own",
 ]
 
 _STATES: dict[int, PowerState] = {
@@ -63,8 +61,12 @@ _STATES: dict[int, PowerState] = {
     libvirt.VIR_DOMAIN_SHUTDOWN: "shutting_down", libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
     libvirt.VIR_DOMAIN_CRASHED: "crashed", libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
 }
-_INACTIVE_XML = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
-_domain_types: dict[str, str] = {}  # by connection URI: capabilities do not change
+INACTIVE_XML = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+"""The flags of a domain's persistent definition, passwords included."""
+# drivers whose reboot call returns once the domain has rebooted (and send no event)
+_REBOOTS_IN_THE_CALL = frozenset({"test"})
+# by connection URI, arch and settings: capabilities and /dev/kvm are read once per process
+_shapes: dict[tuple[str, str, DomainSettings], DomainShape] = {}
 
 
 def lookup(conn: libvirt.virConnect, vm_id: UUID) -> libvirt.virDomain | None:
@@ -101,31 +103,45 @@ def state_of(dom: libvirt.virDomain) -> PowerState:
         return _STATES.get(dom.state()[0], "unknown")
 
 
-def domain_type_of(conn: libvirt.virConnect, arch: str = "x86_64") -> str:
-    """The `<domain type>` this connection's driver runs ("test", "kvm" or "qemu")."""
-    key = f"{conn.getURI()}#{arch}"
-    found = _domain_types.get(key)
+def shape_of(conn: libvirt.virConnect, arch: str, settings: DomainSettings) -> DomainShape:
+    """How a domain for `arch` is defined on this connection's host (`host_policy`)."""
+    uri = conn.getURI()
+    key = (uri, arch, settings)
+    found = _shapes.get(key)
     if found is None:
         with translated("read host capabilities"):
-            found = domain_xml.choose_domain_type(conn.getType(), conn.getCapabilities(), arch)
-        _domain_types[key] = found
+            driver, capabilities = conn.getType(), conn.getCapabilities()
+        offered = host_policy.offered_types(capabilities, arch)
+        device_ok = None  # a remote host's /dev/kvm cannot be seen from here
+        if pools.is_local_uri(uri) and "kvm" in offered:
+            device_ok = host_policy.kvm_device_ok(
+                host_policy.qemu_user_of(uri, settings.qemu_user))
+        domain_type = host_policy.choose_domain_type(driver, offered, settings.domain_type,
+                                                     device_ok, arch)
+        found = host_policy.decide_shape(domain_type, arch, settings)
+        _shapes[key] = found
     return found
 
 
-def define(conn: libvirt.virConnect, args: DefineDomain) -> DomainDefined:
-    """Define the VM's domain unless a domain with its UUID exists already."""
-    domain_type = domain_type_of(conn, args.arch)
+def define(conn: libvirt.virConnect, args: DefineDomain, settings: DomainSettings,
+           step_id: UUID | None = None) -> DomainDefined:
+    """Define the VM's domain unless a domain with its UUID exists already; a new definition
+    records `step_id` as the step that made it (see `undefine_own`)."""
+    shape = shape_of(conn, args.arch, settings)
     existing = lookup(conn, args.vm_id)
     if existing is None:
         _refuse_taken_name(conn, args.name, args.vm_id)
-        xml = domain_xml.build_domain_xml(args, domain_type)
+        console_spec = host_policy.console_for(args.console, args.host_uri, args.vm_id,
+                                               settings)
+        xml = domain_xml.build_domain_xml(
+            msgspec.structs.replace(args, console=console_spec), shape, step_id)
         with translated(f"define domain {args.name}"):
             conn.defineXML(xml)
     elif existing.name() != args.name:
         raise StepFailedError(f"domain {args.vm_id} exists as {existing.name()!r}, not "
                               f"{args.name!r}", retryable=False, code="conflict")
     return DomainDefined(vm_id=args.vm_id, name=args.name, host_uri=args.host_uri,
-                         domain_type=domain_type, created=existing is None)
+                         domain_type=shape.domain_type, created=existing is None)
 
 
 def undefine(conn: libvirt.virConnect, vm_id: UUID) -> DomainUndefined:
@@ -147,6 +163,20 @@ def undefine(conn: libvirt.virConnect, vm_id: UUID) -> DomainUndefined:
             # drivers without NVRAM (the test driver) reject the flag: plain undefine
             dom.undefine()
     return DomainUndefined(vm_id=vm_id, existed=True, powered_off=powered_off)
+
+
+def undefine_own(conn: libvirt.virConnect, vm_id: UUID, step_id: UUID) -> bool:
+    """Power off and undefine the VM's domain if step `step_id` defined it (an earlier
+    attempt of the same step included); a domain another step defined stays. Whether it
+    went."""
+    dom = lookup(conn, vm_id)
+    if dom is None:
+        return False
+    with translated(f"read definition of domain {vm_id}"):
+        xml = dom.XMLDesc(INACTIVE_XML)
+    if domain_xml.defined_by(xml) != step_id:
+        return False
+    return undefine(conn, vm_id).existed
 
 
 def start(conn: libvirt.virConnect, vm_id: UUID) -> PowerChanged:
@@ -202,77 +232,53 @@ def destroy(conn: libvirt.virConnect, vm_id: UUID) -> PowerChanged:
     return PowerChanged(vm_id=vm_id, how=how, state=state_of(dom))
 
 
-def reboot(conn: libvirt.virConnect, vm_id: UUID) -> PowerChanged:
-    """Reboot a running domain (a repeat reboots again, which is harmless); start a stopped
-    one, so that the domain runs afterwards either way."""
+def reboot(conn: libvirt.virConnect, vm_id: UUID, force_after: float, *,
+           poll: float = 0.2, clock: Callable[[], float] = time.monotonic) -> PowerChanged:
+    """Reboot a running domain, resetting it when the guest has not rebooted after
+    `force_after` s (a repeat reboots again, which is harmless); start a stopped one, so
+    that the domain runs afterwards either way."""
     dom = require(conn, vm_id)
     with translated(f"reboot domain {vm_id}"):
         if not dom.isActive():
             dom.create()
             return PowerChanged(vm_id=vm_id, how="started", state=state_of(dom))
-        dom.reboot(0)
-    return PowerChanged(vm_id=vm_id, how="rebooted", state=state_of(dom))
-
-
-def attach_disk(conn: libvirt.virConnect, vm_id: UUID, disk: DiskSpec) -> DiskChanged:
-    """Attach a disk, live and persistently; redefine where the driver cannot attach."""
-    dom = require(conn, vm_id)
-    with translated(f"read definition of domain {vm_id}"):
-        config = dom.XMLDesc(_INACTIVE_XML)
-    for view in domain_xml.disks_of(config):
-        if view.path == disk.path:
-            return DiskChanged(vm_id=vm_id, path=disk.path, target=view.target,
-                               how="already", live=_live_has(dom, disk.path))
-    new_config, target = domain_xml.with_disk(config, disk)
-    try:
-        dom.attachDeviceFlags(domain_xml.disk_xml(disk, target), _affect(dom))
-        how = "device"
-    except libvirt.libvirtError as e:
-        if not is_unsupported(e):
-            raise wrap(e, f"attach {disk.path} to domain {vm_id}") from e
-        with translated(f"redefine domain {vm_id} with {disk.path}"):
-            conn.defineXML(new_config)
-        how = "redefined"
-    return DiskChanged(vm_id=vm_id, path=disk.path, target=target, how=how,
-                       live=_live_has(dom, disk.path))
-
-
-def detach_disk(conn: libvirt.virConnect, vm_id: UUID, disk: DiskSpec) -> DiskChanged:
-    """Detach the disk whose source is `disk.path`; redefine where the driver cannot."""
-    dom = lookup(conn, vm_id)
-    if dom is None:  # no domain, no disk: a compensation after undefine is fine
-        return DiskChanged(vm_id=vm_id, path=disk.path, target=disk.target, how="already",
-                           live=False)
-    with translated(f"read definition of domain {vm_id}"):
-        config = dom.XMLDesc(_INACTIVE_XML)
-    attached = [v for v in domain_xml.disks_of(config) if v.path == disk.path]
-    new_config = domain_xml.without_disk(config, disk.path)
-    element = domain_xml.find_disk_xml(config, disk.path)
-    if not attached or new_config is None or element is None:
-        return DiskChanged(vm_id=vm_id, path=disk.path, target=disk.target, how="already",
-                           live=_live_has(dom, disk.path))
-    view = attached[0]
-    try:
-        dom.detachDeviceFlags(element, _affect(dom))
-        how = "device"
-    except libvirt.libvirtError as e:
-        if not is_unsupported(e):
-            raise wrap(e, f"detach {disk.path} from domain {vm_id}") from e
-        with translated(f"redefine domain {vm_id} without {disk.path}"):
-            conn.defineXML(new_config)
-        how = "redefined"
-    return DiskChanged(vm_id=vm_id, path=disk.path, target=view.target, how=how,
-                       live=_live_has(dom, disk.path))
+        if force_after > 0 and conn.getType().lower() in _REBOOTS_IN_THE_CALL:
+            dom.reboot(0)
+            return PowerChanged(vm_id=vm_id, how="rebooted", state=state_of(dom))
+        if force_after > 0:
+            with events.watch_reboot(conn, dom) as rebooted:
+                try:
+                    dom.reboot(0)
+                except libvirt.libvirtError:
+                    pass  # the guest cannot be asked (no ACPI, paused): reset it below
+                else:
+                    deadline = clock() + force_after
+                    while not rebooted.is_set() and dom.isActive():
+                        left = deadline - clock()
+                        if left <= 0:
+                            break
+                        rebooted.wait(min(poll, left))
+            if rebooted.is_set():
+                return PowerChanged(vm_id=vm_id, how="rebooted", state=state_of(dom))
+        if not dom.isActive():  # it powered off instead of rebooting: it runs again
+            dom.create()
+            return PowerChanged(vm_id=vm_id, how="started", state=state_of(dom))
+        dom.reset(0)
+    return PowerChanged(vm_id=vm_id, how="reset", state=state_of(dom))
 
 
 def console(conn: libvirt.virConnect, host_uri: str, vm_id: UUID) -> ConsoleInfo:
-    """The domain's graphics consoles (with ports once running) and serial pty."""
+    """The domain's graphics consoles (with ports once running; whether each asks for a
+    password, never the password) and serial pty."""
     dom = require(conn, vm_id)
     with translated(f"read console of domain {vm_id}"):
         xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
         hostname = conn.getHostname()
+    # the result is an event: the password stays out (kernel.steps.hypervisor.console_password)
+    graphics = tuple(msgspec.structs.replace(g, password=None)
+                     for g in domain_xml.graphics_of(xml))
     return ConsoleInfo(vm_id=vm_id, host_uri=host_uri, hostname=hostname,
-                       state=state_of(dom), graphics=domain_xml.graphics_of(xml),
+                       state=state_of(dom), graphics=graphics,
                        serial_pty=domain_xml.serial_pty_of(xml))
 
 
@@ -326,18 +332,3 @@ def _destroy_if_active(dom: libvirt.virDomain) -> bool:
             raise wrap(e, f"power off domain {dom.UUIDString()}") from e
         return False
     return True
-
-
-def _affect(dom: libvirt.virDomain) -> int:
-    flags: Any = libvirt.VIR_DOMAIN_AFFECT_CONFIG
-    if dom.isActive():
-        flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
-    return int(flags)
-
-
-def _live_has(dom: libvirt.virDomain, path: str) -> bool:
-    """Whether the running domain has the disk now (False when not running)."""
-    with translated(f"read live definition of domain {dom.UUIDString()}"):
-        if not dom.isActive():
-            return False
-        return any(v.path == path for v in domain_xml.disks_of(dom.XMLDesc(0)))

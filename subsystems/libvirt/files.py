@@ -24,6 +24,7 @@ from aggregates.errors import StepFailedError
 __all__ = [
     "CHUNK",
     "Copied",
+    "adopt",
     "copy_file",
     "hash_file",
     "parse_checksum",
@@ -122,6 +123,17 @@ def write_stream(stream: BinaryIO, destination: str | os.PathLike[str], *,
         raise
     _fsync_dir(dest.parent)
     return Copied(size=size, digests=digests)
+
+
+def adopt(made: str | os.PathLike[str], destination: str | os.PathLike[str]) -> Copied:
+    """Make a file another process wrote (qemu's block copy) the destination: flushed,
+    hashed, then renamed over it, so that a reader sees all of it or nothing."""
+    with open(made, "rb") as f:
+        os.fsync(f.fileno())
+    found = hash_file(made)
+    os.replace(made, destination)
+    _fsync_dir(Path(destination).parent)
+    return found
 
 
 def same_prefix(reference: str | os.PathLike[str], candidate: str | os.PathLike[str]) -> bool:

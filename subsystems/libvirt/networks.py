@@ -26,8 +26,8 @@ from xml.etree import ElementTree as ET
 
 import libvirt
 
-from subsystems.hypervisor.connections import connection
-from subsystems.hypervisor.faults import code_of, is_unsupported, translated, wrap
+from subsystems.libvirt.connections import connection
+from subsystems.libvirt.faults import code_of, is_unsupported, translated, wrap
 
 __all__ = [
     "NetworkFacts",

@@ -1,17 +1,30 @@
 """Storage pools and volumes through libvirt: the storage, snapshot and backup plugins' driver.
 
-Only libvirt calls live here; the file-level fallbacks live with the plugins that need them.
+Only libvirt calls live here; the file-level fallbacks live in `volumes`, beside it.
 Calls a driver may not implement return False instead of raising when libvirt answers
 VIR_ERR_NO_SUPPORT (`try_resize`, `try_upload`, `try_stream_copy`): libvirt's test driver
 implements none of resize, upload, download or wipe, and keeps volumes in memory only (it
 creates no file and ignores the files in a pool's directory). A caller then falls back to
 working on the volume's file directly, which is only possible when the host's files are this
 machine's files: `is_local_uri` says whether they are.
+
+A pool may be shared: several hosts define it on one directory (NFS, or one directory of this
+machine for test-driver hosts), and a volume made through one host is resized or deleted
+through another. libvirt lists a dir pool's volumes as it last scanned them, so a volume not
+found is looked up again after `refresh`, which rescans. The test driver's refresh rescans
+nothing; for its pools on this machine `refresh` brings the list in line with the directory
+itself, as libvirt's scan would: a volume whose file is gone is dropped, and a file no volume
+names is added with the format and size its header says. A volume this process is making
+(`making`: the test driver's record exists before the fallback writes its file) is left alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,7 +33,8 @@ from xml.etree import ElementTree as ET
 import libvirt
 
 from aggregates.errors import StepFailedError
-from subsystems.hypervisor.faults import is_not_found, is_unsupported, translated, wrap
+from subsystems.libvirt import disk_images
+from subsystems.libvirt.faults import is_not_found, is_unsupported, translated, wrap
 
 __all__ = [
     "PoolFacts",
@@ -32,9 +46,11 @@ __all__ = [
     "find_volume",
     "is_local_uri",
     "pool_facts",
+    "refresh",
     "remove_pool",
     "require_pool",
     "require_volume",
+    "send_all",
     "try_resize",
     "try_stream_copy",
     "try_upload",
@@ -42,6 +58,9 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
+_making: Counter[str] = Counter()
+_making_lock = threading.Lock()
+_refresh_lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,14 +155,105 @@ def remove_pool(conn: libvirt.virConnect, name: str) -> bool:
 
 def find_volume(conn: libvirt.virConnect, pool: str, name: str
                 ) -> libvirt.virStorageVol | None:
-    """The volume `name` of pool `pool`, or None; the pool itself must exist."""
+    """The volume `name` of pool `pool`, or None; the pool itself must exist. A volume
+    libvirt does not list is looked for again after a `refresh` (another host of a shared
+    pool may have made it)."""
     found = require_pool(conn, pool)
+    vol = _lookup(found, name)
+    if vol is None and found.isActive():
+        refresh(found)
+        vol = _lookup(found, name)
+    return vol
+
+
+def _lookup(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
     try:
-        return found.storageVolLookupByName(name)
+        return pool.storageVolLookupByName(name)
     except libvirt.libvirtError as e:
         if is_not_found(e):
             return None
-        raise wrap(e, f"look up volume {pool}/{name}") from e
+        raise wrap(e, f"look up volume {pool.name()}/{name}") from e
+
+
+@contextlib.contextmanager
+def making(name: str) -> Iterator[None]:
+    """While volume `name`'s record exists before its file (or its file is moved aside), a
+    `refresh` in this process must not take it for a volume whose file was deleted."""
+    with _making_lock:
+        _making[name] += 1
+    try:
+        yield
+    finally:
+        with _making_lock:
+            _making[name] -= 1
+            if not _making[name]:
+                del _making[name]
+
+
+def refresh(pool: libvirt.virStoragePool) -> None:
+    """Make the pool's list of volumes its directory's (the pool must be active)."""
+    with translated(f"refresh pool {pool.name()}"):
+        pool.refresh(0)
+        conn = pool.connect()
+        if conn.getType() != "TEST" or not is_local_uri(conn.getURI()):
+            return  # libvirt rescanned the directory
+        path = Path(pool_facts(pool).path)
+        if not path.is_dir():
+            return  # a pool of the driver's own sample, on no directory of this machine
+        with _refresh_lock:  # one rescan at a time: two would adopt a file twice
+            _rescan(pool, path)
+
+
+def _rescan(pool: libvirt.virStoragePool, path: Path) -> None:
+    """Bring the test driver's volumes of `pool` in line with the files of `path`."""
+    listed = {vol.name(): vol for vol in pool.listAllVolumes(0)}
+    with os.scandir(path) as entries:
+        files = {e.name: e.path for e in entries if e.is_file(follow_symlinks=False)}
+    with _making_lock:
+        busy = set(_making)
+    for name, vol in listed.items():
+        # its file was deleted through another host of the pool
+        if name not in files and name not in busy:
+            delete_volume(vol)  # (gone meanwhile: a delete step beat it to it)
+    for name, file in files.items():
+        if name in busy:
+            continue  # being written: its record is its maker's to set
+        seen = _disk_of(file)
+        if seen is None:
+            continue  # gone (or unreadable) meanwhile: libvirt's scan skips it too
+        vol = listed.get(name)
+        try:
+            if vol is not None and vol.info()[1] == seen[0]:
+                continue
+        except libvirt.libvirtError as e:
+            if not is_not_found(e):
+                raise
+            vol = None  # deleted meanwhile (a delete step): adopted again if its file stays
+        if vol is not None:  # grown through another host: the record is made again
+            delete_volume(vol)
+        _adopt(pool, name, *seen)
+
+
+def _disk_of(path: str) -> tuple[int, str] | None:
+    """The size and format of the disk a file holds, as libvirt's scan reads them."""
+    try:
+        header = disk_images.qcow2_header(path)
+        return (header.size, "qcow2") if header is not None else (os.path.getsize(path), "raw")
+    except OSError:
+        return None
+
+
+def _adopt(pool: libvirt.virStoragePool, name: str, capacity: int, fmt: str) -> None:
+    """Record a file of the pool's directory as a volume of the test driver."""
+    root = ET.Element("volume")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "capacity", {"unit": "bytes"}).text = str(capacity)
+    ET.SubElement(ET.SubElement(root, "target"), "format", {"type": fmt})
+    try:
+        pool.createXML(ET.tostring(root, encoding="unicode"), 0)
+    except libvirt.libvirtError:
+        if _lookup(pool, name) is None:  # made meanwhile by a create step: it stands
+            raise
 
 
 def require_volume(conn: libvirt.virConnect, pool: str, name: str) -> libvirt.virStorageVol:
@@ -212,7 +322,7 @@ def try_upload(conn: libvirt.virConnect, vol: libvirt.virStorageVol, source: str
     with translated(f"upload {source} into volume {vol.name()}"), open(source, "rb") as f:
         try:
             while chunk := f.read(_CHUNK):
-                _send_all(stream, chunk)
+                send_all(stream, chunk)
             stream.finish()
         except BaseException:
             stream.abort()
@@ -245,7 +355,7 @@ def try_stream_copy(src_conn: libvirt.virConnect, src: libvirt.virStorageVol,
                 chunk = in_stream.recv(_CHUNK)
                 if not isinstance(chunk, bytes) or not chunk:
                     break  # b"" is the end; blocking streams never answer -2
-                _send_all(out_stream, chunk)
+                send_all(out_stream, chunk)
             in_stream.finish()
             out_stream.finish()
         except BaseException:
@@ -255,7 +365,8 @@ def try_stream_copy(src_conn: libvirt.virConnect, src: libvirt.virStorageVol,
     return True
 
 
-def _send_all(stream: libvirt.virStream, chunk: bytes) -> None:
+def send_all(stream: libvirt.virStream, chunk: bytes) -> None:
+    """Send all of `chunk` on a blocking stream."""
     view = memoryview(chunk)
     while view:
         sent = stream.send(bytes(view))

@@ -13,7 +13,7 @@ What is realized where:
 * DHCP host (mac -> ip, name) and DNS host (ip -> name) entries: libvirt, live and persistent,
   through `virNetworkUpdate`; a driver without it (VIR_ERR_NO_SUPPORT) gets the network
   redefined with the entries instead, which reaches a running network at once only when no
-  guest is connected (see `subsystems.hypervisor.networks`);
+  guest is connected (see `subsystems.libvirt.networks`);
 * firewall, port forwarding and static NAT rules: recorded in the network's persistent
   `<metadata>` with their nftables rendering (`nftables.py`), for the host agent to apply.
   libvirt itself enforces none of them. The result carries the rendering too.
@@ -34,6 +34,12 @@ from uuid import UUID
 
 from aggregates.errors import ConfigError, StepFailedError
 from aggregates.network_rules import NetworkRule
+from kernel.steps.inventory import (
+    DhcpEntry,
+    InventoryNetworks,
+    LibvirtNetworkFacts,
+    NetworkInventory,
+)
 from kernel.steps.network import (
     NETWORK_CONFLICT,
     ApplyRules,
@@ -51,8 +57,10 @@ from kernel.steps.network import (
     libvirt_network_name,
 )
 from subsystems.base import StepContext, SubsystemBase, action
-from subsystems.hypervisor import networks as virt
-from subsystems.hypervisor.faults import quiet
+from subsystems.libvirt import inventory
+from subsystems.libvirt import networks as virt
+from subsystems.libvirt.connections import connection
+from subsystems.libvirt.faults import quiet
 from subsystems.networkelement.network_xml import (
     DhcpHost,
     DnsHost,
@@ -65,7 +73,7 @@ from subsystems.networkelement.network_xml import (
     with_entries,
     with_rules,
 )
-from subsystems.networkelement.nftables import render_ruleset
+from subsystems.networkelement.nftables import removal_script, render_ruleset
 
 __all__ = ["NOT_IMPLEMENTED", "NetworkElement", "make_networkelement"]
 
@@ -159,12 +167,17 @@ class NetworkElement(SubsystemBase):
 
     @action()
     def shutdown(self, ctx: StepContext, args: ShutdownElement) -> ElementShutDown:
-        """Stop and undefine the network; gone already is success."""
+        """Stop and undefine the network, its bridge, DHCP/DNS entries and rules with it;
+        gone already is success. The answer carries the removal of the rules' nftables
+        table for the host agent."""
         name = libvirt_network_name(args.network_id)
         with self._lock(args.host_uri, name):
+            facts = virt.find_network(args.host_uri, name)
+            rules = rules_of(facts.definition_xml).rules if facts is not None else ()
             existed = virt.remove_network(args.host_uri, name)
         return ElementShutDown(network_id=args.network_id, host_uri=args.host_uri,
-                               existed=existed)
+                               existed=existed, rule_count=len(rules),
+                               ruleset=removal_script(bridge_name(args.network_id)))
 
     @action()
     def apply_rules(self, ctx: StepContext, args: ApplyRules) -> RulesApplied:
@@ -175,6 +188,14 @@ class NetworkElement(SubsystemBase):
     def remove_rules(self, ctx: StepContext, args: RemoveRules) -> RulesApplied:
         """Realize the empty rule set at `revision`."""
         return self._realize(args.host_uri, args.network_id, args.revision, ())
+
+    @action()
+    def inventory(self, ctx: StepContext, args: InventoryNetworks) -> NetworkInventory:
+        """Every libvirt network of a host with its DHCP host entries (read only)."""
+        return NetworkInventory(host_uri=args.host_uri, networks=tuple(
+            LibvirtNetworkFacts(name=name, active=active, dhcp=tuple(
+                DhcpEntry(mac=h.mac, ip=h.ip, name=h.name) for h in dhcp_hosts(xml)))
+            for name, active, xml in inventory.network_xmls(connection(args.host_uri))))
 
     def _realize(self, uri: str, network_id: UUID, revision: int,
                  rules: tuple[NetworkRule, ...]) -> RulesApplied:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from aggregates.network_rules import NetworkRule, RuleKind, RuleProtocol, rule_sort_key
 
-__all__ = ["render_ruleset", "table_name"]
+__all__ = ["removal_script", "render_ruleset", "table_name"]
 
 _ANYWHERE = ("0.0.0.0/0",)
 
@@ -65,6 +65,14 @@ def render_ruleset(bridge: str, rules: Iterable[NetworkRule], *, revision: int) 
                     forward)
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def removal_script(bridge: str) -> str:
+    """The nftables script that removes the network's table (declared first, so that it
+    runs as well when the table is gone already)."""
+    table = f"ip {table_name(bridge)}"
+    return (f"# cloudkernel: bridge {bridge} is gone, and its rules: nft -f <this>\n"
+            f"table {table}\ndelete table {table}\n")
 
 
 def _firewall(rule: NetworkRule) -> str:

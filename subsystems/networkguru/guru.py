@@ -6,8 +6,9 @@ it answers is recorded by the kernel on the aggregates, which refuse a proposal 
 stale meanwhile (see `kernel.steps.network`). Every failure it raises is final
 (retryable=False), except a store it cannot read (`store_unavailable`, retryable).
 
-Configuration (the plugin's config dict): `store` ("sqlite" or "postgres"), `data_dir`,
-`postgres_dsn`, `postgres_schema`, as in Settings (`guru_config(settings)` builds it).
+Configuration (the plugin's config dict): `log`, the platform's log to follow (a
+`subsystems.base.PlatformLog`). The process that runs the guru opens the platform's store and
+injects it; the guru never opens the store. Without it the plugin can be listed but not opened.
 """
 
 from __future__ import annotations
@@ -49,10 +50,9 @@ from kernel.steps.network import (
     VlanReleased,
     libvirt_network_name,
 )
-from subsystems.base import StepContext, SubsystemBase, action
+from subsystems.base import PlatformLog, StepContext, SubsystemBase, action
 from subsystems.networkguru.design import design_network
-from subsystems.networkguru.follower import ApplicationLog, settings_from_config
-from subsystems.networkguru.index import IndexedNetwork, LogSource, NetworkIndex
+from subsystems.networkguru.index import IndexedNetwork, NetworkIndex
 from subsystems.networkguru.ipam import propose_mac, propose_vlan, seed_of
 
 __all__ = ["NetworkGuru", "make_networkguru"]
@@ -68,23 +68,23 @@ class NetworkGuru(SubsystemBase):
     name = "networkguru"
     version = "1.0"
 
-    def __init__(self, opener: Callable[[], LogSource]) -> None:
-        """`opener` opens the log source at `open()`; nothing is read before."""
-        self._opener = opener
-        self._source: LogSource | None = None
+    def __init__(self, log: PlatformLog | None = None) -> None:
+        """Follow `log`, the platform's log its runner injects; nothing is read before a step."""
+        self.log = log
+        self._source: PlatformLog | None = None  # the log while open
         self._index = NetworkIndex()
         self._lock = threading.Lock()
 
     def open(self) -> None:
-        """Open the log source; the index fills on the first step."""
-        self._source = self._opener()
+        """Start following the log; the index fills on the first step."""
+        if self.log is None:
+            raise ConfigError("networkguru: no platform log to follow; the process that runs "
+                              "the guru injects it (config 'log')")
+        self._source = self.log
 
     def close(self) -> None:
-        """Close the log source."""
-        source, self._source = self._source, None
-        closer = getattr(source, "close", None)
-        if closer is not None:
-            closer()
+        """Stop following; the log stays open, for its runner to close."""
+        self._source = None
 
     @property
     def index(self) -> NetworkIndex:
@@ -137,9 +137,17 @@ class NetworkGuru(SubsystemBase):
 
 
 def make_networkguru(config: Mapping[str, Any]) -> NetworkGuru:
-    """Entry point factory of `networkguru`: the platform store to follow (see module doc)."""
-    settings = settings_from_config(config)
-    return NetworkGuru(lambda: ApplicationLog.open(settings))
+    """Entry point factory of `networkguru`: config `log`, the platform log (see module doc)."""
+    unknown = sorted(set(config) - {"log"})
+    if unknown:
+        raise ConfigError(f"networkguru: unknown config keys {unknown}; expected 'log' (the "
+                          "store is not configured here: the process that runs the guru "
+                          "injects the platform log)")
+    log = config.get("log")
+    if log is not None and not isinstance(log, PlatformLog):
+        raise ConfigError(f"networkguru: config 'log' must be a PlatformLog (head() and "
+                          f"read()), got {type(log).__name__}")
+    return NetworkGuru(log)
 
 
 # decisions: pure functions of the index

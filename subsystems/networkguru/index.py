@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 from aggregates.mac_pool import MacPool
 from aggregates.network import GuestNetworkType, Network, NetworkState
 from aggregates.vlan_pool import VlanPool
+from subsystems.base import PlatformLog
 from subsystems.networkguru.ipam import AddressPlan
 
 __all__ = [
@@ -24,19 +25,10 @@ __all__ = [
     "IndexedMacPool",
     "IndexedNetwork",
     "IndexedVlanPool",
-    "LogSource",
     "NetworkIndex",
 ]
 
 PAGE = 1000
-
-
-class LogSource(Protocol):
-    """Where the index reads events from: `(position, event)` pairs after a position."""
-
-    def read(self, after: int, limit: int) -> list[tuple[int, Any]]:
-        """Up to `limit` events of `TOPICS` after `after`, in log order."""
-        ...
 
 
 @dataclass
@@ -92,11 +84,11 @@ class NetworkIndex:
         self.mac_pools: dict[UUID, IndexedMacPool] = {}  # by zone
         self._pool_zone: dict[UUID, UUID] = {}  # pool aggregate id -> zone id
 
-    def catch_up(self, source: LogSource, page: int = PAGE) -> int:
-        """Apply every event the source has after our position; return how many."""
+    def catch_up(self, log: PlatformLog, page: int = PAGE) -> int:
+        """Apply every event of `TOPICS` the log has after our position; return how many."""
         applied = 0
         while True:
-            batch = source.read(self.position, page)
+            batch = log.read(self.position, page, topics=TOPICS)
             for position, event in batch:
                 self.apply(event)
                 self.position = position

@@ -1,6 +1,6 @@
 """The `storage` subsystem: primary storage pools, volumes and templates, one step at a time.
 
-Pools and volumes are libvirt's (through `subsystems.hypervisor.pools` and the process's one
+Pools and volumes are libvirt's (through `subsystems.libvirt.pools` and the process's one
 connection per host URI); template downloads are plain files in an image-store directory.
 Every action checks the real state first, so a repeated step is harmless (see `volumes` and
 `templates`). No configuration.
@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aggregates.errors import ConfigError, StepFailedError
+from kernel.steps.inventory import InventoryStorage, StorageInventory
 from kernel.steps.storage import (
     CreatePool,
     CreateVolume,
@@ -29,10 +30,10 @@ from kernel.steps.storage import (
     VolumeResized,
 )
 from subsystems.base import StepContext, SubsystemBase, action
-from subsystems.hypervisor import pools
-from subsystems.hypervisor.connections import connection
-from subsystems.hypervisor.faults import quiet
-from subsystems.storage import templates, volumes
+from subsystems.libvirt import inventory, pools, volumes
+from subsystems.libvirt.connections import connection
+from subsystems.libvirt.faults import quiet
+from subsystems.storage import templates
 
 __all__ = ["Storage", "make_storage"]
 
@@ -97,6 +98,16 @@ class Storage(SubsystemBase):
     def delete_template(self, ctx: StepContext, args: DeleteTemplate) -> Deleted:
         """Remove a template file."""
         return templates.delete_template(args)
+
+    @action("inventory")
+    def inventory(self, ctx: StepContext, args: InventoryStorage) -> StorageInventory:
+        """Every pool and volume of a host, and the files of the asked directories when
+        the host's files are this machine's (read only)."""
+        listed = pools.is_local_uri(args.host_uri)
+        return StorageInventory(
+            host_uri=args.host_uri, pools=inventory.pool_facts(connection(args.host_uri)),
+            listed=listed, directories=tuple(inventory.directory_listing(d)
+                                             for d in args.directories) if listed else ())
 
 
 def make_storage(config: Mapping[str, Any]) -> Storage:

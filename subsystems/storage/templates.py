@@ -4,7 +4,8 @@ The file is streamed into a `.part` file beside its destination, hashed on the w
 renamed into place only when the checksum matches. A template already in place with the right
 checksum is not fetched again, so a repeated step only reads the file. Failures: a checksum
 mismatch, a missing file or an HTTP 4xx are not retryable (the same URL fails again); a
-refused connection, a timeout, an HTTP 5xx or a short body are.
+refused connection, a timeout, an HTTP 5xx or a short body are. The answer says the size
+of the disk the file holds (`disk_images.virtual_size`) beside the file's own length.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 from aggregates.errors import StepFailedError
 from kernel.steps.storage import Deleted, DeleteTemplate, DownloadTemplate, TemplateDownloaded
-from subsystems.storage import files
+from subsystems.libvirt import disk_images, files
 
 __all__ = ["delete_template", "download_template", "template_path"]
 
@@ -41,7 +42,8 @@ def download_template(args: DownloadTemplate) -> TemplateDownloaded:
         if found.digests[algorithm] == expected:
             return TemplateDownloaded(path=str(dest), size_bytes=found.size,
                                       checksum=f"{algorithm}:{expected}", sha256=found.sha256,
-                                      downloaded=False)
+                                      downloaded=False,
+                                      virtual_size_bytes=disk_images.virtual_size(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
     stream, length = _open(args.url, args.timeout_seconds)
     try:
@@ -54,7 +56,7 @@ def download_template(args: DownloadTemplate) -> TemplateDownloaded:
         stream.close()
     return TemplateDownloaded(path=str(dest), size_bytes=copied.size,
                               checksum=f"{algorithm}:{expected}", sha256=copied.sha256,
-                              downloaded=True)
+                              downloaded=True, virtual_size_bytes=disk_images.virtual_size(dest))
 
 
 def delete_template(args: DeleteTemplate) -> Deleted:

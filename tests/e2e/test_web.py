@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from support.cloud import prepare, running_cloud, write_inventory
 
+from kernel.bootstrap.migrations import migrate_all
 from kernel.settings import Settings
-from kernel.store.migrate import migrate
 
 CHROMIUM = "/usr/bin/chromium"
 # Records (operation state, forward steps succeeded) each time the operation's page changes.
@@ -74,17 +74,18 @@ class Platform:
         from aiohttp import web
 
         from gateways.access import Keyring, KeyringAccess, LayeredAccess, keys_path
-        from gateways.acl.access import AclAccess
-        from gateways.acl.service import AclService
         from gateways.api.app import make_app
         from gateways.api.context import ApiContext
-        from gateways.cli.projections import projection_runners
         from gateways.stream.intake import CommandIntake
         from gateways.stream.relay import EventRelay
-        from gateways.web import add_web_routes, ensure_admin_user
+        from gateways.web import add_web_routes
         from kernel.bootstrap import command_catalog, open_platform
+        from kernel.bootstrap.processes import projection_runners
         from kernel.event_feed import EventFeed
         from projections.catalog import MODELS
+        from services.acl.access import AclAccess
+        from services.acl.first_admin import ensure_admin_user
+        from services.acl.service import AclService
 
         self.loop, self.stop = asyncio.get_running_loop(), asyncio.Event()
         acl = await asyncio.to_thread(AclService.open, self.settings, create_table=True)
@@ -153,7 +154,7 @@ def platform(tmp_path: Path, pg_dsn: str, nats_url: str,
     uris = [libvirt_host_factory(f"kvm-{i}", cpus=4, memory_mib=8192) for i in range(2)]
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
                         data_dir=tmp_path / "data")
-    migrate(settings)
+    migrate_all(settings)
     with Platform(settings, write_inventory(tmp_path, uris)) as running:
         yield running
 
@@ -244,7 +245,8 @@ class RunningService:
     following the admin's switch) run on the platform's loop until the block ends."""
 
     def __init__(self, platform: Platform) -> None:
-        from gateways.services import ServiceRuntime, ServiceSpec, service_credentials
+        from gateways.service_keys import issue_service_key
+        from services.framework import ServiceRuntime, ServiceSpec
 
         spec = ServiceSpec(name=SERVICE, version="1.2",
                            endpoints={"http": "http://127.0.0.1:8490/billing", "odd": ODD_URL},
@@ -252,7 +254,7 @@ class RunningService:
                            publishes=("billing.invoices",), description="bills for tests")
         self.platform = platform
         self.rt = ServiceRuntime(spec, list(platform.settings.nats_urls),
-                                 credentials=service_credentials(platform.settings, SERVICE),
+                                 credentials=issue_service_key(platform.settings, SERVICE),
                                  data_dir=platform.settings.data_dir, heartbeat_seconds=1.0)
         self.halt: asyncio.Event | None = None
         self.running: Any = None

@@ -15,12 +15,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from aggregates.errors import UnauthenticatedError
-from gateways.access import Principal
 from gateways.api.context import CONTEXT, ApiContext
 from gateways.api.errors import error_middleware
-from gateways.web import add_web_routes, banner, ensure_admin_user
+from gateways.web import add_web_routes, banner
 from gateways.web.routes import sse_message
+from kernel.contracts.access import Principal
 from kernel.settings import Settings
+from services.acl.first_admin import ensure_admin_user
 
 ADMIN = Principal(key_id="token:a", actor="alice", role="admin")
 TENANT = Principal(key_id="token:b", actor="bob", role="integrator", account="blue")
@@ -154,8 +155,8 @@ def client_run(nats_url: str) -> Callable[[Scenario], None]:
 
 
 def test_first_admin_user_is_made_once_and_logs_in(tmp_path: Path) -> None:
-    from gateways.acl.access import AclAccess
-    from gateways.acl.service import AclService
+    from services.acl.access import AclAccess
+    from services.acl.service import AclService
 
     settings = Settings(data_dir=tmp_path / "data")
     (tmp_path / "data").mkdir()

@@ -15,11 +15,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from aggregates.errors import UnauthenticatedError
-from gateways.access import Principal
 from gateways.api.context import CONTEXT, ApiContext
 from gateways.api.errors import error_middleware
-from gateways.services.liveness import Heartbeat, beat, open_bucket
 from gateways.web import add_web_routes
+from kernel.contracts.access import Principal
+from kernel.contracts.liveness import Heartbeat, beat, open_bucket
 
 ADMIN = Principal(key_id="token:a", actor="alice", role="admin")
 AUTH = {"Authorization": "Bearer admin-token"}

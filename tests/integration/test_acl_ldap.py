@@ -9,11 +9,11 @@ import pytest
 from fixtures.ldap import USER_DN, free_port
 
 from aggregates.errors import UnauthenticatedError
-from gateways.acl.access import AclAccess
-from gateways.acl.ldap import LdapLogin, LdapUnavailableError
-from gateways.acl.secrets import CredentialStore, MasterKey
-from gateways.acl.service import AclService
 from kernel.store.testing import scratch_application
+from services.acl.access import AclAccess
+from services.acl.ldap import LdapLogin, LdapUnavailableError
+from services.acl.secrets import CredentialStore, MasterKey
+from services.acl.service import AclService
 
 
 def service_for(url: str, tmp_path: Path) -> AclService:

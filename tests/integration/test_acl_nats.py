@@ -23,18 +23,20 @@ from nats.aio.client import Client
 from support.cloud import prepare, running_cloud, write_inventory
 
 from aggregates.errors import ForbiddenError, UnauthenticatedError, ValidationError
-from gateways.access import IDEMPOTENCY_KEY_HEADER
-from gateways.acl.access import AclAccess
-from gateways.acl.client import AclClient, AclUnavailableError
-from gateways.acl.responder import AclResponder
-from gateways.acl.service import AclService
-from gateways.acl.sigv4 import signed_request
 from gateways.ownership import store_lookup
 from gateways.stream.intake import COMMANDS_PREFIX, CommandIntake
 from kernel.bootstrap import command_catalog, open_platform
-from kernel.event_feed import ACTOR, CORRELATION_ID, EventFeed
+from kernel.bootstrap.migrations import migrate_all
+from kernel.contracts.access import IDEMPOTENCY_KEY_HEADER
+from kernel.contracts.events import ACTOR, CORRELATION_ID
+from kernel.event_feed import EventFeed
 from kernel.settings import Settings
-from kernel.store.migrate import migrate
+from services.acl.access import AclAccess
+from services.acl.client import AclClient, AclUnavailableError
+from services.acl.model import AccessDenial
+from services.acl.responder import AclResponder
+from services.acl.service import AclService
+from services.acl.sigv4 import signed_request
 
 REGION, SERVICE = "cloudkernel-1", "ec2"
 
@@ -51,6 +53,14 @@ def botocore_signed(key_id: str, secret: str) -> dict[str, str]:
     return signed_request("POST", "/", "", headers, body).verification()
 
 
+def denials(acl: AclService) -> list[tuple[str, str, str | None]]:
+    """(principal, command, owner) of every AccessDenied event in the ACL's log."""
+    notes = acl.app.recorder.select_notifications(start=1, limit=1_000_000,
+                                                  topics=(AccessDenial.AccessDenied.TOPIC,))
+    events = [acl.app.mapper.to_domain_event(n) for n in notes]
+    return [(e.principal, e.command, e.owner) for e in events]  # type: ignore[attr-defined]
+
+
 async def command(nc: Client, tag: str, body: dict[str, Any], token: str) -> dict[str, Any]:
     """A command sent with a bearer token, as a service sends it for a user."""
     msg = await nc.request(COMMANDS_PREFIX + tag, json.dumps(body).encode(), timeout=20,
@@ -65,7 +75,7 @@ def test_login_tokens_and_sigv4_over_nats_then_commands_as_that_user(
     uris = [libvirt_host_factory(f"kvm-{i}", cpus=4, memory_mib=8192) for i in range(2)]
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
                         data_dir=tmp_path / "data")
-    migrate(settings)
+    migrate_all(settings)
     inventory = write_inventory(tmp_path, uris)
     acl = AclService.open(settings)
     for account, user in (("acme", "alice"), ("globex", "bob")):
@@ -137,12 +147,15 @@ def test_login_tokens_and_sigv4_over_nats_then_commands_as_that_user(
                 for op in (mine, theirs):
                     done = await cloud.finished(op["result"]["operation_id"], 60)
                     assert done.state.value == "Succeeded", done.state
+                # another account's resource is not found, as over HTTP, and audited
                 for tag, body in (("vm.stop", {"vm_id": theirs["result"]["vm_id"]}),
                                   ("vm.deploy", {**deploy, "account": "globex"})):
+                    denied = len(denials(acl))
                     refused = await command(nc, tag, body, sigv4_token)
-                    assert refused["error"]["code"] == "forbidden", refused
-                    assert "may act only on its own account acme" in \
+                    assert refused["error"]["code"] == "not_found", refused
+                    assert "no such resource among the accounts alice may see" in \
                         refused["error"]["message"]
+                    assert denials(acl)[denied:] == [("alice", tag, "globex")]
                 stopped = await command(nc, "vm.stop", {"vm_id": mine["result"]["vm_id"]},
                                         sigv4_token)
                 assert stopped["ok"] is True, stopped

@@ -7,33 +7,35 @@ nothing)."""
 
 import asyncio
 import json
+import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
+from fixtures import PostgresServer
 from support.cloud import Cloud, prepare, running_cloud, write_inventory
 
-from gateways.access import (
+from gateways.access import ApiKey, Keyring, KeyringAccess
+from gateways.api.app import make_app
+from gateways.api.context import ApiContext
+from kernel.bootstrap import command_catalog, open_engine, open_platform
+from kernel.bootstrap.migrations import migrate_all
+from kernel.bootstrap.processes import projection_runners
+from kernel.contracts.access import (
     IDEMPOTENCY_KEY_HEADER,
     KEY_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    ApiKey,
-    Keyring,
-    KeyringAccess,
     sign,
 )
-from gateways.api.app import make_app
-from gateways.api.context import ApiContext
-from gateways.cli.projections import projection_runners
-from kernel.bootstrap import command_catalog, open_platform
 from kernel.settings import Settings
-from kernel.store.migrate import migrate
 from projections.catalog import MODELS
 
 FINISHED = ("Succeeded", "Failed", "Compensated", "Cancelled")
@@ -113,7 +115,7 @@ def test_deploy_and_stop_a_vm_through_the_admin_api(
     uris = [libvirt_host_factory(f"kvm-{i}", cpus=4, memory_mib=8192) for i in range(2)]
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
                         data_dir=tmp_path / "data")
-    migrate(settings)
+    migrate_all(settings)
     inventory = write_inventory(tmp_path, uris)
     keyring = Keyring(tmp_path / "keys.json")
     admin = keyring.create(actor="admin", role="admin")
@@ -217,3 +219,84 @@ def test_deploy_and_stop_a_vm_through_the_admin_api(
                 assert status == 200 and one["state"] == "Stopped"
 
     asyncio.run(scenario())
+
+
+def _echo_operation() -> dict[str, Any]:
+    step = {"step_id": str(uuid.uuid4()), "subsystem": "echo", "action": "echo",
+            "args": {"message": "hi"}}
+    return {"kind": "test.echo", "plan": {"steps": [step]}}
+
+
+def test_a_postgresql_outage_answers_503_with_retry_after_and_a_retry_applies_once(
+        tmp_path: Path, controllable_postgres: PostgresServer, pg_dsn: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL stopped under a serving API: a command and a read answer 503
+    `unavailable` with Retry-After, logged in one line without a traceback; once it is
+    back, the command retried with the same Idempotency-Key is applied once."""
+    settings = Settings(store="postgres", postgres_dsn=pg_dsn, postgres_pool_size=2,
+                        postgres_connect_timeout=1, data_dir=tmp_path / "data")
+    migrate_all(settings)
+    keyring = Keyring(tmp_path / "keys.json")
+    admin = keyring.create(actor="admin", role="admin")
+    platform, engine, _feed = open_engine(settings)
+    body = _echo_operation()
+
+    async def scenario() -> None:
+        with projection_runners(settings, ["operations"]) as runners:
+            context = ApiContext(command_catalog(platform, engine), KeyringAccess(keyring),
+                                 platform.app, {r.name: r for r in runners}, engine=engine)
+            client = TestClient(TestServer(make_app(context), host="127.0.0.1"))
+            await client.start_server()
+            try:
+                api = SignedClient(client, admin, None)  # type: ignore[arg-type]
+                await asyncio.to_thread(controllable_postgres.stop)
+                caplog.clear()
+                with caplog.at_level(logging.INFO):
+                    r = await api.call("POST", "/v1/commands/operation.start", body,
+                                       idem="outage-1")
+                    refused = await r.json()
+                assert r.status == 503, refused
+                assert r.headers["Retry-After"] == "5"
+                assert r.headers["Idempotency-Key"] == "outage-1"
+                assert refused["error"]["code"] == "unavailable"
+                assert "same idempotency key (outage-1)" in refused["error"]["message"]
+                ours = [rec for rec in caplog.records if rec.name.startswith("gateways")]
+                assert [rec.levelno for rec in ours] == [logging.WARNING], ours
+                assert "unavailable" in ours[0].getMessage()
+                assert not any(rec.exc_info for rec in caplog.records
+                               if rec.name.startswith(("gateways", "aiohttp")))
+
+                r = await api.call("GET", "/v1/operations")
+                read = await r.json()
+                assert r.status == 503 and r.headers["Retry-After"] == "5", read
+                assert read["error"]["code"] == "unavailable"
+                assert "nothing was changed" in read["error"]["message"]
+
+                await asyncio.to_thread(controllable_postgres.start)
+                deadline = time.monotonic() + 90
+                while True:  # the pool reconnects on its own, after a backoff
+                    r = await api.call("POST", "/v1/commands/operation.start", body,
+                                       idem="outage-1")
+                    if r.status != 503 or time.monotonic() > deadline:
+                        break
+                    assert int(r.headers["Retry-After"]) > 0
+                    await asyncio.sleep(1)
+                applied = await r.json()
+                assert r.status == 202 and applied["replayed"] is False, applied
+                r = await api.call("POST", "/v1/commands/operation.start", body,
+                                   idem="outage-1")
+                again = await r.json()
+                assert r.status == 202 and again["replayed"] is True, again
+                assert again["result"] == applied["result"]
+                started = [n for n in platform.app.recorder.select_notifications(
+                    start=None, limit=1000) if n.topic.endswith("Accepted")]
+                assert len(started) == 1, [n.topic for n in started]
+            finally:
+                await client.close()
+                for runner in runners:
+                    await asyncio.to_thread(runner.stop)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        platform.close()

@@ -4,9 +4,12 @@ The API runs on the embedded SQLite store with the sample inventory and every re
 followed, and no kernel or workers (accepted operations stay pending). Every request is
 signed with an admin key (CK1-HMAC-SHA256) once its final body and URL are known: by a
 `requests` auth on the session, which runs on the prepared request, after schemathesis
-serialized the body and the query (its own auth providers run before that). Each
-response must not be a 5xx, must conform to the document (status code, content type, body
-schema), and a refused call (status >= 400) must leave the log head where it was.
+serialized the body and the query (its own auth providers run before that). Every check
+schemathesis has runs on every answer, in its examples, coverage and fuzzing phases
+(`support.fuzzing`): no 5xx; status, content type, headers and body as the document says;
+schema-valid requests accepted (2xx, or a refusal of the platform's state: 404, 409) and
+invalid ones refused; an undeclared method answered 405 with `Allow`. And a refused call
+(status >= 400) must leave the log head where it was.
 """
 
 import asyncio
@@ -15,39 +18,32 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import hypothesis
 import pytest
 import requests
 import schemathesis
 from aiohttp import web
-from schemathesis.checks import CheckContext, not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from schemathesis.checks import CheckContext
+from support.fuzzing import assert_every_check_enabled, every_check, fuzz_operation
 
-from gateways.access import (
+from gateways.access import ApiKey, Keyring, KeyringAccess
+from gateways.api.app import make_app
+from gateways.api.context import ApiContext
+from kernel.bootstrap import SAMPLE_INVENTORY, command_catalog, open_engine
+from kernel.bootstrap.migrations import migrate_all
+from kernel.bootstrap.processes import projection_runners
+from kernel.contracts.access import (
     IDEMPOTENCY_KEY_HEADER,
     KEY_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    ApiKey,
-    Keyring,
-    KeyringAccess,
     sign,
 )
-from gateways.api.app import make_app
-from gateways.api.context import ApiContext
-from gateways.cli.projections import projection_runners
-from kernel.bootstrap import SAMPLE_INVENTORY, command_catalog, open_engine
 from kernel.inventory.loader import load_inventory_file
 from kernel.settings import Settings
 from kernel.store.application import KernelApplication
-from kernel.store.migrate import migrate
 from projections.catalog import MODELS
 
-MAX_EXAMPLES = 10  # per operation and generation mode
+MAX_EXAMPLES = 30  # fuzzed cases per operation (and pinned id), besides the coverage phase
 DEADLINE_MS = 5_000
 
 
@@ -128,7 +124,7 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("api-schemathesis")
     settings = Settings(data_dir=tmp / "data", store="sqlite")
-    migrate(settings)
+    migrate_all(settings)
     platform, engine, _feed = open_engine(settings)
     load_inventory_file(platform.commands, SAMPLE_INVENTORY)
     keyring = Keyring(tmp / "keys.json")
@@ -154,11 +150,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         platform.close()
 
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance]
-MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
-
-
 def refusal_writes_nothing(signer: CK1Signer) -> Any:
     """A check: a refused call (status >= 400) leaves the log head where it was."""
 
@@ -174,46 +165,29 @@ def refusal_writes_nothing(signer: CK1Signer) -> Any:
     return check
 
 
-def fuzz(served: Served, operation: Any, mode: Any, **overrides: Any) -> None:
-    """Send `operation` the cases schemathesis generates in `mode`, checking each answer."""
-    no_writes = refusal_writes_nothing(served.signer)
-
-    @hypothesis.settings(max_examples=MAX_EXAMPLES, deadline=DEADLINE_MS, database=None,
-                         derandomize=True, suppress_health_check=list(hypothesis.HealthCheck))
-    @hypothesis.given(case=operation.as_strategy(generation_mode=mode, **overrides))
-    def run(case: schemathesis.Case) -> None:
-        case.call_and_validate(session=served.session, checks=CHECKS,
-                               additional_checks=[no_writes])
-
-    run()
-
-
 @pytest.mark.timeout(180)
 def test_the_api_keeps_its_document(served: Served) -> None:
     schema = schemathesis.openapi.from_url(f"{served.api.url}/v1/openapi.json")
+    assert_every_check_enabled(schema)
     # Random ids find nothing: also send the routes of hosts and templates real ones.
     known = {f"/v1/{name}/{{id}}": [row["id"] for row in served.session.get(
         f"{served.api.url}/v1/{name}?limit=3").json()["items"]]
         for name in ("hosts", "templates")}
     assert all(known.values()), known
-    failures: list[str] = []
+    no_writes = refusal_writes_nothing(served.signer)
+    failures: dict[str, str] = {}
     operations = 0
     for result in schema.get_all_operations():
         operation = result.ok()
         operations += 1
-        runs: list[tuple[Any, dict[str, Any]]] = [(mode, {}) for mode in MODES]
+        runs: list[dict[str, str] | None] = [None]
         for prefix, ids in known.items():
             if operation.path.startswith(prefix):
-                runs += [(MODES[0], {"path_parameters": {"id": i}}) for i in ids[:2]]
-        for mode, overrides in runs:
-            try:
-                fuzz(served, operation, mode, **overrides)
-            except hypothesis.errors.Unsatisfiable:
-                continue  # nothing to negate in an operation without parameters
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as e:  # every operation's failures (a group), not the first
-                failures.append(f"{operation.method.upper()} {operation.path} ({mode.value}"
-                                f"{overrides or ''}): {str(e)[:2000]}")
+                runs += [{"id": i} for i in ids[:2]]
+        for pinned in runs:
+            fuzz_operation(operation, served.session, failures, max_examples=MAX_EXAMPLES,
+                           deadline_ms=DEADLINE_MS, additional_checks=[no_writes],
+                           path_parameters=pinned)
     assert operations > 50
-    assert not failures, f"{len(failures)} failures:\n" + "\n\n".join(failures)
+    assert not failures, f"{len(failures)} failures (checks: {', '.join(every_check())}):\n" \
+        + "\n\n".join(f"{k}\n  {v}" for k, v in sorted(failures.items()))

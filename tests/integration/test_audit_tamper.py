@@ -13,9 +13,9 @@ from psycopg import sql
 
 from gateways.cli.main import main
 from kernel.bootstrap import SAMPLE_INVENTORY, Platform, open_platform
+from kernel.bootstrap.migrations import migrate_all
 from kernel.inventory.loader import load_inventory_file
 from kernel.settings import Settings
-from kernel.store.migrate import migrate
 
 POSITION = 11  # sealed as leaf 10; with --every 5 the checkpoint of size 15 covers it first
 EXPOSED_BY = 15
@@ -28,7 +28,7 @@ def platform(pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     monkeypatch.setenv("CLOUDKERNEL_POSTGRES_DSN", pg_dsn)
     monkeypatch.setenv("CLOUDKERNEL_DATA_DIR", str(tmp_path / "data"))
     settings = Settings(store="postgres", postgres_dsn=pg_dsn)
-    migrate(settings)
+    migrate_all(settings)
     opened = open_platform(settings)
     load_inventory_file(opened.commands, SAMPLE_INVENTORY)
     yield opened

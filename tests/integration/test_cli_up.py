@@ -45,6 +45,15 @@ def start_up(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+def audit_reality(tmp_path: Path, port: int) -> subprocess.CompletedProcess[str]:
+    """`cloudkernel audit reality --json` against the running `up` (its workers answer for
+    the hosts, whose test-driver state lives in that process)."""
+    env = {**os.environ, "CLOUDKERNEL_DATA_DIR": str(tmp_path / "data"),
+           "PYTHONPATH": str(ROOT), "CLOUDKERNEL_NATS_PORT": str(port)}
+    return subprocess.run([*CLI, "audit", "reality", "--json"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
 def wait_until_up(proc: subprocess.Popen[str], timeout: float = 60) -> str:
     assert proc.stdout is not None
     deadline, seen = time.monotonic() + timeout, []
@@ -346,6 +355,9 @@ def test_up_deploys_a_vm_from_signed_nats_commands(
         finally:
             app.close()
         assert projection_caught_up(tmp_path, "vms")
+        checked = audit_reality(tmp_path, port)
+        assert checked.returncode == 0, (checked.stdout, checked.stderr)
+        assert sorted(json.loads(checked.stdout)["hosts"]) == ["kvm-0", "kvm-1"]
     finally:
         out = stop(proc)
     assert proc.returncode == 0, out
@@ -388,7 +400,8 @@ def test_the_sample_inventory_deploys_a_vm_out_of_the_box(tmp_path: Path) -> Non
         # a second VM needs no download: the template is Ready
         second = deploy("web-2")
         assert "(Ready)" in second and "template.download" not in second
-        assert re.search(r"vm web-2 \(([0-9a-f-]{36})\) is Running", second), second
+        found_2 = re.search(r"vm web-2 \(([0-9a-f-]{36})\) is Running", second)
+        assert found_2, second
 
         # The test driver's domains live in the `up` process: what its hypervisor worker
         # reported is in the log, and the volumes are files.
@@ -420,6 +433,31 @@ def test_the_sample_inventory_deploys_a_vm_out_of_the_box(tmp_path: Path) -> Non
         finally:
             app.close()
         assert projection_caught_up(tmp_path, "vms")
+        checked = audit_reality(tmp_path, port)  # eight hosts, two VMs, nothing else
+        assert checked.returncode == 0, (checked.stdout, checked.stderr)
+        assert len(json.loads(checked.stdout)["hosts"]) == 8
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+
+    # A restart keeps the simulated hosts' domains: both VMs still run, and the reconciler,
+    # reporting every host several times, finds them where the model has them.
+    kept = list((tmp_path / "data" / "simulated-hosts").glob("*.xml"))
+    assert kept and any(found[1] in f.read_text() for f in kept), kept
+    proc = start_up(tmp_path, CLOUDKERNEL_NATS_PORT=str(port),
+                    CLOUDKERNEL_INVENTORY_FILE=str(examples / "inventory.toml"),
+                    CLOUDKERNEL_OBSERVE_INTERVAL_SECONDS="0.2")
+    try:
+        wait_until_up(proc)
+        time.sleep(2.0)  # ten reports: a missing domain is noticed after two
+        app = open_application(PlatformApplication, Settings(data_dir=tmp_path / "data"))
+        try:
+            vms = [app.repository.get(uuid.UUID(f[1])) for f in (found, found_2)]
+            assert all(v.state.value == "Running" for v in vms), [v.state for v in vms]
+        finally:
+            app.close()
+        third = deploy("web-3")  # the restarted hosts take new work beside the old
+        assert re.search(r"vm web-3 \(([0-9a-f-]{36})\) is Running", third), third
     finally:
         out = stop(proc)
     assert proc.returncode == 0, out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -25,18 +26,10 @@ from typing import Any
 import msgspec
 import nats
 import pytest
+from fixtures import PostgresServer
 from nats.aio.client import Client
 
-from gateways.access import (
-    IDEMPOTENCY_KEY_HEADER,
-    KEY_ID_HEADER,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    ApiKey,
-    Keyring,
-    KeyringAccess,
-    sign,
-)
+from gateways.access import ApiKey, Keyring, KeyringAccess
 from gateways.stream.intake import COMMANDS_PREFIX, ERROR_HEADER, CommandIntake
 from kernel.bootstrap import (
     SAMPLE_INVENTORY,
@@ -45,12 +38,23 @@ from kernel.bootstrap import (
     open_engine,
     open_platform,
 )
+from kernel.bootstrap.migrations import migrate_all
 from kernel.commands import Command, CommandOutcome
-from kernel.event_feed import ACTOR, CORRELATION_ID, EventFeed
+from kernel.contracts.access import (
+    IDEMPOTENCY_KEY_HEADER,
+    KEY_ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    sign,
+)
+from kernel.contracts.events import ACTOR, CORRELATION_ID
+from kernel.event_feed import EventFeed
 from kernel.inventory.spec import parse_inventory
-from kernel.operations import CancelOperation, OperationEngine
+from kernel.operation_commands import CancelOperation
+from kernel.operations import OperationEngine
 from kernel.settings import Settings
-from kernel.store.migrate import migrate
+from services.acl.model.rules import ROLE_ROOT_ADMIN
+from services.acl.service import AclService
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "integrator" / "send_command.py"
 Scenario = Callable[[Client, CommandIntake], Awaitable[None]]
@@ -61,7 +65,7 @@ Reply = Awaitable[tuple[dict[str, Any], dict[str, str]]]
 def kernel(pg_dsn: str, tmp_path: Path) -> Iterator[tuple[Platform, OperationEngine]]:
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, postgres_pool_size=2,
                         data_dir=tmp_path)
-    migrate(settings)
+    migrate_all(settings)
     platform, engine, _feed = open_engine(settings)
     yield platform, engine
     platform.close()
@@ -354,7 +358,7 @@ def test_the_intake_process_serves_until_sigterm(pg_dsn: str, tmp_path: Path,
                                                  nats_url: str) -> None:
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, postgres_pool_size=2,
                         data_dir=tmp_path / "data")
-    migrate(settings)
+    migrate_all(settings)
     key = Keyring(tmp_path / "data" / "keys.json").create(actor="ci", role="admin")
     env = {**os.environ, "CLOUDKERNEL_STORE": "postgres", "CLOUDKERNEL_POSTGRES_DSN": pg_dsn,
            "CLOUDKERNEL_NATS_URLS": nats_url, "CLOUDKERNEL_DATA_DIR": str(tmp_path / "data"),
@@ -371,19 +375,35 @@ def test_the_intake_process_serves_until_sigterm(pg_dsn: str, tmp_path: Path,
                 break
         assert "with 1 active keys" in "".join(seen), "".join(seen)
 
-        async def client() -> dict[str, Any]:
+        # The ACL's users count in the intake process too, as in `up` (made after it started:
+        # the ACL's log is followed at each decision)
+        acl = AclService.open(settings)
+        try:
+            acl.create_account("ops", domain="ROOT")
+            acl.create_user("olga", account="ops", role=ROLE_ROOT_ADMIN, password="olga-pass!")
+            token = acl.login("olga", "olga-pass!")
+        finally:
+            acl.close()
+
+        async def client() -> tuple[dict[str, Any], dict[str, Any]]:
             nc = await nats.connect(nats_url)
             try:
-                return (await send(nc, "operation.start", start_body(), key))[0]
+                signed = (await send(nc, "operation.start", start_body(), key))[0]
+                msg = await nc.request(
+                    COMMANDS_PREFIX + "operation.start", json.dumps(start_body()).encode(),
+                    timeout=20, headers={IDEMPOTENCY_KEY_HEADER: uuid.uuid4().hex,
+                                         "Authorization": f"Bearer {token}"})
+                return signed, json.loads(msg.data)
             finally:
                 await nc.close()
 
-        reply = asyncio.run(client())
+        reply, as_olga = asyncio.run(client())
         assert reply["ok"] and reply["result"]["state"] == "Running", reply
+        assert as_olga["ok"] and as_olga["result"]["state"] == "Running", as_olga
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
-        assert "intake: stopped" in out and "'ok': 1" in out
+        assert "intake: stopped" in out and "'ok': 2" in out
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -395,3 +415,113 @@ def test_the_intake_process_serves_until_sigterm(pg_dsn: str, tmp_path: Path,
     finally:
         platform.close()
     assert actors == {"ci"}
+    assert as_olga["correlation_id"] != reply["correlation_id"]
+
+
+def test_error_replies_name_the_field_and_clip_what_they_echo(
+        kernel: tuple[Platform, OperationEngine], keyring: Keyring, nats_url: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    platform, _ = kernel
+    admin = keyring.create(actor="ops-admin", role="admin")
+    huge = "x" * 10_000
+
+    async def scenario(nc: Client, intake: CommandIntake) -> None:
+        cancel = {"operation_id": str(uuid.uuid4())}
+        cases: list[tuple[str, str, Any, dict[str, Any], str, str | None]] = [
+            ("no idempotency key", "operation.cancel", cancel, {"idem": None}, "malformed",
+             "Idempotency-Key"),
+            ("wrong field type", "operation.cancel", {"operation_id": 5}, {}, "malformed",
+             "operation_id"),
+            ("missing field", "operation.cancel", {"reason": "x"}, {}, "malformed",
+             "operation_id"),
+            ("nested field", "operation.start",
+             {"kind": "x", "plan": {"steps": [{**start_body()["plan"]["steps"][0],
+                                               "depends_on": [7]}]}}, {}, "malformed",
+             "plan.steps[0].depends_on[0]"),
+            ("unknown field", "operation.cancel", {**cancel, huge: 1}, {}, "malformed",
+             huge[:100]),
+            ("tag mismatch", "operation.cancel", {**cancel, "command": huge}, {}, "malformed",
+             "command"),
+            ("a rule of the kernel", "operation.start", {"kind": "x", "plan": {"steps": []}},
+             {}, "invalid", "plan"),
+            ("a bad name, echoed", "service.register", {"name": huge, "version": "1"}, {},
+             "invalid", "name"),
+        ]
+        for name, tag, body, kw, code, field in cases:
+            before = head(platform)
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                reply, _ = await send(nc, tag, body, admin, **kw)
+            error = reply["error"]
+            assert (error["code"], error.get("field")) == (code, field), (name, reply)
+            assert len(error["message"]) < 1000 and huge not in error["message"], name
+            if field is not None and error.get("detail"):
+                assert error["detail"].get("field", field) == field, (name, reply)
+            logged = " ".join(r.getMessage() for r in caplog.records)
+            assert "x" * 100 not in logged, (name, logged[:300])
+            assert head(platform) == before, f"{name} wrote to the log"
+
+        # A header holding a control character (NUL...) is refused naming it, in one line.
+        for header in (IDEMPOTENCY_KEY_HEADER, KEY_ID_HEADER, "X-Anything"):
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                msg = await nc.request(COMMANDS_PREFIX + "operation.cancel",
+                                       json.dumps(cancel).encode(), timeout=10,
+                                       headers={IDEMPOTENCY_KEY_HEADER: "k", header: "a\x00b"})
+            reply = json.loads(msg.data)
+            assert reply["error"]["code"] == "malformed", reply
+            assert reply["error"]["field"] == header, reply
+            assert "control characters" in reply["error"]["message"]
+            records = [r for r in caplog.records if r.name.startswith("gateways")]
+            assert len(records) == 1 and records[0].levelno <= logging.WARNING, records
+            assert not records[0].exc_info and "\x00" not in records[0].getMessage()
+
+    serve(kernel, keyring, nats_url, scenario)
+
+
+def test_a_postgresql_outage_is_an_unavailable_reply_and_a_retry_applies_once(
+        tmp_path: Path, controllable_postgres: PostgresServer, pg_dsn: str, keyring: Keyring,
+        nats_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL stopped under the intake: a command gets `unavailable` with a retry hint
+    (and header Retry-After), logged in one line without a traceback; once it is back, the
+    same request (same Idempotency-Key) is applied once."""
+    settings = Settings(store="postgres", postgres_dsn=pg_dsn, postgres_pool_size=2,
+                        postgres_connect_timeout=1, data_dir=tmp_path)
+    migrate_all(settings)
+    platform, engine, _feed = open_engine(settings)
+    admin = keyring.create(actor="ops-admin", role="admin")
+    body = start_body()
+
+    async def scenario(nc: Client, intake: CommandIntake) -> None:
+        await asyncio.to_thread(controllable_postgres.stop)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            reply, headers = await send(nc, "operation.start", body, admin, idem="outage-1")
+        assert reply["ok"] is False and reply["error"]["code"] == "unavailable", reply
+        assert reply["error"]["retry_after"] == 5 and headers["Retry-After"] == "5"
+        assert headers[ERROR_HEADER] == "unavailable"
+        assert "same idempotency key (outage-1)" in reply["error"]["message"]
+        ours = [r for r in caplog.records if r.name.startswith("gateways")]
+        assert [r.levelno for r in ours] == [logging.WARNING], ours
+        assert not any(r.exc_info for r in ours)
+
+        await asyncio.to_thread(controllable_postgres.start)
+        deadline = time.monotonic() + 90
+        while True:  # the pool reconnects on its own, after a backoff
+            reply, headers = await send(nc, "operation.start", body, admin, idem="outage-1")
+            if reply["ok"] or time.monotonic() > deadline:
+                break
+            assert reply["error"]["code"] == "unavailable", reply
+            await asyncio.sleep(1)
+        assert reply["ok"] is True and reply["replayed"] is False, reply
+        again, _ = await send(nc, "operation.start", body, admin, idem="outage-1")
+        assert again["ok"] is True and again["replayed"] is True, again
+        assert again["result"] == reply["result"]
+        accepted = [n for n in platform.app.recorder.select_notifications(
+            start=None, limit=1000) if n.topic == "operation.Accepted"]
+        assert len(accepted) == 1
+
+    try:
+        serve((platform, engine), keyring, nats_url, scenario)
+    finally:
+        platform.close()

@@ -15,10 +15,10 @@ from aggregates.network import Network
 from aggregates.nic import Nic
 from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import Volume, VolumeState
+from kernel.bootstrap.migrations import migrate_all
 from kernel.cloud.vms import DeployVm
 from kernel.settings import Settings
-from kernel.store.migrate import migrate
-from subsystems.hypervisor.connections import connection
+from subsystems.libvirt.connections import connection
 
 DEPLOYS = 200
 HOSTS, HOST_CORES, VM_CORES = 3, 16, 1  # room for 48 VMs by cpu (factor 1.0)
@@ -31,7 +31,7 @@ def test_200_concurrent_deploys_never_over_commit_nor_share_an_address(
             for i in range(HOSTS)]
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
                         data_dir=tmp_path / "data")
-    migrate(settings)
+    migrate_all(settings)
     inventory = write_inventory(tmp_path, uris, host_cores=HOST_CORES, host_memory_mib=65536,
                                 vm_cores=VM_CORES, vm_memory_mib=512)
 

@@ -19,10 +19,11 @@ import msgspec
 from aggregates.operation import Operation, OperationState
 from aggregates.plan import Plan, PlannedStep, RetryPolicy
 from gateways.stream.embedded import EmbeddedNatsServer
-from kernel.operations import OperationEngine, StartOperation
+from kernel.bootstrap.migrations import migrate_all
+from kernel.operation_commands import StartOperation
+from kernel.operations import OperationEngine
 from kernel.settings import Settings
 from kernel.store.application import PlatformApplication, open_application
-from kernel.store.migrate import migrate
 from subsystems.testing.counter import read_counter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +93,7 @@ def test_kill_kernel_and_workers_at_random_and_nothing_is_lost_or_repeated(
         tmp_path: Path, pg_dsn: str, nats_server: EmbeddedNatsServer) -> None:
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_server.url,),
                         postgres_pool_size=2)
-    migrate(settings)
+    migrate_all(settings)
     read_counter(dsn=pg_dsn)  # creates the counter's tables before the workers race to
     app = open_application(PlatformApplication, settings)
     submitter = OperationEngine(app)  # another process's view: it only submits

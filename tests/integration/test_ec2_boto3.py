@@ -2,7 +2,7 @@
 
 PostgreSQL (the platform's log and the ACL's), a real nats-server, the kernel with real workers
 on libvirt's test driver, the relay, the command intake and the ACL responder run in this
-process; the EC2 service runs as its own process (`python -m gateways.services.ec2`), talking
+process; the EC2 service runs as its own process (`python -m services.ec2`), talking
 to them only over NATS. boto3 signs with an ACL user's key.
 
 The lifecycle test checks the platform's own store at each step; the restart test kills the
@@ -35,23 +35,22 @@ from botocore.exceptions import ClientError
 from support.cloud import Cloud, Prepared, prepare, running_cloud, write_inventory
 from support.services import free_port, platform_edges
 
-from gateways.access import (
+from gateways.access import ApiKey, Keyring, keys_path
+from gateways.service_keys import issue_service_key
+from gateways.stream.intake import COMMANDS_PREFIX
+from kernel.bootstrap.migrations import migrate_all
+from kernel.contracts.access import (
     IDEMPOTENCY_KEY_HEADER,
     KEY_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    ApiKey,
-    Keyring,
-    keys_path,
     sign,
 )
-from gateways.acl.client import AclClient
-from gateways.acl.service import AclService
-from gateways.services.tenant_view import TenantView
-from gateways.stream.intake import COMMANDS_PREFIX
 from kernel.event_feed import EventFeed
-from kernel.settings import Settings
-from kernel.store.migrate import migrate
+from kernel.settings import Settings, load_settings
+from services.acl.client import AclClient
+from services.acl.service import AclService
+from services.framework.tenant_view import TenantView
 
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "test-region-1"
@@ -73,7 +72,7 @@ def setup(tmp_path: Path, pg_dsn: str, nats_url: str,
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
                         data_dir=tmp_path / "data", ec2_port=free_port(), ec2_region=REGION,
                         service_heartbeat_seconds=0.5)
-    migrate(settings)
+    migrate_all(settings)
     config = tmp_path / "cloudkernel.toml"
     config.write_text("\n".join([
         'store = "postgres"', f"postgres_dsn = {json.dumps(pg_dsn)}",
@@ -96,7 +95,7 @@ def setup(tmp_path: Path, pg_dsn: str, nats_url: str,
 
 
 class Ec2Process:
-    """`python -m gateways.services.ec2` in its own process."""
+    """`python -m services.ec2` in its own process."""
 
     def __init__(self, config: Path) -> None:
         self.config = config
@@ -104,10 +103,12 @@ class Ec2Process:
         self.output: list[str] = []
 
     def start(self) -> None:
+        # the platform issues the service's key before it starts, as `up` does
+        issue_service_key(load_settings(config_path=self.config), "ec2")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         env.pop("CLOUDKERNEL_CONFIG", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateways.services.ec2", "--config", str(self.config)],
+            [sys.executable, "-m", "services.ec2", "--config", str(self.config)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert self.proc.stdout is not None
         for line in self.proc.stdout:

@@ -23,29 +23,27 @@ from typing import Any
 
 import aiohttp
 import nats
+from fixtures import PostgresServer
 from support.cloud import ROOT, Cloud, Prepared, prepare, running_cloud, write_inventory
 from support.services import free_port, platform_edges
 
-from gateways.access import (
+from gateways.access import ApiKey, Keyring, KeyringAccess, LayeredAccess, keys_path
+from gateways.service_keys import issue_service_key
+from gateways.stream.intake import COMMANDS_PREFIX, CommandIntake
+from kernel.bootstrap import command_catalog, open_engine
+from kernel.bootstrap.migrations import migrate_all
+from kernel.contracts.access import (
     IDEMPOTENCY_KEY_HEADER,
     KEY_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    ApiKey,
-    Keyring,
-    KeyringAccess,
-    LayeredAccess,
-    keys_path,
     sign,
 )
-from gateways.acl.access import AclAccess
-from gateways.acl.responder import AclResponder
-from gateways.acl.service import AclService
-from gateways.services.enduser import SERVICE_NAME, serve
-from gateways.stream.intake import COMMANDS_PREFIX, CommandIntake
-from kernel.bootstrap import command_catalog, open_engine
 from kernel.settings import Settings
-from kernel.store.migrate import migrate
+from services.acl.access import AclAccess
+from services.acl.responder import AclResponder
+from services.acl.service import AclService
+from services.enduser import SERVICE_NAME, serve
 
 
 @dataclass
@@ -207,7 +205,7 @@ def test_two_tenants_through_the_end_user_api(
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
                         data_dir=tmp_path / "data", enduser_port=port,
                         service_heartbeat_seconds=0.5)
-    migrate(settings)
+    migrate_all(settings)
     inventory = write_inventory(tmp_path, uris)
     acl = AclService.open(settings)
     for account, user in (("acme", "alice"), ("globex", "bob")):
@@ -281,11 +279,12 @@ def test_the_service_process_serves_until_sigterm(tmp_path: Path, pg_dsn: str,
     port = free_port()
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
                         data_dir=data)
-    migrate(settings)
+    migrate_all(settings)
     acl = AclService.open(settings)
     acl.create_account("acme", domain="ROOT")
     acl.create_user("alice", account="acme", role="user", password="alice-password")
     platform, engine, _feed = open_engine(settings)
+    issue_service_key(settings, "enduser")  # as `up` does before it starts the service
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CLOUDKERNEL_NATS_URLS": nats_url,
            "CLOUDKERNEL_DATA_DIR": str(data), "CLOUDKERNEL_ENDUSER_PORT": str(port)}
     env.pop("CLOUDKERNEL_CONFIG", None)
@@ -298,7 +297,7 @@ def test_the_service_process_serves_until_sigterm(tmp_path: Path, pg_dsn: str,
         stop = asyncio.Event()
         tasks = [asyncio.create_task(intake.run(stop)), asyncio.create_task(responder.run(stop))]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateways.services.enduser", env=env, cwd=tmp_path,
+            sys.executable, "-m", "services.enduser", env=env, cwd=tmp_path,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         try:
             assert proc.stdout is not None
@@ -326,4 +325,72 @@ def test_the_service_process_serves_until_sigterm(tmp_path: Path, pg_dsn: str,
         asyncio.run(scenario())
     finally:
         platform.close()
+        acl.close()
+
+
+def test_a_postgresql_outage_answers_503_with_retry_after_and_a_retry_applies_once(
+        tmp_path: Path, controllable_postgres: PostgresServer, pg_dsn: str, nats_url: str,
+        libvirt_uri: str) -> None:
+    """PostgreSQL stopped under the platform: a tenant's change answers 503 (the intake's
+    `unavailable`, or the ACL's) with Retry-After; once it is back, the same request with
+    the same Idempotency-Key is applied once."""
+    port = free_port()
+    settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
+                        data_dir=tmp_path / "data", enduser_port=port,
+                        service_heartbeat_seconds=0.5, postgres_connect_timeout=1)
+    migrate_all(settings)
+    inventory = write_inventory(tmp_path, [libvirt_uri])
+    acl = AclService.open(settings)
+    acl.create_account("acme", domain="ROOT")
+    acl.create_user("alice", account="acme", role="user", password="alice-password")
+
+    async def scenario() -> None:
+        async with running_cloud(settings) as cloud:
+            ids = await prepare(cloud, inventory, network=False)
+            async with platform_edges(settings, cloud, acl), aiohttp.ClientSession() as http:
+                stop, ready = asyncio.Event(), asyncio.Event()
+                service = asyncio.create_task(serve(settings, stop, ready))
+                await asyncio.wait([service, asyncio.create_task(ready.wait())],
+                                   timeout=30, return_when=asyncio.FIRST_COMPLETED)
+                assert ready.is_set(), service.exception() if service.done() else "not ready"
+                alice = Tenant(http, f"http://127.0.0.1:{port}")
+                try:
+                    assert (await alice.login("alice", "alice-password"))[0] == 200
+                    await alice.until("/v1/catalog", lambda c: bool(c["zones"]))
+                    volume = {"name": "outage-data", "zone_id": str(ids.zone_id),
+                              "size_bytes": 1 << 30}
+                    await asyncio.to_thread(controllable_postgres.stop)
+
+                    async def create() -> tuple[int, Any, str | None]:
+                        async with http.post(
+                                f"{alice.base}/v1/volumes", json=volume,
+                                headers={"Authorization": f"Bearer {alice.token}",
+                                         IDEMPOTENCY_KEY_HEADER: "outage-1"}) as r:
+                            return r.status, await r.json(), r.headers.get("Retry-After")
+
+                    status, refused, retry_after = await create()
+                    assert status == 503, refused
+                    assert refused["error"]["code"] in ("unavailable", "acl_unavailable")
+                    assert retry_after is not None and int(retry_after) > 0
+
+                    await asyncio.to_thread(controllable_postgres.start)
+                    deadline = time.monotonic() + 90
+                    while status == 503 and time.monotonic() < deadline:
+                        await asyncio.sleep(1)
+                        status, made, retry_after = await create()
+                        assert status in (202, 503), made
+                    assert status == 202 and made["replayed"] is False, made
+                    status, again, _ = await create()
+                    assert status == 202 and again["replayed"] is True, again
+                    assert again["volume_id"] == made["volume_id"]
+                    created = [n for n in cloud.app.recorder.select_notifications(
+                        start=None, limit=10_000) if n.topic == "volume.Allocated"]
+                    assert [str(n.originator_id) for n in created] == [made["volume_id"]]
+                finally:
+                    stop.set()
+                    await asyncio.wait_for(service, 30)
+
+    try:
+        asyncio.run(scenario())
+    finally:
         acl.close()

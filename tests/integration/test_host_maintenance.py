@@ -16,12 +16,12 @@ from support.cloud import Cloud, Prepared, prepare, running_cloud, write_invento
 from aggregates.host import Host, HostResourceState
 from aggregates.operation import OperationState
 from aggregates.vm import VirtualMachine, VmState
+from kernel.bootstrap.migrations import migrate_all
 from kernel.cloud.hosts import DisableHost, EnableHost, PrepareHostMaintenance
 from kernel.cloud.vms import DeployVm
 from kernel.settings import Settings
 from kernel.steps.network import libvirt_network_name
-from kernel.store.migrate import migrate
-from subsystems.hypervisor.connections import connection
+from subsystems.libvirt.connections import connection
 
 VMS = 20
 RS = HostResourceState
@@ -115,7 +115,7 @@ def test_maintenance_moves_twenty_vms_to_other_hosts(
     uris = [libvirt_host_factory(f"kvm-{i}", cpus=24, memory_mib=16384) for i in range(3)]
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
                         data_dir=tmp_path / "data")
-    migrate(settings)
+    migrate_all(settings)
     path = inventory(tmp_path, uris[0], uris[1:], source_cores=24, other_cores=16)
 
     async def scenario() -> None:
@@ -149,7 +149,7 @@ def test_with_too_little_room_elsewhere_the_host_ends_in_error_and_every_vm_runs
     uris += [libvirt_host_factory(f"kvm-{i}", cpus=4, memory_mib=16384) for i in (1, 2)]
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
                         data_dir=tmp_path / "data")
-    migrate(settings)
+    migrate_all(settings)
     path = inventory(tmp_path, uris[0], uris[1:], source_cores=24, other_cores=4)
 
     async def scenario() -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from uuid import UUID, uuid4
+from xml.etree import ElementTree as ET
 
 import libvirt
+import msgspec
 import pytest
 from fixtures.libvirt_host import LibvirtTestDomain
 from support.plugin_steps import PluginSteps
@@ -32,9 +35,10 @@ from kernel.steps.hypervisor import (
     StartDomain,
     StopDomain,
     UndefineDomain,
+    console_password,
 )
-from subsystems.hypervisor import domain_xml
-from subsystems.hypervisor.connections import close_all, connection
+from subsystems.libvirt import domain_xml
+from subsystems.libvirt.connections import close_all, connection
 
 HostFactory = Callable[..., str]
 
@@ -105,7 +109,10 @@ def test_power_cycle_and_its_repeats(hv: PluginSteps, libvirt_uri: str) -> None:
     assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
 
     reboot = hv.ok(RebootDomain(vm_id=args.vm_id, host_uri=libvirt_uri), PowerChanged)
-    assert (reboot.how, reboot.state) == ("rebooted", "running")
+    assert (reboot.how, reboot.state) == ("rebooted", "running")  # the test driver: in the call
+    reset = hv.ok(RebootDomain(vm_id=args.vm_id, host_uri=libvirt_uri, force_after_seconds=0),
+                  PowerChanged)
+    assert (reset.how, reset.state) == ("reset", "running")
 
     stop = StopDomain(vm_id=args.vm_id, host_uri=libvirt_uri, force_after_seconds=5)
     assert hv.ok(stop, PowerChanged).how == "graceful"  # the test driver obeys ACPI at once
@@ -213,10 +220,13 @@ def test_console_and_power_report(hv: PluginSteps, libvirt_host_factory: HostFac
     args = define_args(uri)
     hv.ok(args, DomainDefined)
     hv.ok(StartDomain(vm_id=args.vm_id, host_uri=uri), PowerChanged)
-    info = hv.ok(GetConsole(vm_id=args.vm_id, host_uri=uri), ConsoleInfo)
+    outcome = hv.run(GetConsole(vm_id=args.vm_id, host_uri=uri))
+    info = msgspec.json.decode(outcome.result, type=ConsoleInfo)
     assert (info.state, info.hostname) == ("running", connection(uri).getHostname())
-    assert [(g.type, g.listen, g.password) for g in info.graphics] == [
-        ("vnc", "0.0.0.0", "s3cret")]
+    # the result is an event: it says a password is needed, never which
+    assert [(g.type, g.listen, g.password, g.password_required) for g in info.graphics] == [
+        ("vnc", "0.0.0.0", None, True)]
+    assert b"s3cret" not in bytes(outcome.result)
 
     report = hv.ok(ReportPower(host_uri=uri), PowerReport)
     assert [(d.name, str(d.uuid), d.state) for d in report.domains] == [
@@ -230,3 +240,79 @@ def test_console_and_power_report(hv: PluginSteps, libvirt_host_factory: HostFac
 def test_an_unreachable_host_is_a_retryable_failure(hv: PluginSteps, tmp_path: object) -> None:
     outcome = hv.fail(ReportPower(host_uri="test:///nonexistent/host.xml"))
     assert (outcome.error_code, outcome.retryable) == ("host_unreachable", True)
+
+
+def _failing_create(monkeypatch: pytest.MonkeyPatch) -> list[UUID]:
+    """Make every domain start fail as a busy host would (retryable); the tried VMs' ids."""
+    tried: list[UUID] = []
+
+    def create(self: libvirt.virDomain, *args: object) -> int:
+        tried.append(UUID(self.UUIDString()))
+        raise libvirt.libvirtError("injected: the host could not start the domain")
+
+    monkeypatch.setattr(libvirt.virDomain, "create", create)
+    return tried
+
+
+def test_a_define_and_start_that_fails_to_start_leaves_no_domain(
+        hv: PluginSteps, libvirt_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    tried = _failing_create(monkeypatch)
+    args = msgspec.structs.replace(define_args(libvirt_uri), start=True)
+    outcome = hv.fail(args)
+    assert tried == [args.vm_id]  # it was defined, then the start failed
+    assert (outcome.error_code, outcome.retryable) == ("libvirt_error", True)
+    assert connection(libvirt_uri).listAllDomains() == []  # its step's undo never runs
+
+
+def test_a_retried_define_and_start_removes_what_its_first_attempt_defined(
+        hv: PluginSteps, libvirt_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first attempt defined the domain, then its worker died before starting it; the
+    # retry (same step id) finds the domain, cannot start it, and removes it: it was its own.
+    args = define_args(libvirt_uri)
+    step_id = uuid4()
+    hv.ok(args, DomainDefined, step_id=step_id)
+    _failing_create(monkeypatch)
+    hv.fail(msgspec.structs.replace(args, start=True), step_id=step_id)
+    assert connection(libvirt_uri).listAllDomains() == []
+
+
+def test_a_define_and_start_that_fails_keeps_a_domain_it_did_not_define(
+        hv: PluginSteps, libvirt_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = define_args(libvirt_uri)
+    hv.ok(args, DomainDefined)  # another step defined it
+    _failing_create(monkeypatch)
+    hv.fail(msgspec.structs.replace(args, start=True))
+    assert [d.UUIDString() for d in connection(libvirt_uri).listAllDomains()] == \
+        [str(args.vm_id)]
+
+
+def test_a_domain_for_real_hosts_on_the_test_driver(libvirt_uri: str, tmp_path: Path) -> None:
+    """The whole definition (q35 and its spare root ports, CPU model, agent channel, console
+    on the host's address with the VM's derived password) is accepted by the test driver;
+    the password is in libvirt's secure XML only."""
+    secret_file = tmp_path / "console.secret"
+    hv = PluginSteps("hypervisor", {"poll_seconds": 0.05, "console_listen": "192.0.2.10",
+                                    "console_secret_file": str(secret_file),
+                                    "hotplug_ports": 3, "tcg_cpu_model": "Westmere"})
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    secret = secret_file.read_text().strip().encode()
+    args = msgspec.structs.replace(define_args(libvirt_uri), console=ConsoleSpec())
+    assert hv.ok(args, DomainDefined).domain_type == "test"
+    hv.ok(StartDomain(vm_id=args.vm_id, host_uri=libvirt_uri), PowerChanged)
+    dom = libvirt_domain(libvirt_uri, args.vm_id)
+    root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE))
+    os_type = root.find("os/type")
+    assert os_type is not None and os_type.get("machine") == "q35"
+    assert root.findtext("cpu/model") == "Westmere"
+    assert root.find("devices/channel/target[@name='org.qemu.guest_agent.0']") is not None
+    # 1 virtio disk (the other is scsi) + 2 NICs + agent + balloon + USB, and 3 spare
+    assert len(root.findall("devices/controller[@model='pcie-root-port']")) == 6 + 3
+    [gfx] = domain_xml.graphics_of(ET.tostring(root, encoding="unicode"))
+    assert (gfx.listen, gfx.password) == ("192.0.2.10", console_password(secret, args.vm_id))
+    assert "passwd" not in dom.XMLDesc(0)  # libvirt hides it from a plain read
+    info = hv.ok(GetConsole(vm_id=args.vm_id, host_uri=libvirt_uri), ConsoleInfo)
+    assert [(g.listen, g.password, g.password_required) for g in info.graphics] == [
+        ("192.0.2.10", None, True)]
+    # a second worker with the same file derives the same passwords
+    assert PluginSteps("hypervisor", {"console_secret_file": str(secret_file)}) \
+        .plugin.settings.console_secret == secret

@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import msgspec
 import nats
+import pytest
 
+from aggregates.errors import StepFailedError
+from gateways.stream.queries import ask
 from gateways.stream.streams import ensure_streams
 from gateways.stream.worker import Worker
-from kernel.contracts import RESULTS_STREAM, StepMessage, StepOutcome, outcome_decoder, step_encoder
+from kernel.contracts.steps import (
+    RESULTS_STREAM,
+    StepMessage,
+    StepOutcome,
+    outcome_decoder,
+    step_encoder,
+)
 from kernel.steps.hypervisor import DefineDomain, DiskSpec, DomainDefined, PowerChanged, StartDomain
-from subsystems.hypervisor.connections import close_all, connection
+from kernel.steps.inventory import (
+    DomainInventory,
+    InventoryDomains,
+    InventoryStorage,
+    StorageInventory,
+)
+from subsystems.libvirt.connections import close_all, connection
 from subsystems.registry import load_registry
 
 
@@ -75,5 +92,52 @@ def test_worker_defines_and_starts_a_domain(nats_url: str, libvirt_uri: str) -> 
         dom = connection(libvirt_uri).lookupByUUIDString(str(vm_id))
         assert dom.isActive() and dom.name() == "i-2-1-VM"
         assert [d.name() for d in connection(libvirt_uri).listAllDomains()] == ["i-2-1-VM"]
+    finally:
+        close_all()
+
+
+def test_worker_answers_read_only_queries_and_only_those(nats_url: str, tmp_path: Path,
+                                                         libvirt_host_factory: Any) -> None:
+    # `inventory` as a plain NATS request (what `audit reality` asks), nothing else: a step
+    # that changes a host only ever comes through JetStream, from an operation in the log.
+    from fixtures.libvirt_host import LibvirtTestDomain
+
+    uri = libvirt_host_factory("kvm-q", domains=[LibvirtTestDomain(name="old", running=False)])
+
+    async def scenario() -> None:
+        plugin = load_registry(["hypervisor"]).plugin("hypervisor").subsystem
+        worker = Worker(plugin, servers=[nats_url])
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        nc = await nats.connect(nats_url, connect_timeout=5)
+        try:
+            await asyncio.wait_for(worker.ready.wait(), 15)
+            found = await ask(nc, "hypervisor", "inventory", InventoryDomains(host_uri=uri),
+                              DomainInventory)
+            assert [(d.name, d.state, d.defined_by) for d in found.domains] == \
+                [("old", "shutoff", None)]
+            with pytest.raises(StepFailedError) as unreachable:
+                await ask(nc, "hypervisor", "inventory",
+                          InventoryDomains(host_uri=f"test://{tmp_path}/nothing.xml"),
+                          DomainInventory)
+            assert unreachable.value.code == "host_unreachable" and unreachable.value.retryable
+            with pytest.raises(StepFailedError) as no_worker:
+                await ask(nc, "storage", "inventory", InventoryStorage(host_uri=uri),
+                          StorageInventory, timeout=2)
+            assert no_worker.value.code == "no_worker"
+            with pytest.raises(ValueError):
+                await ask(nc, "hypervisor", "start", StartDomain(vm_id=uuid4(), host_uri=uri),
+                          PowerChanged)
+            start = step_of(StartDomain(vm_id=uuid4(), host_uri=uri))
+            with pytest.raises(nats.errors.NoRespondersError):
+                await nc.request("queries.hypervisor.start", step_encoder.encode(start),
+                                 timeout=2)
+        finally:
+            await nc.close()
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+    try:
+        asyncio.run(scenario())
     finally:
         close_all()

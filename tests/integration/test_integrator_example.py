@@ -20,11 +20,12 @@ from gateways.contracts.documents import DEFAULT_DIR
 from gateways.stream.embedded import EmbeddedNatsServer
 from gateways.stream.relay import EventRelay
 from kernel.bootstrap import SAMPLE_INVENTORY, open_platform
-from kernel.event_feed import EVENTS_STREAM, EventFeed
+from kernel.bootstrap.migrations import migrate_all
+from kernel.contracts.events import EVENTS_STREAM
+from kernel.event_feed import EventFeed
 from kernel.inventory.loader import load_inventory_file
 from kernel.settings import Settings
 from kernel.store.application import KernelApplication
-from kernel.store.migrate import migrate
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "integrator" / "watch_events.py"
 
@@ -32,7 +33,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "integrator" / "wat
 @pytest.fixture
 def app(pg_dsn: str) -> Iterator[KernelApplication]:
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, postgres_pool_size=2)
-    migrate(settings)
+    migrate_all(settings)
     platform = open_platform(settings)
     load_inventory_file(platform.commands, SAMPLE_INVENTORY)
     note = next(iter(platform.app.recorder.select_notifications(

@@ -30,11 +30,11 @@ from aggregates.step_run import DEADLINE_EXCEEDED, AttemptOutcome, Phase, StepSt
 from gateways.stream.embedded import EmbeddedNatsServer
 from gateways.stream.kernel_runner import KernelRunner
 from gateways.stream.worker import Worker
+from kernel.bootstrap.migrations import migrate_all
 from kernel.dispatch_feed import DispatchFeed
 from kernel.operations import OperationEngine
 from kernel.settings import Settings
 from kernel.store.application import KernelApplication, PlatformApplication, open_application
-from kernel.store.migrate import migrate
 from subsystems.registry import load_registry
 
 T = TypeVar("T")
@@ -196,7 +196,7 @@ async def running_kernel(pg_dsn: str, nats_url: str, *,
                          refuse_when_busy: bool = False) -> AsyncIterator[Kernel]:
     """Migrate, start a worker per test subsystem, then the kernel; stop all of it on exit."""
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,))
-    await asyncio.to_thread(migrate, settings)
+    await asyncio.to_thread(migrate_all, settings)
     stops: list[tuple[str, asyncio.Event, asyncio.Task[Any]]] = []
     app: KernelApplication | None = None
     body_failed = True

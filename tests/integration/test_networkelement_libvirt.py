@@ -24,7 +24,7 @@ from kernel.steps.network import (
     libvirt_network_name,
 )
 from subsystems.base import StepContext
-from subsystems.hypervisor.connections import close_all, connection
+from subsystems.libvirt.connections import close_all, connection
 from subsystems.networkelement import NetworkElement
 from subsystems.networkelement.network_xml import NS
 
@@ -190,3 +190,22 @@ def test_shutdown_removes_the_network_and_later_steps_say_so(element: NetworkEle
     with pytest.raises(StepFailedError) as info:
         prepare(element, uri, "02:00:00:00:00:0a", "10.30.0.10", "web")
     assert (info.value.code, info.value.retryable) == ("network_not_implemented", False)
+
+
+def test_shutdown_hands_the_host_agent_the_removal_of_the_rules_table(
+        element: NetworkElement, uri: str) -> None:
+    # The rules live in the network's metadata, and leave with it; the nftables table a
+    # host agent made from them goes too, by the script the shutdown answers with.
+    implement(element, uri)
+    rule = NetworkRule(rule_id=uuid4(), kind=RuleKind.STATIC_NAT, public_ip="198.51.100.4",
+                       private_ip="10.30.0.10")
+    element.apply_rules(ctx("apply_rules"), ApplyRules(network_id=NET, host_uri=uri,
+                                                       revision=1, rules=(rule,)))
+    gone = element.shutdown(ctx("shutdown"), ShutdownElement(network_id=NET, host_uri=uri))
+    table = f"ip ck_{bridge_name(NET)}"
+    assert gone.existed and gone.rule_count == 1
+    assert gone.ruleset.splitlines()[1:] == [f"table {table}", f"delete table {table}"]
+    assert libvirt_network_name(NET) not in [n.name() for n in
+                                             connection(uri).listAllNetworks()]
+    again = element.shutdown(ctx("shutdown"), ShutdownElement(network_id=NET, host_uri=uri))
+    assert not again.existed and again.rule_count == 0 and again.ruleset == gone.ruleset

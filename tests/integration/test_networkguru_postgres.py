@@ -11,13 +11,13 @@ from aggregates.errors import DomainRuleError, StepFailedError
 from aggregates.mac_pool import MacPool
 from aggregates.network import Network
 from aggregates.vlan_pool import VlanPool
+from kernel.bootstrap.migrations import migrate_all
+from kernel.bootstrap.plugins import plugin_configs
 from kernel.settings import Settings
 from kernel.steps.network import AllocateNic, ImplementNetwork
 from kernel.store.application import KernelApplication, PlatformApplication, open_application
-from kernel.store.migrate import migrate
 from subsystems.base import StepContext
 from subsystems.networkguru import NetworkGuru, make_networkguru
-from subsystems.networkguru.follower import guru_config
 
 ZONE = uuid4()
 
@@ -26,7 +26,7 @@ ZONE = uuid4()
 def settings(pg_dsn: str) -> Settings:
     """A migrated PostgreSQL store."""
     settings = Settings(store="postgres", postgres_dsn=pg_dsn)
-    migrate(settings)
+    migrate_all(settings)
     return settings
 
 
@@ -42,13 +42,15 @@ def app(settings: Settings) -> Iterator[KernelApplication]:
 
 @pytest.fixture
 def guru(settings: Settings) -> Iterator[NetworkGuru]:
-    """The guru as the worker builds it: from its entry point config."""
-    plugin = make_networkguru(guru_config(settings))
-    plugin.open()
-    try:
-        yield plugin
-    finally:
-        plugin.close()
+    """The guru as `cloudkernel worker` builds it: the platform log of its settings' store,
+    opened by the worker, injected into the entry point's factory."""
+    with plugin_configs(["networkguru"], {}, settings) as configs:
+        plugin = make_networkguru(configs["networkguru"])
+        plugin.open()
+        try:
+            yield plugin
+        finally:
+            plugin.close()
 
 
 def ctx(action: str) -> StepContext:
@@ -95,14 +97,16 @@ def test_proposals_skip_what_the_log_holds(app: KernelApplication, guru: Network
     assert given == {"10.60.0.2", "10.60.0.3", "10.60.0.4", "10.60.0.5"}
     assert guru.index.position == app.recorder.max_notification_id()
     # a second guru (another worker process) replays the log and repeats what is recorded
-    second = make_networkguru(guru_config(settings))
-    second.open()
-    try:
-        again = second.allocate(ctx("allocate"), AllocateNic(network_id=network.id, nic_id=a))
-        assert (again.ip, again.mac, again.ip_recorded, again.mac_recorded) == (
-            retry.ip, retry.mac, True, True)
-    finally:
-        second.close()
+    with plugin_configs(["networkguru"], {}, settings) as configs:
+        second = make_networkguru(configs["networkguru"])
+        second.open()
+        try:
+            again = second.allocate(ctx("allocate"),
+                                    AllocateNic(network_id=network.id, nic_id=a))
+            assert (again.ip, again.mac, again.ip_recorded, again.mac_recorded) == (
+                retry.ip, retry.mac, True, True)
+        finally:
+            second.close()
 
 
 def test_vlans_come_from_the_zone_pool_in_the_log(app: KernelApplication,

@@ -17,9 +17,9 @@ from aggregates.image_store import ImageStore
 from aggregates.storage_pool import PrimaryStoragePool
 from aggregates.template import Template
 from kernel.bootstrap import SAMPLE_INVENTORY, Platform, open_platform
+from kernel.bootstrap.migrations import migrate_all
 from kernel.inventory.loader import load_inventory_file
 from kernel.settings import Settings
-from kernel.store.migrate import migrate
 from projections.catalog import MODELS
 from projections.query import QueryError
 from projections.runner import ProjectionRunner
@@ -42,7 +42,7 @@ STORES = ("postgres", "sqlite")
 @pytest.fixture
 def platform(pg_dsn: str) -> Iterator[Platform]:
     settings = Settings(store="postgres", postgres_dsn=pg_dsn)
-    migrate(settings)
+    migrate_all(settings)
     platform = open_platform(settings)
     yield platform
     platform.close()

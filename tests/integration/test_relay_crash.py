@@ -15,10 +15,10 @@ import nats
 
 from aggregates.host import Host
 from gateways.stream.embedded import EmbeddedNatsServer
-from kernel.event_feed import EVENTS_STREAM
+from kernel.bootstrap.migrations import migrate_all
+from kernel.contracts.events import EVENTS_STREAM
 from kernel.settings import Settings
 from kernel.store.application import PlatformApplication, open_application
-from kernel.store.migrate import migrate
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = 3000
@@ -48,7 +48,7 @@ async def consume_all(url: str, expected: int) -> list[int]:
 def test_killing_the_relay_loses_and_repeats_nothing(tmp_path: Path, pg_dsn: str,
                                                      nats_server: EmbeddedNatsServer) -> None:
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, postgres_pool_size=2)
-    migrate(settings)
+    migrate_all(settings)
     app = open_application(PlatformApplication, settings)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CLOUDKERNEL_STORE": "postgres",
            "CLOUDKERNEL_POSTGRES_DSN": pg_dsn, "CLOUDKERNEL_NATS_URLS": nats_server.url,

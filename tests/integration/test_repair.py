@@ -13,9 +13,9 @@ from aggregates.host import Host
 from aggregates.vm import VirtualMachine, VmState
 from gateways.cli.main import main
 from kernel.bootstrap import Platform, open_platform
+from kernel.bootstrap.migrations import migrate_all
 from kernel.cloud.vms import StartVm, StopVm, placement_claim_id
 from kernel.settings import Settings
-from kernel.store.migrate import migrate
 from projections.catalog import MODELS
 from projections.runner import ProjectionRunner
 from projections.views import open_view
@@ -31,7 +31,7 @@ def platform(pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     monkeypatch.setenv("CLOUDKERNEL_POSTGRES_DSN", pg_dsn)
     monkeypatch.setenv("CLOUDKERNEL_DATA_DIR", str(tmp_path / "data"))
     settings = Settings(store="postgres", postgres_dsn=pg_dsn)
-    migrate(settings)
+    migrate_all(settings)
     opened = open_platform(settings)
     yield opened
     opened.close()

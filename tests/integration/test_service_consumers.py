@@ -8,9 +8,9 @@ import uuid
 import nats
 from nats.js.api import StreamConfig
 
-from gateways.services.consumers import consumer
-from gateways.services.wire import ServiceEvent
-from kernel.event_feed import EVENTS_STREAM, ORIGINATOR_ID, POSITION, TOPIC
+from kernel.contracts.events import EVENTS_STREAM, ORIGINATOR_ID, POSITION, TOPIC
+from services.framework.consumers import consumer
+from services.framework.wire import ServiceEvent
 
 SUBJECT = "cloudkernel.events.vm.Started"
 

@@ -23,25 +23,26 @@ from support.cloud import prepare, running_cloud, write_inventory
 
 from aggregates.errors import NotFoundError, ValidationError
 from gateways.access import Keyring, KeyringAccess, keys_path
-from gateways.cli.projections import projection_runners
-from gateways.services import (
+from gateways.service_keys import issue_service_key
+from gateways.stream.intake import CommandIntake
+from gateways.stream.relay import EventRelay
+from gateways.stream.services_directory import DirectoryServer, StoreRegistrations, ask_directory
+from kernel.bootstrap import Platform, command_catalog, open_engine, open_platform
+from kernel.bootstrap.migrations import migrate_all
+from kernel.bootstrap.processes import projection_runners
+from kernel.contracts.events import EVENTS_STREAM
+from kernel.contracts.liveness import live_instances
+from kernel.event_feed import EventFeed
+from kernel.settings import Settings
+from services.framework import (
     CommandRefusedError,
     ServiceRuntime,
     ServiceSpec,
-    service_credentials,
 )
-from gateways.services.credentials import ServiceCredentials
-from gateways.services.directory import DirectoryServer, StoreRegistrations, ask_directory
-from gateways.services.following import wait_for_operation
-from gateways.services.liveness import live_instances
-from gateways.services.system_vms import system_vm_id
-from gateways.services.wire import ServiceEvent, send_command
-from gateways.stream.intake import CommandIntake
-from gateways.stream.relay import EventRelay
-from kernel.bootstrap import Platform, command_catalog, open_engine, open_platform
-from kernel.event_feed import EVENTS_STREAM, EventFeed
-from kernel.settings import Settings
-from kernel.store.migrate import migrate
+from services.framework.credentials import ServiceCredentials
+from services.framework.following import wait_for_operation
+from services.framework.system_vms import system_vm_id
+from services.framework.wire import ServiceEvent, send_command
 
 HEARTBEAT = 0.5  # the bucket's TTL is three of them
 
@@ -49,7 +50,7 @@ HEARTBEAT = 0.5  # the bucket's TTL is three of them
 def settings_for(pg_dsn: str, nats_url: str, tmp_path: Path) -> Settings:
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, postgres_pool_size=4,
                         nats_urls=(nats_url,), data_dir=tmp_path / "data")
-    migrate(settings)
+    migrate_all(settings)
     return settings
 
 
@@ -102,7 +103,7 @@ def runtime(settings: Settings, name: str = "billing", version: str = "1.0") -> 
                        publishes=("cloudkernel.commands.vm.deploy",),
                        description=f"{name} for tests")
     return ServiceRuntime(spec, list(settings.nats_urls),
-                          credentials=service_credentials(settings, name),
+                          credentials=issue_service_key(settings, name),
                           data_dir=settings.data_dir, heartbeat_seconds=HEARTBEAT)
 
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
+import shutil
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.plugin_steps import PluginSteps
 
+from kernel.steps.inventory import InventoryStorage, StorageInventory
 from kernel.steps.storage import (
     CreatePool,
     CreateVolume,
@@ -30,10 +34,12 @@ from kernel.steps.storage import (
     VolumeRef,
     VolumeResized,
 )
-from subsystems.hypervisor.connections import close_all, connection
+from subsystems.libvirt import disk_images, pools
+from subsystems.libvirt.connections import close_all, connection
 
 HostFactory = Callable[..., str]
-MiB = 1 << 20
+MiB, GiB = 1 << 20, 1 << 30
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -120,7 +126,8 @@ def test_volume_from_template_and_its_idempotence(storage: PluginSteps, libvirt_
     ref = VolumeRef(host_uri=libvirt_uri, pool="primary", name="root-2")
     create = CreateVolume(volume=ref, capacity_bytes=MiB, template_path=str(template))
     made = storage.ok(create, VolumeInfo)
-    assert Path(made.path).read_bytes() == template.read_bytes()
+    data = Path(made.path).read_bytes()  # not a qcow2 image: a raw disk, grown with a hole
+    assert data[:300_000] == template.read_bytes() and len(data) == made.capacity_bytes == MiB
     assert storage.ok(create, VolumeInfo).created is False
     # a volume that no longer holds the template is not silently accepted as done
     Path(made.path).write_bytes(b"guest data")
@@ -129,6 +136,49 @@ def test_volume_from_template_and_its_idempotence(storage: PluginSteps, libvirt_
     missing = storage.fail(CreateVolume(volume=ref, capacity_bytes=MiB,
                                         template_path=str(tmp_path / "nope.qcow2")))
     assert (missing.error_code, missing.retryable) == ("source_missing", False)
+
+
+def test_a_volume_from_a_qcow2_template_is_a_disk_of_the_asked_capacity(
+        storage: PluginSteps, libvirt_uri: str, tmp_path: Path) -> None:
+    # The template's file is 256 KiB and holds a 1 MiB disk; the volume asked for is 1 GiB.
+    make_pool(storage, libvirt_uri, tmp_path / "primary")
+    template = tmp_path / "images" / "tiny.qcow2"
+    template.parent.mkdir()
+    disk_images.empty_qcow2(template, MiB)
+    ref = VolumeRef(host_uri=libvirt_uri, pool="primary", name="root-3")
+    create = CreateVolume(volume=ref, capacity_bytes=GiB, template_path=str(template))
+    made = storage.ok(create, VolumeInfo)
+    assert made.capacity_bytes == GiB == disk_images.virtual_size(made.path)
+    again = storage.ok(create, VolumeInfo)  # a repeat finds the grown disk its own
+    assert (again.created, again.capacity_bytes) == (False, GiB)
+    # at the template's own size it is the template's bytes
+    same = VolumeRef(host_uri=libvirt_uri, pool="primary", name="root-4")
+    exact = storage.ok(CreateVolume(volume=same, capacity_bytes=MiB,
+                                    template_path=str(template)), VolumeInfo)
+    assert exact.capacity_bytes == MiB and Path(exact.path).read_bytes() == \
+        template.read_bytes()
+    # smaller than the template's disk: refused before anything is made
+    small = VolumeRef(host_uri=libvirt_uri, pool="primary", name="root-5")
+    refused = storage.fail(CreateVolume(volume=small, capacity_bytes=MiB // 2,
+                                        template_path=str(template)))
+    assert (refused.error_code, refused.retryable) == ("capacity_too_small", False)
+    names = sorted(connection(libvirt_uri).storagePoolLookupByName("primary").listVolumes())
+    assert names == ["root-3", "root-4"]
+
+
+def test_a_template_volume_that_cannot_grow_leaves_nothing(
+        storage: PluginSteps, libvirt_uri: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    make_pool(storage, libvirt_uri, tmp_path / "primary")
+    template = tmp_path / "sample.qcow2"  # 512-byte clusters: it grows in place to 2 MiB
+    template.write_bytes((ROOT / "examples" / "templates" / "empty-1m.qcow2").read_bytes())
+    monkeypatch.setattr(shutil, "which", lambda _name: None)  # and there is no qemu-img
+    ref = VolumeRef(host_uri=libvirt_uri, pool="primary", name="root-6")
+    failed = storage.fail(CreateVolume(volume=ref, capacity_bytes=GiB,
+                                       template_path=str(template)))
+    assert (failed.error_code, failed.retryable) == ("unsupported", False)
+    assert connection(libvirt_uri).storagePoolLookupByName("primary").listVolumes() == []
+    assert list((tmp_path / "primary").iterdir()) == []
 
 
 def test_migrate_volume_between_hosts(storage: PluginSteps, libvirt_host_factory: HostFactory,
@@ -162,12 +212,25 @@ def test_download_template_from_a_file(storage: PluginSteps, tmp_path: Path) -> 
                             checksum=f"sha256:{digest}")
     got = storage.ok(args, TemplateDownloaded)
     assert (got.downloaded, got.size_bytes, got.sha256) == (True, 2 * MiB + 17, digest)
+    assert got.virtual_size_bytes == 2 * MiB + 17  # not a qcow2 image: its length
     assert (store / "t1.qcow2").read_bytes() == source.read_bytes()
     assert storage.ok(args, TemplateDownloaded).downloaded is False
     assert sorted(p.name for p in store.iterdir()) == ["t1.qcow2"]  # no .part left
 
     delete = DeleteTemplate(directory=str(store), file_name="t1.qcow2")
     assert storage.ok(delete, Deleted).existed and not storage.ok(delete, Deleted).existed
+
+
+def test_a_downloaded_qcow2_template_says_the_size_of_its_disk(storage: PluginSteps,
+                                                                tmp_path: Path) -> None:
+    source = tmp_path / "src.qcow2"
+    disk_images.empty_qcow2(source, 3 * GiB)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    args = DownloadTemplate(url=source.as_uri(), directory=str(tmp_path / "images"),
+                            file_name="t2.qcow2", checksum=f"sha256:{digest}")
+    for _ in range(2):  # downloaded, then found in place
+        got = storage.ok(args, TemplateDownloaded)
+        assert (got.size_bytes, got.virtual_size_bytes) == (256 * 1024, 3 * GiB)
 
 
 def test_a_checksum_mismatch_is_refused_and_leaves_nothing(storage: PluginSteps,
@@ -233,3 +296,84 @@ def test_an_unreachable_server_is_retryable(storage: PluginSteps, tmp_path: Path
         url=f"http://127.0.0.1:{port}/t.qcow2", directory=str(tmp_path), file_name="t",
         checksum="md5:" + "0" * 32, timeout_seconds=5))
     assert (outcome.error_code, outcome.retryable) == ("download_failed", True)
+
+
+def test_a_shared_pool_is_one_directory_whichever_host_made_or_deletes_a_volume(
+        storage: PluginSteps, libvirt_host_factory: HostFactory, tmp_path: Path) -> None:
+    # two hosts, one pool directory (a shared pool): a volume made through one host is
+    # resized and deleted through the other, and neither host lists it once its file is gone
+    host_a, host_b = libvirt_host_factory("host-a"), libvirt_host_factory("host-b")
+    shared = tmp_path / "shared"
+    make_pool(storage, host_a, shared)
+    make_pool(storage, host_b, shared)
+    made = storage.ok(CreateVolume(volume=VolumeRef(host_uri=host_a, pool="primary",
+                                                    name="root-1.qcow2"),
+                                   capacity_bytes=MiB, format="qcow2"), VolumeInfo)
+    assert Path(made.path).is_file()
+    on_b = VolumeRef(host_uri=host_b, pool="primary", name="root-1.qcow2")
+    grown = storage.ok(ResizeVolume(volume=on_b, capacity_bytes=2 * MiB), VolumeResized)
+    assert grown.capacity_bytes == 2 * MiB and disk_images.virtual_size(made.path) == 2 * MiB
+
+    def sizes(uri: str) -> list[tuple[str, int]]:
+        found = storage.ok(InventoryStorage(host_uri=uri), StorageInventory)
+        return [(v.name, v.capacity_bytes) for p in found.pools for v in p.volumes]
+
+    assert sizes(host_a) == sizes(host_b) == [("root-1.qcow2", 2 * MiB)]
+    assert storage.ok(DeleteVolume(volume=on_b), Deleted).existed
+    assert not Path(made.path).exists()
+
+    assert sizes(host_a) == sizes(host_b) == []
+    again = VolumeRef(host_uri=host_a, pool="primary", name="root-1.qcow2")
+    assert not storage.ok(DeleteVolume(volume=again), Deleted).existed
+    # a file another host made is listed by both, with its size and format
+    other = storage.ok(CreateVolume(volume=on_b, capacity_bytes=3 * MiB, format="qcow2"),
+                       VolumeInfo)
+    assert sizes(host_a) == sizes(host_b) == [("root-1.qcow2", 3 * MiB)]
+    facts = connection(host_a).storagePoolLookupByName("primary") \
+        .storageVolLookupByName("root-1.qcow2")
+    assert (facts.path(), facts.info()[1]) == (other.path, 3 * MiB)
+
+
+def test_concurrent_creates_through_hosts_of_one_shared_pool_all_stand(
+        storage: PluginSteps, libvirt_host_factory: HostFactory, tmp_path: Path) -> None:
+    # as a storage worker does with 8 steps at once: each create's lookup misses and rescans
+    # the shared directory while the others write their files
+    hosts = [libvirt_host_factory(f"host-{i}") for i in range(4)]
+    shared = tmp_path / "shared"
+    for uri in hosts:
+        make_pool(storage, uri, shared)
+    names = [f"vol-{i}.qcow2" for i in range(32)]
+
+    def create(i: int) -> VolumeInfo:
+        ref = VolumeRef(host_uri=hosts[i % len(hosts)], pool="primary", name=names[i])
+        return storage.ok(CreateVolume(volume=ref, capacity_bytes=MiB, format="qcow2"),
+                          VolumeInfo)
+
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(create, range(len(names))))
+    assert all(m.created for m in made)
+    for uri in hosts:
+        found = storage.ok(InventoryStorage(host_uri=uri), StorageInventory)
+        assert sorted(v.name for p in found.pools for v in p.volumes) == sorted(names)
+
+
+def test_a_delete_whose_volume_vanishes_under_it_is_done_already(
+        storage: PluginSteps, libvirt_uri: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a second delivery of the same delete, running while the first removes the volume:
+    # it found the volume, then could not read it; that is "gone already", not a failure
+    make_pool(storage, libvirt_uri, tmp_path / "primary")
+    ref = VolumeRef(host_uri=libvirt_uri, pool="primary", name="data-1.qcow2")
+    made = storage.ok(CreateVolume(volume=ref, capacity_bytes=MiB, format="qcow2"), VolumeInfo)
+    found = pools.find_volume
+
+    def found_then_deleted(conn: Any, pool: str, name: str) -> Any:
+        vol = found(conn, pool, name)
+        if vol is not None:  # the first delivery deletes it now
+            vol.delete(0)
+            Path(made.path).unlink()
+        return vol
+
+    monkeypatch.setattr(pools, "find_volume", found_then_deleted)
+    assert storage.ok(DeleteVolume(volume=ref), Deleted).existed is False
+    assert not Path(made.path).exists()

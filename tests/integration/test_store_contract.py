@@ -11,9 +11,10 @@ from eventsourcing.persistence import IntegrityError
 from support.store import write_v1_gadget
 from support.upcasting import _define
 
+from aggregates.errors import ConfigError, IdempotencyKeyReusedError
 from aggregates.host import Host
+from kernel.bootstrap.migrations import migrate_all
 from kernel.commands import CommandService
-from kernel.errors import ConfigError, IdempotencyKeyReusedError
 from kernel.settings import Settings
 from kernel.store.application import (
     KernelApplication,
@@ -22,7 +23,6 @@ from kernel.store.application import (
     store_env,
 )
 from kernel.store.idempotency import IdempotencyRecord
-from kernel.store.migrate import migrate
 from tests.unit.kernel.test_commands import ClaimCapacity, RegisterHost, claim, register
 
 
@@ -41,7 +41,7 @@ class StoreContract:
 
     @pytest.fixture
     def app(self, settings: Settings) -> Iterator[KernelApplication]:
-        migrate(settings)
+        migrate_all(settings)
         app = open_application(PlatformApplication, settings)
         yield app
         app.close()
@@ -55,7 +55,7 @@ class StoreContract:
             open_application(PlatformApplication, settings)
 
     def test_migrate_is_repeatable(self, settings: Settings) -> None:
-        assert migrate(settings) == migrate(settings)
+        assert migrate_all(settings) == migrate_all(settings)
 
     def test_round_trip_and_positions_in_order(self, app: KernelApplication) -> None:
         hosts = [new_host() for _ in range(5)]
@@ -178,7 +178,7 @@ class StoreContract:
         assert len(app.recorder.select_notifications(start=None, limit=10)) == 1
 
     def test_upcasting_on_this_store(self, settings: Settings) -> None:
-        migrate(settings)  # creates the SQLite data folder or the PostgreSQL schema
+        migrate_all(settings)  # creates the SQLite data folder or the PostgreSQL schema
         env = store_env(settings, "upcast", create_table=True)
         gadget_id = write_v1_gadget(env)
         _define("v2")
@@ -208,7 +208,7 @@ class TestPostgresStore(StoreContract):
 
     def test_schema_setting_is_honoured(self, pg_dsn: str) -> None:
         settings = Settings(store="postgres", postgres_dsn=pg_dsn, postgres_schema="ck")
-        migrate(settings)
+        migrate_all(settings)
         app = open_application(PlatformApplication, settings)
         try:
             app.save(new_host())
@@ -226,7 +226,7 @@ class TestPostgresStore(StoreContract):
         is in the log, each batch is whole or absent, and positions have no duplicates."""
         server = controllable_postgres
         settings = Settings(store="postgres", postgres_dsn=pg_dsn, postgres_pool_size=1)
-        migrate(settings)
+        migrate_all(settings)
         app = open_application(PlatformApplication, settings)
         acknowledged: list[list[Host]] = []
         failed: list[list[Host]] = []

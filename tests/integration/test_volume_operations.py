@@ -22,8 +22,9 @@ from aggregates.operation import OperationState
 from aggregates.snapshot import Snapshot, SnapshotState
 from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import Volume, VolumeState
+from kernel.bootstrap.migrations import migrate_all
 from kernel.cloud.vm_moves import MigrateVm
-from kernel.cloud.vms import DeployVm, StartVm, StopVm
+from kernel.cloud.vms import DeployVm, DestroyVm, StartVm, StopVm
 from kernel.cloud.volume_copies import BackupVmCommand, SnapshotVolumeCommand
 from kernel.cloud.volume_moves import DeleteVolumeCommand, MigrateVolumeCommand
 from kernel.cloud.volumes import (
@@ -34,8 +35,7 @@ from kernel.cloud.volumes import (
 )
 from kernel.settings import Settings
 from kernel.steps.network import libvirt_network_name
-from kernel.store.migrate import migrate
-from subsystems.hypervisor.connections import connection
+from subsystems.libvirt.connections import connection
 
 MIB = 1024**2
 
@@ -62,7 +62,7 @@ def test_data_volume_life_and_migration_through_real_workers(
     uris = [libvirt_host_factory(f"kvm-{i}", cpus=4, memory_mib=8192) for i in range(2)]
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
                         data_dir=tmp_path / "data")
-    migrate(settings)
+    migrate_all(settings)
     inventory = write_inventory(tmp_path, uris)
 
     async def scenario() -> None:
@@ -165,7 +165,7 @@ def test_volume_migration_between_pools_and_delete_through_real_workers(
     uris = [libvirt_host_factory(f"kvm-{i}", cpus=4, memory_mib=8192) for i in range(2)]
     settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
                         data_dir=tmp_path / "data")
-    migrate(settings)
+    migrate_all(settings)
     inventory = write_inventory(tmp_path, uris, second_pool=True)
 
     async def scenario() -> None:
@@ -236,5 +236,51 @@ def test_volume_migration_between_pools_and_delete_through_real_workers(
             started_on: Host = await cloud.get(vm.host_id)
             assert vm.state is VmState.RUNNING
             assert persistent_disks(started_on.uri, vm.id) == [moved_root.path]
+
+    asyncio.run(scenario())
+
+
+def test_a_vm_expunged_with_a_data_volume_attached_leaves_it_ready_and_detached(
+        tmp_path: Path, pg_dsn: str, nats_url: str,
+        libvirt_host_factory: Callable[..., str]) -> None:
+    uris = [libvirt_host_factory("kvm-0", cpus=4, memory_mib=8192)]
+    settings = Settings(store="postgres", postgres_dsn=pg_dsn, nats_urls=(nats_url,),
+                        data_dir=tmp_path / "data")
+    migrate_all(settings)
+    inventory = write_inventory(tmp_path, uris)
+
+    async def scenario() -> None:
+        async with running_cloud(settings) as cloud:
+            ids = await prepare(cloud, inventory, network=False)
+            deployed = await cloud.command(DeployVm(
+                name="web-1", account="alice", zone_id=ids.zone_id,
+                service_offering_id=ids.offering_id, template_id=ids.template_id))
+            await succeeded(cloud, deployed)
+            vm: VirtualMachine = await cloud.get(UUID(deployed["vm_id"]))
+            host: Host = await cloud.get(vm.host_id)
+            created = await cloud.command(CreateVolumeCommand(
+                name="data-1", account="alice", zone_id=ids.zone_id, size_bytes=MIB,
+                vm_id=vm.id))
+            await succeeded(cloud, created)
+            volume: Volume = await cloud.get(UUID(created["volume_id"]))
+            assert volume.vm_id == vm.id and volume.path is not None
+            assert volume.path in persistent_disks(host.uri, vm.id)
+
+            await succeeded(cloud, await cloud.command(DestroyVm(vm_id=vm.id)))
+            for _ in range(100):  # the expunge follows the destroy (no delay)
+                if (await cloud.get(vm.id)).state is VmState.EXPUNGED:
+                    break
+                await asyncio.sleep(0.05)
+            vm = await cloud.get(vm.id)
+            assert vm.state is VmState.EXPUNGED and vm.disks == {}
+            assert str(vm.id) not in domain_ids(host.uri)
+            volume = await cloud.get(volume.id)
+            assert (volume.state, volume.vm_id) == (VolumeState.READY, None)
+            assert volume.path is not None and Path(volume.path).is_file()
+
+            # an ordinary detached volume: it is deleted, file and all
+            await succeeded(cloud, await cloud.command(DeleteVolumeCommand(volume_id=volume.id)))
+            assert (await cloud.get(volume.id)).state is VolumeState.EXPUNGED
+            assert not Path(volume.path).exists()
 
     asyncio.run(scenario())

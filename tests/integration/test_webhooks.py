@@ -18,10 +18,10 @@ from gateways.webhooks.model import IncomingEvent, RetryPolicy, Status
 from gateways.webhooks.service import WebhookService
 from gateways.webhooks.store import WebhookStore, migrate_webhooks, open_webhook_store
 from kernel.bootstrap import SAMPLE_INVENTORY, Platform, open_platform
+from kernel.bootstrap.migrations import migrate_all
 from kernel.event_feed import EventFeed
 from kernel.inventory.loader import load_inventory_file
 from kernel.settings import Settings
-from kernel.store.migrate import migrate
 from tests.support.webhook_receiver import Receiver, free_port
 
 # Tiny backoff so retries take milliseconds; 4 attempts, then dead.
@@ -31,7 +31,7 @@ POLICY = RetryPolicy(initial=0.01, factor=2.0, cap=0.05, jitter=0.1, max_attempt
 @pytest.fixture
 def settings(pg_dsn: str) -> Settings:
     s = Settings(store="postgres", postgres_dsn=pg_dsn, postgres_pool_size=2)
-    migrate(s)
+    migrate_all(s)
     migrate_webhooks(s)
     return s
 

@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 
 from gateways.stream.streams import ensure_streams
 from gateways.stream.worker import Worker
-from kernel.contracts import (
+from kernel.contracts.steps import (
     RESULTS_STREAM,
     STEPS_STREAM,
     StepMessage,
@@ -242,6 +242,29 @@ def test_a_long_step_is_kept_in_progress_and_delivered_once(nats_url: str) -> No
             assert info.delivered.consumer_seq == 1
             assert worker.stats.received == 1
             assert worker.stats.in_progress_sent >= 6
+
+    run(body)
+
+
+def test_a_second_delivery_of_a_running_attempt_waits_for_the_first(nats_url: str) -> None:
+    # a new kernel publishes what was in flight at its epoch (another message id) while
+    # the first delivery still runs: the worker does not run the attempt twice at once
+    async def body() -> None:
+        async with jetstream(nats_url) as js, serving(nats_url, "sleep",
+                                                      concurrency=4) as worker:
+            first = msgspec.structs.replace(make_step("sleep", "sleep", {"seconds": 2}),
+                                            partition=3, epoch=1)
+            again = msgspec.structs.replace(first, epoch=2)
+            assert first.msg_id != again.msg_id
+            await publish(js, first)
+            await asyncio.sleep(0.5)
+            await publish(js, again)
+            found = await outcomes(js, 1, timeout=10)
+            assert [result(o) for _, o in found] == [{"seconds": 2, "delivery": 1}]
+            info = await settled(js, "sleep", timeout=15)
+            assert (info.num_pending, info.num_ack_pending) == (0, 0)
+            assert worker.stats.deferred >= 1  # put back while the first ran, run after
+            assert worker.stats.succeeded == 2
 
     run(body)
 

@@ -71,7 +71,8 @@ class EntityQueues(RuleBasedStateMachine):
         admission = self.admissions.pop(op)
         if admission.waiting_on is not None:
             self.withdrawn[admission.waiting_on].add(op)
-        promoted = release_all(self.queues, op, self.wants[op])
+        promoted = release_all(self.queues, op, self.wants[op],
+                               waiting_on=admission.waiting_on)
         self.done.add(op)
         self.observe()
         for other in promoted:

@@ -16,7 +16,6 @@ holders, and a caught-up guru's index agrees with the aggregates.
 """
 
 import copy
-from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 from uuid import UUID, uuid4
@@ -39,10 +38,6 @@ BASE = IPv4Network("10.50.0.0/24")
 VLANS = (200, 202)  # three VLANs for up to three networks: exhaustion happens
 MACS = ("52:54:00:00:00:01", "52:54:00:00:00:02", "02:00:00:00:00:03")
 ALLOWED_FAILURES = {"no_free_ip", "no_free_vlan", "ip_taken", "mac_taken", "network_not_usable"}
-
-
-def _same(view: LogView) -> LogView:
-    return view
 
 
 def ctx(action: str) -> StepContext:
@@ -89,11 +84,11 @@ class AllocationMachine(RuleBasedStateMachine):
             self.excluded[net.id] = excluded
         for _ in range(2):
             view = self.log.view(visible=self.log.head)
-            guru = NetworkGuru(partial(_same, view))
+            guru = NetworkGuru(view)
             guru.open()
             self.views.append(view)
             self.gurus.append(guru)
-        self.fresh = NetworkGuru(lambda: self.log.view())
+        self.fresh = NetworkGuru(self.log.view())
         self.fresh.open()
 
     # the log

@@ -5,6 +5,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +23,13 @@ from aggregates.operation import Operation
 from gateways.stream.kernel_runner import KernelRunner
 from gateways.stream.worker import Worker
 from kernel.bootstrap import open_engine
+from kernel.bootstrap.plugins import with_platform_log
+from kernel.leases import LeaseTable
+from kernel.platform_log import ApplicationLog
 from kernel.settings import Settings
-from subsystems.networkguru.follower import guru_config
 from subsystems.registry import load_registry
+
+from .invariants import reality_findings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,12 +39,18 @@ PLUGINS = ("planner", "storage", "hypervisor", "networkguru", "networkelement", 
 
 def write_inventory(tmp: Path, host_uris: list[str], *, host_cores: int = 4,
                     host_memory_mib: int = 8192, vm_cores: int = 2,
-                    vm_memory_mib: int = 2048, second_pool: bool = False) -> Path:
+                    vm_memory_mib: int = 2048, second_pool: bool = False,
+                    template_image: Path | None = None) -> Path:
     """Two hosts, a file pool, a file image store and a checksummed file template; with
-    `second_pool`, another file pool of the cluster (`primary-2`, at `tmp/pool-2`)."""
+    `second_pool`, another file pool of the cluster (`primary-2`, at `tmp/pool-2`). The
+    template is a tiny header-only qcow2 that nothing can boot, or a copy of `template_image`
+    (the real-qemu tier's guest)."""
     source = tmp / "source" / "tiny.qcow2"
     source.parent.mkdir(parents=True)
-    source.write_bytes(b"QFI\xfb" + b"\0" * 65532)
+    if template_image is not None:
+        shutil.copyfile(template_image, source)
+    else:
+        source.write_bytes(b"QFI\xfb" + b"\0" * 65532)
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     hosts = "".join(f'''
 [[hosts]]
@@ -102,10 +113,21 @@ memory_mib = {vm_memory_mib}
 
 
 class Cloud:
-    """The running kernel with its workers; blocking calls go to threads."""
+    """The running kernel with its workers; blocking calls go to threads.
+
+    When the test's body ends without an error, `running_cloud` checks reality (PROOF.md 3,
+    `cloudkernel audit reality`) and fails the test on any difference a test did not declare
+    with `expect_difference`.
+    """
 
     def __init__(self, engine: Any, settings: Settings) -> None:
         self.engine, self.settings, self.app = engine, settings, engine.app
+        self.expected_differences: list[tuple[str, str]] = []
+
+    def expect_difference(self, kind: str, text: str) -> None:
+        """Declare a difference the test leaves on purpose: of `kind`, with `text` in its
+        subject or detail. It must be found, and nothing else may be."""
+        self.expected_differences.append((kind, text))
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kw)
@@ -132,33 +154,41 @@ class Cloud:
 
 
 @asynccontextmanager
-async def running_cloud(settings: Settings, *,
-                        worker_processes: bool = False) -> AsyncIterator[Cloud]:
+async def running_cloud(settings: Settings, *, worker_processes: bool = False,
+                        leases: bool = False) -> AsyncIterator[Cloud]:
     """The kernel in this process; the workers too, or each in its own `cloudkernel worker`
-    process (as in production: then each has its own interpreter and libvirt connections)."""
+    process (as in production: then each has its own interpreter and libvirt connections).
+    `leases` (PostgreSQL): the kernel works the partitions it leases, as `cloudkernel kernel`
+    does, so that other kernels may share them."""
     platform, engine, feed = await asyncio.to_thread(open_engine, settings)
-    configs: dict[str, Any] = {"planner": {"settings": settings},
-                               "networkguru": guru_config(settings)}
     stop = asyncio.Event()
     workers: list[Worker] = []
     processes: list[subprocess.Popen[str]] = []
-    if worker_processes:
-        configs["planner"] = {"settings": {"store": settings.store,
-                                           "postgres_dsn": settings.postgres_dsn,
-                                           "data_dir": str(settings.data_dir)}}
-        processes = [_worker_process(name, configs.get(name, {}), settings) for name in PLUGINS]
-    else:
-        registry = load_registry(PLUGINS, configs)
+    if worker_processes:  # each follows the store of the settings it is given (env)
+        processes = [_worker_process(name, {}, settings) for name in PLUGINS]
+    else:  # as `up` does: the followers read the kernel's own platform application
+        registry = load_registry(PLUGINS, with_platform_log({}, ApplicationLog(platform.app)))
         workers = [Worker(registry.plugin(name).subsystem, servers=list(settings.nats_urls),
                           concurrency=4, fetch_timeout=0.25) for name in PLUGINS]
-    runner = KernelRunner(engine, feed, list(settings.nats_urls))
+    table = LeaseTable(settings.postgres_dsn, settings.postgres_schema,
+                       partitions=settings.kernel_partitions,
+                       period=settings.lease_seconds) if leases else None
+    runner = KernelRunner(engine, feed, list(settings.nats_urls), leases=table,
+                          name=f"test-{uuid4().hex[:8]}")
     tasks = [asyncio.create_task(w.run(stop)) for w in workers]
     tasks.append(asyncio.create_task(runner.run(stop)))
     try:
         await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in workers)), 30)
+        while table is not None and runner.ownership is not None \
+                and not runner.ownership.held():
+            await asyncio.sleep(0.05)  # its first leases taken
         for proc in processes:
             await asyncio.to_thread(_wait_ready, proc)
-        yield Cloud(engine, settings)
+        cloud = Cloud(engine, settings)
+        yield cloud
+        findings = await reality_findings(cloud.app, list(settings.nats_urls),
+                                          tuple(cloud.expected_differences))
+        assert not findings, "reality differs from the model:\n" + "\n".join(findings)
     finally:
         stop.set()
         for proc in processes:
@@ -175,7 +205,11 @@ async def running_cloud(settings: Settings, *,
 
 def _worker_process(name: str, config: dict[str, Any],
                     settings: Settings) -> "subprocess.Popen[str]":
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CLOUDKERNEL_STORE": settings.store,
+           "CLOUDKERNEL_DATA_DIR": str(settings.data_dir),
+           "CLOUDKERNEL_POSTGRES_SCHEMA": settings.postgres_schema}
+    if settings.postgres_dsn:
+        env["CLOUDKERNEL_POSTGRES_DSN"] = settings.postgres_dsn
     env.pop("CLOUDKERNEL_CONFIG", None)
     return subprocess.Popen(
         [sys.executable, "-m", "gateways.cli.main", "worker", "--subsystem", name,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from eventsourcing.domain import Aggregate
+from eventsourcing.utils import get_topic
 
 
 class EventLog:
@@ -29,13 +31,26 @@ class EventLog:
 
 
 class LogView:
-    """A LogSource over an EventLog that may lag behind it (a stale follower)."""
+    """A PlatformLog over an EventLog that may lag behind it (a stale follower)."""
 
     def __init__(self, log: EventLog, visible: int | None) -> None:
         self.log, self.visible = log, visible
 
-    def read(self, after: int, limit: int) -> list[tuple[int, Any]]:
-        """Up to `limit` events after `after`, within the visible prefix."""
-        upto = self.log.head if self.visible is None else min(self.visible, self.log.head)
-        chunk = self.log.events[after:upto][:limit]
-        return [(after + i + 1, event) for i, event in enumerate(chunk)]
+    def head(self) -> int:
+        """The last visible position."""
+        return self.log.head if self.visible is None else min(self.visible, self.log.head)
+
+    def read(self, after: int, limit: int, *, topics: Sequence[str] = (),
+             stop: int | None = None) -> list[tuple[int, Any]]:
+        """Up to `limit` events of `topics` (all when empty) after `after`, within the visible
+        prefix and up to `stop`."""
+        upto = self.head() if stop is None else min(stop, self.head())
+        wanted = frozenset(topics)
+        found: list[tuple[int, Any]] = []
+        for position in range(after + 1, upto + 1):
+            event = self.log.events[position - 1]
+            if not wanted or get_topic(type(event)) in wanted:
+                found.append((position, event))
+                if len(found) == limit:
+                    break
+        return found

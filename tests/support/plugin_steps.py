@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 
 import msgspec
 
-from kernel.contracts import StepMessage, StepOutcome, step_encoder
+from kernel.contracts.steps import StepMessage, StepOutcome, step_encoder
 from subsystems.registry import load_registry
 from subsystems.runner import StepRunner
 

@@ -9,15 +9,16 @@ from contextlib import asynccontextmanager
 from support.cloud import Cloud
 
 from gateways.access import Keyring, KeyringAccess, LayeredAccess, keys_path
-from gateways.acl.access import AclAccess
-from gateways.acl.responder import AclResponder
-from gateways.acl.service import AclService
 from gateways.ownership import store_lookup
+from gateways.service_keys import issue_service_key
 from gateways.stream.intake import CommandIntake
 from gateways.stream.relay import EventRelay
 from kernel.bootstrap import command_catalog, open_platform
 from kernel.event_feed import EventFeed
 from kernel.settings import Settings
+from services.acl.access import AclAccess
+from services.acl.responder import AclResponder
+from services.acl.service import AclService
 
 
 def free_port() -> int:
@@ -31,7 +32,10 @@ def free_port() -> int:
 async def platform_edges(settings: Settings, cloud: Cloud,
                          acl: AclService | None = None) -> AsyncIterator[None]:
     """The relay, the intake (ACL users and keyring keys) and the ACL responder, running
-    until the block ends; the ACL service is opened here unless given."""
+    until the block ends; the ACL service is opened here unless given. The services' keys are
+    issued first, as `up` does before it starts them."""
+    for name in ("enduser", "ec2"):
+        await cloud.call(issue_service_key, settings, name)
     platform = await cloud.call(open_platform, settings)
     own_acl = acl is None
     acl = acl if acl is not None else await cloud.call(AclService.open, settings)

@@ -4,12 +4,12 @@ They live in their own event-sourced application (its own log and subjects), apa
 platform's aggregates.
 """
 
-from aggregates.acl.account import AclAccount
-from aggregates.acl.api_key import AclApiKey
-from aggregates.acl.audit import AccessDenial
-from aggregates.acl.domain import AclDomain
-from aggregates.acl.rule import AclRule
-from aggregates.acl.user import AclUser
+from services.acl.model.account import AclAccount
+from services.acl.model.api_key import AclApiKey
+from services.acl.model.audit import AccessDenial
+from services.acl.model.domain import AclDomain
+from services.acl.model.rule import AclRule
+from services.acl.model.user import AclUser
 
 ACL_AGGREGATES = (AclDomain, AclAccount, AclUser, AclApiKey, AclRule, AccessDenial)
 

@@ -7,9 +7,9 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from aggregates.acl.domain import AclDomain
-from aggregates.acl.rules import require_acl_name, require_limits
 from aggregates.base import PlatformAggregate, natural_id
+from services.acl.model.domain import AclDomain
+from services.acl.model.rules import require_acl_name, require_limits
 
 
 class AclAccount(PlatformAggregate):

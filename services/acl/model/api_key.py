@@ -10,10 +10,10 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from aggregates.acl.rules import require_pattern
-from aggregates.acl.user import AclUser
 from aggregates.base import PlatformAggregate, natural_id
 from aggregates.errors import ValidationError
+from services.acl.model.rules import require_pattern
+from services.acl.model.user import AclUser
 
 MAX_EXPIRY_DAYS = 36500
 

@@ -7,9 +7,9 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from aggregates.acl.rules import ROOT_DOMAIN, require_acl_name, require_limits
 from aggregates.base import PlatformAggregate, natural_id
 from aggregates.errors import ValidationError
+from services.acl.model.rules import ROOT_DOMAIN, require_acl_name, require_limits
 
 
 class AclDomain(PlatformAggregate):

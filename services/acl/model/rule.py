@@ -7,9 +7,9 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from aggregates.acl.rules import require_acl_name, require_pattern, require_role
 from aggregates.base import PlatformAggregate, natural_id
 from aggregates.errors import ValidationError
+from services.acl.model.rules import require_acl_name, require_pattern, require_role
 
 TARGET_KINDS = ("role", "account")
 EFFECTS = ("allow", "deny")

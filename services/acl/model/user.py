@@ -8,10 +8,10 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from aggregates.acl.account import AclAccount
-from aggregates.acl.rules import ROLE_ROOT_ADMIN, require_role, require_username
 from aggregates.base import PlatformAggregate, natural_id
 from aggregates.errors import ValidationError
+from services.acl.model.account import AclAccount
+from services.acl.model.rules import ROLE_ROOT_ADMIN, require_role, require_username
 
 
 class AclUser(PlatformAggregate):

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from gateways.acl.access import AclAccess
-from gateways.acl.secrets import CredentialStore, MasterKey
-from gateways.acl.service import AclService
 from kernel.store.testing import scratch_application
+from services.acl.access import AclAccess
+from services.acl.secrets import CredentialStore, MasterKey
+from services.acl.service import AclService
 
 NOW = 1_900_000_000.0
 
@@ -57,7 +57,7 @@ def acl(tmp_path: Path) -> Iterator[Acl]:
 
 def denials(acl: Acl) -> list[tuple[str, str, str | None]]:
     """(principal, command, owner) of every AccessDenied event in the ACL log, in order."""
-    from aggregates.acl import AccessDenial
+    from services.acl.model import AccessDenial
 
     out = []
     for note in acl.service.app.recorder.select_notifications(start=1, limit=100000):

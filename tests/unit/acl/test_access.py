@@ -1,10 +1,13 @@
 """AclAccess: the access matrix, denials as events, signatures, bearer tokens, quotas."""
 
+from pathlib import Path
+
 import pytest
 
 from aggregates.errors import ForbiddenError, UnauthenticatedError
-from gateways.access import Principal, SignedRequest, sign
+from gateways.access import Keyring, KeyringAccess, LayeredAccess
 from gateways.contracts.catalog import public_commands
+from kernel.contracts.access import Principal, SignedRequest, sign
 from tests.unit.acl.conftest import Acl, denials
 
 TAGS = sorted({c.tag for c in public_commands()} | {"vm.list", "volume.get"})
@@ -217,3 +220,31 @@ def test_only_accounts_under_some_limit_are_governed(acl: Acl) -> None:
     assert not acl.access.governs("ops")  # ROOT itself has no limits
     acl.service.set_limits("account", "ops", {"max_volumes": 1})
     assert acl.access.governs("ops")
+
+
+def test_refused_keyring_keys_and_unknown_keys_are_audited(acl: Acl, tmp_path: Path) -> None:
+    """The platform's own keys (the keyring beside the ACL) are audited as the ACL's are: a
+    bad signature, a refused command; and a made-up key id is audited, one a second."""
+    keyring = Keyring(tmp_path / "keys.json")
+    admin = keyring.create(actor="ops-admin", role="admin")
+    narrow = keyring.create(actor="ci-bot", role="integrator", allow=["vm.start"])
+    access = LayeredAccess(acl.access, KeyringAccess(keyring, clock=acl.clock))
+    before = len(denials(acl))
+
+    with pytest.raises(UnauthenticatedError, match="does not match"):
+        access.authenticate(signed(acl, admin.id, "0" * 64))
+    principal = access.authenticate(signed(acl, narrow.id, narrow.secret))
+    access.authorize(principal, "vm.start")  # allowed: nothing audited
+    with pytest.raises(ForbiddenError, match=r"may not send vm\.stop"):
+        access.authorize(principal, "vm.stop")
+    with pytest.raises(UnauthenticatedError, match="unknown key"):
+        access.authenticate(signed(acl, "ck_made_up_1", "0" * 64))
+    with pytest.raises(UnauthenticatedError, match="unknown key"):
+        access.authenticate(signed(acl, "ck_made_up_2", "0" * 64))  # the same second
+    assert denials(acl)[before:] == [("ops-admin", "POST /v1/vms", None),
+                                     ("ci-bot", "vm.stop", None),
+                                     ("", "POST /v1/vms", None)]
+    acl.clock.now += 1.5
+    with pytest.raises(UnauthenticatedError, match="unknown key"):
+        access.authenticate(signed(acl, "ck_made_up_3", "0" * 64))
+    assert len(denials(acl)) == before + 4

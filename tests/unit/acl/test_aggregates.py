@@ -7,9 +7,9 @@ import pytest
 from eventsourcing.domain import CanMutateAggregate
 from eventsourcing.utils import get_topic, resolve_topic
 
-from aggregates.acl import ACL_AGGREGATES, AclAccount, AclApiKey, AclDomain, AclRule, AclUser
 from aggregates.errors import ValidationError
 from kernel.store.testing import roundtrip
+from services.acl.model import ACL_AGGREGATES, AclAccount, AclApiKey, AclDomain, AclRule, AclUser
 
 EVENTS = [(agg, cls) for agg in ACL_AGGREGATES for cls in vars(agg).values()
           if isinstance(cls, type) and issubclass(cls, CanMutateAggregate)]

@@ -7,10 +7,10 @@ from uuid import UUID, uuid4
 
 import msgspec
 
-from gateways.access import IDEMPOTENCY_KEY_HEADER, KEY_ID_HEADER
 from gateways.stream.intake import COMMANDS_PREFIX, CommandIntake
 from kernel.cloud.vms import StopVm
 from kernel.commands import CommandOutcome
+from kernel.contracts.access import IDEMPOTENCY_KEY_HEADER, KEY_ID_HEADER
 from tests.unit.acl.conftest import Acl, denials
 
 MINE, SIBLING = uuid4(), uuid4()
@@ -46,9 +46,11 @@ def test_a_bearer_token_sends_as_its_user(acl: Acl) -> None:
     assert send(SIBLING, {"authorization": f"Bearer {root}"})["ok"] is True
     assert ran == [("alice/k-1", "alice"), ("alice/k-2", "alice"), ("root/k-1", "root")]
 
+    # Another account's VM is not found (its answer must not tell it exists), and audited
+    # as a refusal all the same, as the admin API does.
     refused = send(SIBLING, {"Authorization": f"Bearer {alice}"}, key="k-3")
-    assert refused["error"]["code"] == "forbidden"
-    assert "may act only on its own account mine_acct" in refused["error"]["message"]
+    assert refused["error"]["code"] == "not_found"
+    assert "no such resource among the accounts alice may see" in refused["error"]["message"]
     assert denials(acl) == [("alice", "vm.stop", "sib_acct")]
     for headers, message in [
             ({"Authorization": "Bearer ckt1.forged.token"}, "bearer token signature"),

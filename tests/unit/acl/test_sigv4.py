@@ -2,7 +2,7 @@
 
 botocore signs each request (its clock pinned to the tests' clock); the request is then taken
 apart as a server receives it (method, path and query as on the wire, headers, body), rebuilt
-with `gateways.acl.sigv4`, and checked by `AclResponder.handle` as it answers on NATS.
+with `services.acl.sigv4`, and checked by `AclResponder.handle` as it answers on NATS.
 """
 
 import json
@@ -18,9 +18,14 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from aggregates.errors import UnauthenticatedError
-from gateways.acl.client import AUTHENTICATE_SUBJECT, LOGIN_SUBJECT, SIGV4_SUBJECT
-from gateways.acl.responder import AclResponder
-from gateways.acl.sigv4 import (
+from services.acl.client import (
+    AUTHENTICATE_SUBJECT,
+    AUTHORIZE_SUBJECT,
+    LOGIN_SUBJECT,
+    SIGV4_SUBJECT,
+)
+from services.acl.responder import AclResponder
+from services.acl.sigv4 import (
     SigV4Request,
     parse_authorization,
     signature,
@@ -72,7 +77,7 @@ def ask(responder: AclResponder, subject: str, body: dict[str, Any]) -> dict[str
     return json.loads(responder.handle(subject, json.dumps(body).encode()))  # type: ignore[no-any-return]
 
 
-def verify(responder: AclResponder, request: SigV4Request, **changes: str) -> dict[str, Any]:
+def verify(responder: AclResponder, request: SigV4Request, **changes: Any) -> dict[str, Any]:
     return ask(responder, SIGV4_SUBJECT, {**request.verification(), **changes})
 
 
@@ -250,3 +255,55 @@ def test_a_sigv4_token_ends_when_its_key_is_revoked(acl: Acl, responder: AclResp
     assert refused["error"]["code"] == "unauthenticated"
     # a token from her password login does not hang on any key
     assert acl.access.authenticate_bearer(login["token"]).actor == "alice"
+
+
+def test_a_replay_is_reported_when_asked_and_the_key_is_checked_every_time(
+        acl: Acl, responder: AclResponder) -> None:
+    """With report_replay, a signature seen before is answered `replayed` (the service decides
+    what a replay gets), but only while the key is live: a revocation ends it at once."""
+    key, secret = acl.service.create_key("alice")
+    request, _ = sign(secret, key.key_id, "POST", "http://h/", data=b"Action=RunInstances",
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    first = verify(responder, request, report_replay=True)
+    assert first["ok"] is True and "replayed" not in first
+    again = verify(responder, request, report_replay=True)
+    assert again["ok"] is True and again["replayed"] is True
+    assert again["principal"] == first["principal"]
+    refused = verify(responder, request)  # without report_replay: refused, as ever
+    assert "used before" in refused["error"]["message"]
+    # the same bytes under another key id: that key's secret signs otherwise
+    other, _ = acl.service.create_key("alice")
+    for key_id in (other.key_id, "ak_nobody"):
+        wrong = verify(responder, request, access_key_id=key_id,
+                       report_replay=True)
+        assert wrong["error"]["code"] == "unauthenticated", wrong
+    acl.service.revoke_key(key.key_id)
+    revoked = verify(responder, request, report_replay=True)
+    assert revoked["error"]["code"] == "unauthenticated"
+    assert "was revoked" in revoked["error"]["message"]
+
+
+def test_authorize_decides_as_the_intake_and_audits_a_denial(
+        acl: Acl, responder: AclResponder) -> None:
+    """`authorize` answers whether a token's user may send a command on an account's
+    resources (EC2's DryRun asks it), runs nothing, and audits a denial."""
+    token = ask(responder, LOGIN_SUBJECT, {"username": "alice", "password": "alicepass"})[
+        "token"]
+
+    def authorize(command: str, owner: str | None) -> dict[str, Any]:
+        return ask(responder, AUTHORIZE_SUBJECT, {"token": token, "command": command,
+                                                  "owner": owner})
+
+    allowed = authorize("vm.deploy", "mine_acct")
+    assert allowed["ok"] is True and allowed["principal"]["actor"] == "alice"
+    assert authorize("vm.stop", "sib_acct")["error"]["code"] == "forbidden"
+    acl.service.add_rule(target_kind="role", target="user", effect="deny",
+                         pattern="vm.destroy")
+    denied = authorize("vm.destroy", "mine_acct")
+    assert denied["error"]["code"] == "forbidden" and "deny vm.destroy" in \
+        denied["error"]["message"]
+    assert authorize("vm.start", "mine_acct")["ok"] is True
+    assert [(p, c, o) for p, c, o in denials(acl)] == [
+        ("alice", "vm.stop", "sib_acct"), ("alice", "vm.destroy", "mine_acct")]
+    bad = ask(responder, AUTHORIZE_SUBJECT, {"token": "ckt1.x.y", "command": "vm.start"})
+    assert bad["error"]["code"] == "unauthenticated"

@@ -168,3 +168,25 @@ def test_audit_metadata_lands_on_events() -> None:
         network.allocate_ip(uuid4())
     assert {(e.actor, e.correlation_id) for e in network.pending_events} == {
         ("guru", correlation)}
+
+
+def test_the_hosts_of_its_element_are_recorded_and_must_be_cleared_before_shutdown() -> None:
+    network = network_in(S.IMPLEMENTED)
+    first, second = sorted((uuid4(), uuid4()), key=str)
+    network.element_implemented(second)
+    network.element_implemented(first)
+    version = network.version
+    network.element_implemented(first)  # the same host again records nothing
+    assert network.version == version and network.element_hosts == (first, second)
+    with pytest.raises(DomainRuleError, match="still set up on hosts"):
+        network.shutdown()
+    network.element_shut_down(first)
+    network.element_shut_down(first)  # gone already: nothing
+    network.element_shut_down(second)
+    assert network.element_hosts == ()
+    network.shutdown()
+    copy = roundtrip(network)
+    assert (copy.state, copy.element_hosts) == (S.SHUTDOWN, ())
+    destroyed = network_in(S.DESTROYED)
+    with pytest.raises(InvalidTransitionError):
+        destroyed.element_implemented(first)

@@ -15,23 +15,21 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateways.access import (
+from gateways.access import ApiKey, Keyring, KeyringAccess
+from gateways.api.app import make_app
+from gateways.api.context import ApiContext
+from kernel.bootstrap import SAMPLE_INVENTORY, command_catalog, open_engine
+from kernel.bootstrap.migrations import migrate_all
+from kernel.bootstrap.processes import projection_runners
+from kernel.contracts.access import (
     IDEMPOTENCY_KEY_HEADER,
     KEY_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    ApiKey,
-    Keyring,
-    KeyringAccess,
     sign,
 )
-from gateways.api.app import make_app
-from gateways.api.context import ApiContext
-from gateways.cli.projections import projection_runners
-from kernel.bootstrap import SAMPLE_INVENTORY, command_catalog, open_engine
 from kernel.inventory.loader import load_inventory_file
 from kernel.settings import Settings
-from kernel.store.migrate import migrate
 from projections.catalog import MODELS
 
 
@@ -81,7 +79,7 @@ def _ids(app: Any, topic: str) -> list[UUID]:
 @pytest.fixture
 def api_env(tmp_path: Path) -> Iterator[tuple[ApiContext, ApiKey, Keyring, dict[str, UUID]]]:
     settings = Settings(data_dir=tmp_path / "data", store="sqlite")
-    migrate(settings)
+    migrate_all(settings)
     platform, engine, _feed = open_engine(settings)
     load_inventory_file(platform.commands, SAMPLE_INVENTORY)
     keyring = Keyring(tmp_path / "keys.json")

@@ -30,30 +30,28 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from aggregates.acl import AccessDenial
 from aggregates.snapshot import Snapshot
 from aggregates.template import Template
-from gateways.access import (
+from gateways.access import Keyring, KeyringAccess, LayeredAccess
+from gateways.api.app import make_app
+from gateways.api.context import ApiContext
+from kernel.bootstrap import SAMPLE_INVENTORY, command_catalog, open_engine
+from kernel.bootstrap.migrations import migrate_all
+from kernel.bootstrap.processes import projection_runners
+from kernel.cloud.vms import DeployVm
+from kernel.contracts.access import (
     IDEMPOTENCY_KEY_HEADER,
     KEY_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    Keyring,
-    KeyringAccess,
-    LayeredAccess,
     sign,
 )
-from gateways.acl.access import AclAccess
-from gateways.acl.service import AclService
-from gateways.api.app import make_app
-from gateways.api.context import ApiContext
-from gateways.cli.projections import projection_runners
-from kernel.bootstrap import SAMPLE_INVENTORY, command_catalog, open_engine
-from kernel.cloud.vms import DeployVm
 from kernel.inventory.loader import load_inventory_file
 from kernel.settings import Settings
-from kernel.store.migrate import migrate
 from projections.catalog import MODELS
+from services.acl.access import AclAccess
+from services.acl.model import AccessDenial
+from services.acl.service import AclService
 
 GIB = 1024**3
 ROLES = ("root", "dadmin", "alice")
@@ -97,7 +95,7 @@ def _catch_up(ctx: ApiContext) -> None:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     settings = Settings(data_dir=tmp_path / "data", store="sqlite")
-    migrate(settings)
+    migrate_all(settings)
     platform, engine, _feed = open_engine(settings)
     load_inventory_file(platform.commands, SAMPLE_INVENTORY)
     app = platform.app

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
+from uuid import uuid4
+
+import pytest
 
 from gateways.api.context import ApiContext
 from tests.unit.api.conftest import Api
@@ -41,11 +46,13 @@ def test_bad_queries_name_the_parameter(run_api: Run) -> None:
     async def scenario(api: Api) -> None:
         for query, field in (("limit=0", "limit"), ("limit=501", "limit"), ("limit=x", "limit"),
                              ("colour=red", "colour"), ("zone_id=nope", "zone_id"),
-                             ("after=12", "after"), ("wait_for=-1", "wait_for"),
-                             ("wait_for=999999999", "wait_for")):
+                             ("after=12", "after"), ("wait_for=-1", "wait_for")):
             status, err = await api.json("GET", f"/v1/hosts?{query}")
             assert status == 422, (query, err)
             assert err["error"]["code"] == "invalid" and err["error"]["field"] == field
+        # well-formed, but past the log's head: a conflict with the log's state
+        status, err = await api.json("GET", "/v1/hosts?wait_for=999999999")
+        assert (status, err["error"]["field"]) == (409, "wait_for"), err
         status, err = await api.json("GET", "/v1/audit?after=99999999999999999999999")
         assert status == 422 and err["error"]["field"] == "after"
 
@@ -146,7 +153,7 @@ def test_refusals_have_stable_codes_and_write_nothing(run_api: Run) -> None:
             ("POST", "/v1/vms", json.dumps({
                 "name": "w", "account": "a", "zone_id": str(api.ids["zone"]),
                 "service_offering_id": str(api.ids["offering"]),
-                "template_id": str(api.ids["template"])}).encode(), 422, "invalid", None),
+                "template_id": str(api.ids["template"])}).encode(), 409, "invalid", None),
         ]
         for method, path, body, status, code, field in cases:
             got, err = await api.json(method, path, body)
@@ -202,5 +209,126 @@ def test_healthz_is_503_when_the_store_is_unreachable(run_api: Run, api_env: Any
         monkeypatch.setattr(ctx.app.recorder, "max_notification_id", down)
         r = await api.client.get("/healthz")
         assert r.status == 503 and (await r.json())["components"]["store"]["status"] == "down"
+
+    run_api(scenario)
+
+
+def test_refusals_name_their_field_and_never_echo_a_huge_value(
+        run_api: Run, caplog: pytest.LogCaptureFixture) -> None:
+    huge = "x" * 10_000
+
+    async def scenario(api: Api) -> None:
+        head = api.head()
+        deploy = {"name": "web", "account": "a", "zone_id": str(api.ids["zone"]),
+                  "service_offering_id": str(api.ids["offering"]),
+                  "template_id": str(api.ids["template"])}
+        volume = {"name": "data", "account": "a", "zone_id": str(api.ids["zone"])}
+        cases = [
+            ("unknown template", "/v1/vms", {**deploy, "template_id": str(uuid4())},
+             409, "template_id"),
+            ("bad name", "/v1/volumes", {**volume, "name": " data", "size_bytes": 1 << 30},
+             409, "name"),
+            ("huge name", "/v1/commands/service.register", {"name": huge, "version": "1"},
+             409, "name"),
+            ("negative size", "/v1/volumes", {**volume, "size_bytes": -1}, 409, "size_bytes"),
+            ("no size", "/v1/volumes", volume, 409, "size_bytes"),
+            ("huge unknown field", "/v1/vms", {**deploy, huge: 1}, 400, huge[:100]),
+            ("huge command", "/v1/commands/vm.deploy", {**deploy, "command": huge}, 400,
+             "command"),
+            ("nested type", "/v1/commands/operation.start",
+             {"kind": "k", "plan": {"steps": [{"step_id": str(uuid4()), "subsystem": "echo",
+                                               "action": "echo", "args": {},
+                                               "depends_on": [5]}]}},
+             400, "plan.steps[0].depends_on[0]"),
+        ]
+        for name, path, body, status, field in cases:
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                got, err = await api.json("POST", path, json.dumps(body).encode())
+            assert (got, err["error"].get("field")) == (status, field), (name, err)
+            assert len(err["error"]["message"]) < 1000, name
+            assert "x" * 100 not in err["error"]["message"], name
+            logged = " ".join(r.getMessage() for r in caplog.records)
+            assert "x" * 100 not in logged, (name, logged[:300])
+        # a read model's query parameter, and a position the log has not reached
+        got, err = await api.json("GET", "/v1/vms?wait_for=999999")
+        assert (got, err["error"]["field"]) == (409, "wait_for"), err
+        got, err = await api.json("GET", "/v1/vms?limit=" + huge[:5000])
+        assert (got, err["error"]["field"]) == (422, "limit"), err
+        assert "x" * 100 not in err["error"]["message"], err
+        assert api.head() == head
+
+    run_api(scenario)
+
+
+def test_an_empty_idempotency_key_is_refused_as_the_document_says(run_api: Run) -> None:
+    async def scenario(api: Api) -> None:
+        head = api.head()
+        r = await api.call("POST", "/v1/commands/vm.start",
+                           json.dumps({"vm_id": str(uuid4())}).encode(), idem="")
+        err = await r.json()
+        assert r.status == 400, err
+        assert (err["error"]["code"], err["error"]["field"]) == ("malformed", "Idempotency-Key")
+        assert api.head() == head
+
+    run_api(scenario)
+
+
+def test_a_header_holding_a_control_character_is_a_400_and_one_warning_line(
+        run_api: Run, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(api: Api) -> None:
+        server = api.client.server
+        for header in (b"Idempotency-Key: a\x00b", b"Cloudkernel-Key-Id: k\x01",
+                       b"X-Anything: \x7f"):
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                reader, writer = await asyncio.open_connection(server.host, server.port)
+                writer.write(b"POST /v1/commands/vm.start HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Length: 2\r\n" + header
+                             + b"\r\nConnection: close\r\n\r\n{}")
+                await writer.drain()
+                answer = await reader.read()
+                writer.close()
+                await asyncio.sleep(0.05)
+            assert answer.split(b"\r\n", 1)[0].endswith(b"400 Bad Request"), answer
+            assert b"Invalid header value char" in answer
+            logged = [r for r in caplog.records if r.name == "aiohttp.server"]
+            assert [r.levelno for r in logged] == [logging.WARNING], logged
+            assert not logged[0].exc_info
+            assert "\x00" not in logged[0].getMessage()
+            assert "malformed HTTP request" in logged[0].getMessage()
+
+    run_api(scenario)
+
+
+def test_a_store_that_cannot_serve_is_503_with_retry_after_and_the_key_to_retry_with(
+        run_api: Run, api_env: Any, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import psycopg
+    from eventsourcing.persistence import OperationalError
+
+    ctx: ApiContext = api_env[0]
+    type_, _run = ctx.catalog["vm.start"]
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        try:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        except psycopg.OperationalError as e:
+            raise OperationalError(str(e)) from e
+
+    monkeypatch.setitem(ctx.catalog, "vm.start", (type_, down))  # type: ignore[index]
+
+    async def scenario(api: Api) -> None:
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            r = await api.call("POST", "/v1/commands/vm.start",
+                               json.dumps({"vm_id": str(uuid4())}).encode())
+            err = await r.json()
+        assert r.status == 503 and r.headers["Retry-After"] == "5", err
+        key = r.headers["Idempotency-Key"]  # the fresh key it ran under: retry with it
+        assert err["error"]["code"] == "unavailable" and f"({key})" in err["error"]["message"]
+        assert "server closed" not in err["error"]["message"]
+        ours = [rec for rec in caplog.records if rec.name.startswith("gateways")]
+        assert [rec.levelno for rec in ours] == [logging.WARNING] and not ours[0].exc_info
 
     run_api(scenario)

@@ -8,9 +8,10 @@ from uuid import UUID
 from aiohttp.test_utils import TestClient, TestServer
 
 from aggregates.errors import ForbiddenError
-from gateways.access import ApiKey, Keyring, KeyringAccess, LayeredAccess, Principal
+from gateways.access import ApiKey, Keyring, KeyringAccess, LayeredAccess
 from gateways.api.app import make_app
 from gateways.api.context import ApiContext
+from kernel.contracts.access import Principal
 
 from .conftest import Api
 
@@ -85,9 +86,9 @@ def test_a_deploy_past_its_accounts_limit_is_refused_and_writes_nothing(
             assert capped.domain_usage == {"ROOT/team": {**usage, "vms": 1}}
             assert delta["cpu_cores"] > 0 and delta["memory_mib"] > 0
             # an account the ACL does not govern has no limits here; the command runs (the
-            # template is not downloaded, so it is refused by the command itself: 422)
+            # template is not downloaded, so it is refused by the command itself: 409)
             status, err = await api.json("POST", "/v1/vms", deploy("free"))
-            assert status == 422 and "download it first" in err["error"]["message"], err
+            assert status == 409 and "download it first" in err["error"]["message"], err
             assert len(capped.checked) == 1
         finally:
             await client.close()

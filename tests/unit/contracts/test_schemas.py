@@ -24,13 +24,14 @@ from aggregates.volume import Volume, VolumeType
 from gateways.contracts.catalog import public_commands, public_events
 from gateways.contracts.documents import DEFAULT_DIR, render
 from kernel.bootstrap import PLATFORM_HANDLERS, SAMPLE_INVENTORY
-from kernel.cloud.catalog import CLOUD_COMMANDS
+from kernel.bootstrap.catalog import CLOUD_COMMANDS
 from kernel.commands import Command, CommandService
-from kernel.contracts import StepOutcome
+from kernel.contracts.steps import StepOutcome
 from kernel.dispatch_feed import DispatchFeed
 from kernel.inventory.loader import LoadInventory, load_inventory_file
 from kernel.inventory.spec import parse_inventory
-from kernel.operations import CancelOperation, OperationEngine, StartOperation, StartOperations
+from kernel.operation_commands import CancelOperation, StartOperation, StartOperations
+from kernel.operations import OperationEngine
 from kernel.store.application import KernelApplication
 from kernel.store.testing import scratch_application
 

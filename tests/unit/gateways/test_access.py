@@ -15,16 +15,8 @@ from aggregates.errors import (
     UnauthenticatedError,
     ValidationError,
 )
-from gateways.access import (
-    Keyring,
-    KeyringAccess,
-    Principal,
-    SignedRequest,
-    canonical_string,
-    keys_path,
-    sign,
-    verify,
-)
+from gateways.access import Keyring, KeyringAccess, keys_path
+from kernel.contracts.access import Principal, SignedRequest, canonical_string, sign, verify
 from kernel.settings import Settings
 
 NOW = 1_700_000_000.0

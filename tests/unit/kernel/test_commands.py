@@ -8,9 +8,9 @@ import msgspec
 import pytest
 from eventsourcing.domain import Aggregate
 
+from aggregates.errors import ConflictError, IdempotencyKeyReusedError, ValidationError
 from aggregates.host import Host
 from kernel.commands import Command, CommandService
-from kernel.errors import ConflictError, IdempotencyKeyReusedError, ValidationError
 from kernel.store.application import KernelApplication
 from kernel.store.testing import scratch_application
 

@@ -11,7 +11,7 @@ from aggregates.errors import CapacityError
 from aggregates.host import Host
 from aggregates.operation import Operation, OperationState
 from aggregates.plan import Compensation, Plan, PlannedStep, RetryPolicy
-from kernel.contracts import StepMessage, StepOutcome
+from kernel.contracts.steps import StepMessage, StepOutcome
 from kernel.dispatch_feed import DispatchFeed
 from kernel.effects import (
     BaseEffect,
@@ -21,7 +21,8 @@ from kernel.effects import (
     Refusal,
     StepContext,
 )
-from kernel.operations import OperationEngine, StartOperation
+from kernel.operation_commands import StartOperation
+from kernel.operations import OperationEngine
 from kernel.store.testing import scratch_application
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -273,5 +274,38 @@ def test_an_effect_that_changes_then_refuses_never_saves_its_change() -> None:
             engine.apply_outcomes([outcome(message, Claimed(claim_id=uuid4()))])
         assert app.repository.get(host.id).claims == {}
         assert host.id not in engine.cache  # the changed copy is forgotten
+    finally:
+        app.close()
+
+
+def test_a_domain_rule_raised_by_an_effect_fails_the_step_for_good() -> None:
+    """A plain KernelError from an effect (not a Refusal) means another attempt cannot do
+    better: the attempt fails, not retryable, with the error's own code, and nothing of the
+    effect is kept; the operation compensates what succeeded before it."""
+    from aggregates.errors import DomainRuleError
+
+    class Strict(BaseEffect):
+        def succeeded(self, scope: EffectScope, ctx: StepContext, result: msgspec.Raw) -> None:
+            scope.get(ctx.plan_args(ClaimArgs).host_id, Host)  # read only, then refuse
+            raise DomainRuleError("the host was retired meanwhile")
+
+    app = scratch_application()
+    engine = OperationEngine(app, clock=lambda: NOW,
+                             effects=Effects(steps={"test.claim": Strict()}))
+    try:
+        host = new_host(engine)
+        feed = DispatchFeed(app)
+        op_id = submit(engine, claim_step(host, 1, attempts=5))
+        [message] = dispatched(feed)
+        engine.apply_outcomes([outcome(message, Claimed(claim_id=uuid4()))])
+        op: Operation = app.repository.get(op_id)
+        [attempt] = op.step(message.step_id).attempts
+        assert (attempt.error_code, attempt.retryable) == ("domain_rule", False)
+        assert attempt.message == "the host was retired meanwhile"
+        assert attempt.retry_at is None  # 4 attempts left, none used: not retryable
+        assert op.state is OperationState.FAILED
+        assert op.failure is not None and op.failure.error_code == "domain_rule"
+        assert dispatched(feed) == []  # nothing retried, nothing to undo
+        assert app.repository.get(host.id).claims == {}
     finally:
         app.close()

@@ -12,9 +12,10 @@ from aggregates.errors import NotFoundError
 from aggregates.operation import Operation, OperationState
 from aggregates.plan import Compensation, Plan, PlannedStep, RetryPolicy
 from kernel.commands import CommandOutcome
-from kernel.contracts import StepMessage, StepOutcome
+from kernel.contracts.steps import StepMessage, StepOutcome
 from kernel.dispatch_feed import DispatchFeed
-from kernel.operations import CancelOperation, OperationEngine, StartOperation
+from kernel.operation_commands import CancelOperation, StartOperation
+from kernel.operations import OperationEngine
 from kernel.store.testing import scratch_application
 
 ARGS = msgspec.Raw(b'{"n":1}')
@@ -232,7 +233,7 @@ def test_feed_position_is_durable(engine: OperationEngine) -> None:
 
 
 def test_bulk_submission_is_one_idempotent_transaction(engine: OperationEngine) -> None:
-    from kernel.operations import StartOperation
+    from kernel.operation_commands import StartOperation
 
     specs = [StartOperation(kind="bulk", plan=Plan(steps=(step(),))) for _ in range(50)]
     out = engine.submit_many(specs, idempotency_key="bulk-1")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel.errors import ConfigError
+from aggregates.errors import ConfigError
 from kernel.settings import Settings, load_settings
 
 

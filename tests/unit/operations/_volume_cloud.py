@@ -17,7 +17,7 @@ from aggregates.storage_pool import PrimaryStoragePool
 from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import Volume
 from kernel.cloud.volumes import CreateVolumeCommand
-from kernel.contracts import StepMessage, StepOutcome
+from kernel.contracts.steps import StepMessage, StepOutcome
 from kernel.steps.backup import (
     BackupCreated,
     BackupDeleted,

@@ -6,8 +6,10 @@ import pytest
 
 from aggregates.base import natural_id
 from aggregates.entity_queue import (
+    Admission,
     EntityBusyError,
     EntityQueue,
+    QueueMismatchError,
     Queues,
     admit,
     release_all,
@@ -58,7 +60,7 @@ def test_first_comer_owns_the_rest_wait_in_order() -> None:
     assert roundtrip(queue) == queue
 
 
-def test_a_waiter_can_withdraw_and_a_stranger_release_is_harmless() -> None:
+def test_a_waiter_can_withdraw_and_a_stranger_release_is_refused() -> None:
     a, b, c = uuid4(), uuid4(), uuid4()
     queue = EntityQueue.open(uuid4())
     queue.acquire(a)
@@ -66,9 +68,27 @@ def test_a_waiter_can_withdraw_and_a_stranger_release_is_harmless() -> None:
     queue.acquire(c)
     assert queue.release(b) is None and queue.waiting == [c]
     version = queue.version
-    assert queue.release(uuid4()) is None and queue.release(b) is None
+    # A release from an operation the queue does not know means the copy is stale (another
+    # process changed the queue): it is never silently ignored.
+    for stranger in (uuid4(), b):
+        with pytest.raises(QueueMismatchError) as info:
+            queue.release(stranger)
+        assert info.value.owner == a and info.value.entity_id == queue.entity_id
     assert queue.version == version
     assert queue.release(a) == c
+
+
+def test_release_all_leaves_alone_the_entities_an_operation_never_reached() -> None:
+    queues: dict[UUID, EntityQueue] = {}
+    e1, e2, e3 = sorted(uuid4() for _ in range(3))
+    holder, waiter = uuid4(), uuid4()
+    assert admit(queues, holder, [e2]).ready
+    admission = admit(queues, waiter, [e1, e2, e3])
+    assert admission.waiting_on == e2 and e3 not in queues
+    assert release_all(queues, waiter, [e1, e2, e3], waiting_on=e2) == ()
+    assert not queues[e1].is_busy and queues[e2].waiting == [] and queues[e2].holds(holder)
+    with pytest.raises(QueueMismatchError):  # it never held e3: no queue, said loudly
+        release_all(queues, holder, [e2, e3])
 
 
 def test_refuse_when_busy_names_entity_and_owner() -> None:
@@ -133,3 +153,35 @@ def test_release_all_withdraws_a_cancelled_waiter_and_keeps_order() -> None:
 def test_an_operation_without_entities_is_ready() -> None:
     queues: Queues = {}
     assert admit(queues, uuid4(), []).ready and queues == {}
+
+
+def test_a_mismatch_names_the_queue_the_operation_and_the_owner() -> None:
+    entity, owner, stranger = uuid4(), uuid4(), uuid4()
+    queue = EntityQueue.open(entity, owner)
+    with pytest.raises(QueueMismatchError) as info:
+        queue.release(stranger)
+    error = info.value
+    assert (error.entity_id, error.operation_id, error.owner) == (entity, stranger, owner)
+    assert str(error) == (f"operation {stranger} neither owns nor waits for entity {entity} "
+                          f"(owner {owner}): this copy of its queue is stale")
+    missing = uuid4()
+    with pytest.raises(QueueMismatchError) as info:
+        release_all({entity: queue}, owner, [entity, missing])
+    # it holds `entity`; `missing` has no queue at all, in whichever order they come
+    assert (info.value.entity_id, info.value.operation_id, info.value.owner) == (
+        missing, owner, None)
+
+
+def test_admission_names_its_operation_and_a_refusal_names_the_refused_one() -> None:
+    e1, e2 = ids(2)
+    queues: Queues = {}
+    holder, other = uuid4(), uuid4()
+    assert admit(queues, holder, [e2]) == Admission(operation_id=holder, owned=(e2,),
+                                                    waiting_on=None)
+    assert admit(queues, other, [e1, e2]) == Admission(operation_id=other, owned=(e1,),
+                                                       waiting_on=e2)
+    refused = uuid4()
+    with pytest.raises(EntityBusyError) as info:
+        admit(queues, refused, [e2], refuse_when_busy=True)
+    assert (info.value.entity_id, info.value.owner_id, info.value.operation_id) == (
+        e2, holder, refused)

@@ -17,7 +17,7 @@ from aggregates.errors import DomainRuleError, NotFoundError
 from aggregates.host import Host, HostResourceState
 from aggregates.operation import Operation, OperationState
 from aggregates.vm import VirtualMachine
-from kernel.cloud.catalog import CLOUD_COMMANDS, cloud_effects
+from kernel.bootstrap.catalog import CLOUD_COMMANDS, cloud_effects
 from kernel.cloud.hosts import (
     CancelHostMaintenance,
     DisableHost,
@@ -27,9 +27,10 @@ from kernel.cloud.hosts import (
 from kernel.cloud.maintenance import PREPARE_KIND
 from kernel.cloud.vm_moves import RebootVm
 from kernel.cloud.vms import StopVm
-from kernel.contracts import StepMessage, StepOutcome
+from kernel.contracts.steps import StepMessage, StepOutcome
 from kernel.effects import AllOf, Effects, EffectScope
-from kernel.operations import OperationEngine, StartOperation
+from kernel.operation_commands import StartOperation
+from kernel.operations import OperationEngine
 from kernel.steps.hypervisor import DomainPower, PowerReport, ReportPower
 from kernel.steps.planner import FilterCounts, Placement, PlanPlacement
 

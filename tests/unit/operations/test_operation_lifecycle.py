@@ -3,6 +3,7 @@
 from datetime import datetime
 from uuid import uuid4
 
+import msgspec
 import pytest
 
 from aggregates.base import audit_context
@@ -126,6 +127,29 @@ def test_cancel_with_a_step_in_flight_waits_for_it_then_compensates() -> None:
     assert op.state is S.ROLLED_BACK and op.cancel_reason == "stop"
     assert op.step(c.step_id).status is StepStatus.PENDING
     assert roundtrip(op) == op
+
+
+def test_an_irreversible_step_once_dispatched_makes_the_cancel_refused() -> None:
+    # a domain powered off (vm.stop's stop) is not powered on again by a cancel: once such
+    # a step is sent, the operation goes to its end, so the model never says Running while
+    # the domain is off (the split-process test saw a cancelled stop do that)
+    a = step("a")
+    off = msgspec.structs.replace(step("off", a, compensate=False), irreversible=True)
+    op = running(a, off)
+    succeed(op, a.step_id)
+    assert op.forward_steps()[1].irreversible
+    d = op.dispatch(off.step_id, at(1))
+    with pytest.raises(InvalidTransitionError, match=r"step test\.run ran, and what it did "
+                       r"cannot be undone"):
+        op.cancel("stop", at(2))
+    assert not op.stopping and op.cancel_reason is None
+    assert op.record_success(off.step_id, d.attempt, OK, at(3))
+    assert op.state is S.SUCCEEDED
+    assert roundtrip(op) == op
+    # before it is sent, the cancel is taken and undoes what ran
+    early = running(a := step("a"), msgspec.structs.replace(step("off", a), irreversible=True))
+    succeed(early, a.step_id)
+    assert early.cancel("stop", at(1)) and early.state is S.COMPENSATING
 
 
 def test_cancel_with_a_failing_step_in_flight_does_not_retry_it() -> None:

@@ -238,7 +238,7 @@ def test_results_are_checked() -> None:
     op = running(a)
     op.dispatch(a.step_id, T0)
     with unchanged(op):
-        with pytest.raises(ValidationError, match="result is not valid JSON"):
+        with pytest.raises(ValidationError, match=f"^step {a.step_id}: result is not valid JSON"):
             op.record_success(a.step_id, 1, msgspec.Raw(b"{oops"), T0)
         with pytest.raises(ValidationError, match="error_code"):
             op.record_failure(a.step_id, 1, "", "no code", True, T0)

@@ -24,6 +24,7 @@ from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import Volume, VolumeState
 from kernel.cloud.repair import RepairEntity
 from kernel.cloud.vms import StopVm, placement_claim_id, pool_claim_id
+from kernel.cloud.volume_moves import DeleteVolumeCommand
 from projections.models import VmModel
 from projections.storage import VolumeModel
 
@@ -476,6 +477,50 @@ def test_volume_refusals_write_nothing(cloud: VolumeCloud, build: Callable[[Volu
     built = build(cloud)
     volume_id = built if isinstance(built, UUID) else built.id
     refused(cloud, volume_id, to, match, error or RepairRefusedError)
+
+
+def attached_to(cloud: VolumeCloud, *, expunged: bool) -> UUID:
+    """A Ready data volume attached to a Stopped VM, or to one since expunged while it was
+    attached (as `vm.destroy` left it before expunges detached data volumes)."""
+    vm, volume = stopped_vm(cloud), ready_volume(cloud)
+    volume.attach(vm.id, 1)
+    volume.attached()
+    vm.attach_disk(volume.id, 1)
+    if expunged:
+        vm.destroy()
+        vm.expunge()
+        vm.expunged()
+    cloud.app.save(vm, volume)
+    return volume.id
+
+
+def test_a_volume_left_attached_to_an_expunged_vm_is_detached_ready(
+        cloud: VolumeCloud) -> None:
+    volume_id = attached_to(cloud, expunged=True)
+    before: Volume = cloud.get(volume_id)
+    assert before.vm_id is not None
+    vm_id = before.vm_id
+    with pytest.raises(Exception, match="attached to vm"):  # stuck: delete refuses it
+        cloud.command(DeleteVolumeCommand(volume_id=volume_id))
+    done = repair(cloud, volume_id, "Ready")
+    assert (done["from_state"], done["to_state"]) == ("Ready", "Ready")
+    assert any("expunged" in line for line in done["also"])
+    volume: Volume = cloud.get(volume_id)  # replayed from the store
+    assert (volume.state, volume.vm_id, volume.device_id) == (VolumeState.READY, None, None)
+    assert volume_id not in cloud.get(vm_id).disks.values()
+    assert pool_claims(cloud, volume_id) == {volume.pool_id: volume.size_bytes}
+    row = fold(VolumeModel, volume_id, cloud)
+    assert (row["state"], row["vm_id"]) == ("Ready", None)
+    deleted = cloud.command(DeleteVolumeCommand(volume_id=volume_id))
+    cloud.run()
+    assert cloud.op(deleted).state is OperationState.SUCCEEDED
+    refused(cloud, volume_id, "Ready", "Expunged, a settled state")
+
+
+def test_a_volume_attached_to_a_vm_that_exists_is_not_repaired(cloud: VolumeCloud) -> None:
+    refused(cloud, attached_to(cloud, expunged=False), "Ready", "is Ready, a settled state")
+    refused(cloud, attached_to(cloud, expunged=True), "Destroy",
+            "which is expunged: repair it to Ready, detached")
 
 
 def test_refused_while_an_operation_holds_the_volume(cloud: VolumeCloud) -> None:

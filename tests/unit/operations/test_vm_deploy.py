@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from support.sample import load_sample_with_ready_template
 
+from aggregates.errors import ValidationError
 from aggregates.host import Host
 from aggregates.image_store import ImageStore
 from aggregates.offering import ServiceOffering
@@ -22,10 +23,10 @@ from aggregates.storage_pool import PrimaryStoragePool
 from aggregates.template import Template
 from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import Volume, VolumeState
-from kernel.cloud.catalog import CLOUD_COMMANDS, cloud_effects
-from kernel.cloud.directory import Directory
+from kernel.bootstrap.catalog import CLOUD_COMMANDS, cloud_effects
+from kernel.cloud.storage_pools import Directory
 from kernel.cloud.vms import DeployVm, DestroyVm, StartVm, StopVm
-from kernel.contracts import StepMessage, StepOutcome
+from kernel.contracts.steps import StepMessage, StepOutcome
 from kernel.dispatch_feed import DispatchFeed
 from kernel.operations import OperationEngine
 from kernel.steps.hypervisor import (
@@ -303,6 +304,52 @@ def test_stop_start_and_destroy(cloud: Cloud) -> None:
     assert cloud.domains == {} and cloud.volumes == set()
 
 
+def _cancel_with_define_in_flight(cloud: Cloud, operation_id: UUID) -> None:
+    """Answer every step until `hypervisor.define` is dispatched; cancel the operation then,
+    and let the define (which started the domain) succeed afterwards."""
+    in_flight: list[StepMessage] = []
+    while not in_flight:
+        messages, position = cloud.feed.read(cloud.feed.position())
+        cloud.feed.commit(position)
+        assert messages, "hypervisor.define was never dispatched"
+        in_flight = [m for m in messages if m.action == "define"]
+        cloud.engine.apply_outcomes([cloud.answer(m) for m in messages
+                                     if m.action != "define"])
+    cloud.engine.cancel(operation_id, "the client changed its mind",
+                        idempotency_key=f"c-{uuid4()}")
+    cloud.engine.apply_outcomes([cloud.answer(m) for m in in_flight])
+    cloud.run()
+
+
+def test_a_deploy_cancelled_while_its_domain_starts_leaves_no_running_vm(
+        cloud: Cloud) -> None:
+    # Found by tests/integration/test_split_processes.py: the define succeeded after the
+    # cancel and recorded the VM Running; its compensation undefined the domain and the
+    # deploy's end released the claim, leaving a VM Running with no domain and no claim.
+    accepted = deploy(cloud)
+    _cancel_with_define_in_flight(cloud, UUID(accepted["operation_id"]))
+    op: Operation = cloud.get(UUID(accepted["operation_id"]))
+    vm: VirtualMachine = cloud.get(UUID(accepted["vm_id"]))
+    assert op.state is OperationState.ROLLED_BACK
+    assert vm.state is VmState.ERROR and len(vm.avoid_hosts) == 0  # not tried elsewhere
+    assert cloud.domains == {} and cloud.claims() == {} and cloud.pool_claims() == 0
+    assert len(cloud.ids("operation.Accepted")) == 1  # no deploy again elsewhere
+
+
+def test_a_start_cancelled_while_its_domain_starts_leaves_the_vm_stopped(
+        cloud: Cloud) -> None:
+    vm_id = UUID(deploy(cloud)["vm_id"])
+    cloud.run()
+    cloud.command(StopVm(vm_id=vm_id))
+    cloud.run()
+    start = cloud.command(StartVm(vm_id=vm_id))
+    _cancel_with_define_in_flight(cloud, UUID(start["operation_id"]))
+    vm: VirtualMachine = cloud.get(vm_id)
+    assert cloud.get(UUID(start["operation_id"])).state is OperationState.ROLLED_BACK
+    assert vm.state is VmState.STOPPED and vm.host_id is None
+    assert cloud.domains == {} and cloud.claims() == {}
+
+
 def test_bad_deploys_are_refused_and_write_nothing(cloud: Cloud) -> None:
     head = cloud.app.recorder.max_notification_id()
     offering = next(o for o in cloud.ids("service_offering.Created"))
@@ -363,3 +410,60 @@ def test_destroying_a_stopped_vm_destroys_it_at_once_and_expunges_it(cloud: Clou
     vm: VirtualMachine = cloud.get(vm_id)
     assert vm.state is VmState.DESTROYED
     assert cloud.get(UUID(accepted["volume_id"])).state is VolumeState.READY
+
+
+def deploy_sized(cloud: Cloud, root_size_bytes: int | None) -> dict[str, Any]:
+    template = next(t for t in cloud.ids("template.Registered")
+                    if cloud.get(t).state.value == "Ready")
+    offering = next(o for o in cloud.ids("service_offering.Created")
+                    if cloud.get(o).name == "small")
+    return cloud.command(DeployVm(name="web-1", account="alice",
+                                  zone_id=cloud.get(template).zone_id,
+                                  service_offering_id=offering, template_id=template,
+                                  root_size_bytes=root_size_bytes))
+
+
+def test_the_root_disk_is_the_templates_disk_or_the_larger_size_asked_for(
+        cloud: Cloud) -> None:
+    # The sample template holds a 2 GiB disk. A deploy makes its root disk that size, or
+    # larger when asked; the volume is created (bound) at exactly the size recorded.
+    for asked, recorded in ((None, 2 * GIB), (5 * GIB, 5 * GIB), (2 * GIB, 2 * GIB)):
+        accepted = deploy_sized(cloud, asked)
+        cloud.run()
+        volume: Volume = cloud.get(UUID(accepted["volume_id"]))
+        create = next(msgspec.json.decode(m.args, type=CreateVolume) for m in cloud.seen
+                      if m.action == "create_volume" and m.operation_id ==
+                      UUID(accepted["operation_id"]))
+        assert volume.size_bytes == create.capacity_bytes == recorded
+        assert volume.state is VolumeState.READY
+    head = cloud.app.recorder.max_notification_id()
+    for asked, field in ((GIB, "root_size_bytes: 1073741824 is smaller than the disk of "
+                                "template"),
+                         (2 * GIB + 1, "root_size_bytes: 2147483649 is not a positive "
+                                       "multiple of 512")):
+        with pytest.raises(ValidationError, match=field):
+            deploy_sized(cloud, asked)
+    assert cloud.app.recorder.max_notification_id() == head
+
+
+def test_a_root_disk_made_at_another_size_than_recorded_is_refused(cloud: Cloud) -> None:
+    # A storage plugin that made the disk at the template's size instead of the size asked
+    # for: the kernel records no volume Ready at a size it is not.
+    answer = cloud.answer
+
+    def template_sized(m: StepMessage) -> StepOutcome:
+        outcome = answer(m)
+        if m.action == "create_volume":
+            info = msgspec.json.decode(outcome.result, type=VolumeInfo)
+            outcome = msgspec.structs.replace(outcome, result=msgspec.Raw(msgspec.json.encode(
+                msgspec.structs.replace(info, capacity_bytes=2 * GIB))))
+        return outcome
+
+    cloud.answer = template_sized  # type: ignore[method-assign]
+    accepted = deploy_sized(cloud, 4 * GIB)
+    cloud.run()
+    op: Operation = cloud.get(UUID(accepted["operation_id"]))
+    assert op.state is not OperationState.SUCCEEDED
+    assert "size_mismatch" in str(op.step(op.failed_step).attempts[-1].error_code)
+    assert cloud.get(UUID(accepted["volume_id"])).state is VolumeState.EXPUNGED
+    assert cloud.get(UUID(accepted["vm_id"])).state is VmState.ERROR

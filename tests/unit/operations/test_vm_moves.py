@@ -14,6 +14,7 @@ from uuid import UUID, uuid4
 import msgspec
 import pytest
 
+from aggregates.errors import InvalidTransitionError
 from aggregates.host import Host
 from aggregates.network import Network
 from aggregates.nic import Nic
@@ -23,7 +24,7 @@ from aggregates.vm import VirtualMachine, VmState
 from aggregates.volume import Volume
 from kernel.bootstrap import SAMPLE_INVENTORY
 from kernel.cloud.vm_moves import SOURCE_RETRY, MigrateVm, RebootVm, migration_claim_id
-from kernel.cloud.vms import DeployVm, StopVm
+from kernel.cloud.vms import DeployVm, DestroyVm, StopVm
 from kernel.commands import CommandService
 from kernel.inventory.loader import LoadInventory, handle_load_inventory, load_inventory_file
 from kernel.steps.hypervisor import MigrateDomain, RebootDomain
@@ -163,6 +164,25 @@ def test_a_cancelled_migration_moves_the_vm_back(cloud: VolumeCloud) -> None:
     assert cloud.op(moved).state is OperationState.ROLLED_BACK
     assert cloud.kinds()[-1] == "undo hypervisor.migrate"
     runs_only_on(cloud, vm.id, vm.host_id)
+
+
+@pytest.mark.parametrize("kind", ["stop", "destroy"])
+def test_a_stop_cannot_be_cancelled_once_its_power_off_is_sent(cloud: VolumeCloud,
+                                                                kind: str) -> None:
+    # the domain goes off whatever the cancel says: the VM must end Stopped (Destroyed),
+    # never Running again with its domain off (the reconciler found that at quiescence)
+    vm = running_vm(cloud)
+    command = StopVm(vm_id=vm.id) if kind == "stop" else DestroyVm(vm_id=vm.id)
+    accepted = cloud.command(command)
+    step = cloud.run_until("hypervisor.stop")
+    with pytest.raises(InvalidTransitionError, match=r"hypervisor\.stop ran"):
+        cloud.engine.cancel(UUID(accepted["operation_id"]), "no", idempotency_key="c")
+    cloud.engine.apply_outcomes([cloud.answer(step)])
+    cloud.run()
+    assert cloud.op(accepted).state is OperationState.SUCCEEDED
+    ended = cloud.get(vm.id)
+    assert ended.state is (VmState.STOPPED if kind == "stop" else VmState.EXPUNGED)
+    assert vm.id not in cloud.domains
 
 
 def test_a_stale_planner_proposal_is_avoided_and_planned_again(cloud: VolumeCloud) -> None:

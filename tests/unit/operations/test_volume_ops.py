@@ -16,14 +16,16 @@ import pytest
 from aggregates.backup import Backup, BackupState
 from aggregates.operation import OperationState
 from aggregates.snapshot import Snapshot, SnapshotState
+from aggregates.vm import VmState
 from aggregates.volume import Volume, VolumeState
-from kernel.cloud.vms import StopVm, pool_claim_id
+from kernel.cloud.vms import DestroyVm, StopVm, pool_claim_id
 from kernel.cloud.volume_copies import (
     BackupVmCommand,
     RestoreVmCommand,
     RevertVolumeCommand,
     SnapshotVolumeCommand,
 )
+from kernel.cloud.volume_moves import DeleteVolumeCommand
 from kernel.cloud.volumes import (
     AttachVolumeCommand,
     CreateVolumeCommand,
@@ -204,6 +206,56 @@ def test_a_stopped_vm_loses_the_disk_from_its_record(cloud: VolumeCloud) -> None
     cloud.run()
     assert cloud.get(vm.id).disks == {0: vm.root_volume_id}
     assert cloud.get(volume.id).vm_id is None
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["running", "stopped"])
+def test_an_expunged_vm_leaves_its_data_volume_ready_and_detached(
+        cloud: VolumeCloud, stopped: bool) -> None:
+    vm, volume = running_vm(cloud), ready_volume(cloud)
+    cloud.command(AttachVolumeCommand(volume_id=volume.id, vm_id=vm.id))
+    cloud.run()
+    if stopped:
+        cloud.command(StopVm(vm_id=vm.id))
+        cloud.run()
+    destroyed = cloud.command(DestroyVm(vm_id=vm.id))
+    cloud.run()
+    assert cloud.op(destroyed).state is OperationState.SUCCEEDED
+    assert cloud.get(vm.id).state is VmState.EXPUNGED and cloud.get(vm.id).disks == {}
+    volume = cloud.get(volume.id)
+    assert (volume.state, volume.vm_id, volume.device_id) == (VolumeState.READY, None, None)
+    assert volume.path in cloud.volumes  # its storage stays: only the root disk is deleted
+    # it is an ordinary detached volume again: it attaches to another VM, and is deleted
+    other = running_vm(cloud, "web-2")
+    attached = cloud.command(AttachVolumeCommand(volume_id=volume.id, vm_id=other.id))
+    cloud.run()
+    assert cloud.op(attached).state is OperationState.SUCCEEDED
+    cloud.command(DetachVolumeCommand(volume_id=volume.id))
+    cloud.run()
+    deleted = cloud.command(DeleteVolumeCommand(volume_id=volume.id))
+    cloud.run()
+    assert cloud.op(deleted).state is OperationState.SUCCEEDED
+    assert cloud.get(volume.id).state is VolumeState.EXPUNGED
+    assert volume.path not in cloud.volumes
+
+
+def test_a_destroyed_vm_kept_unexpunged_keeps_its_data_volume(cloud: VolumeCloud) -> None:
+    vm, volume = running_vm(cloud), ready_volume(cloud)
+    cloud.command(AttachVolumeCommand(volume_id=volume.id, vm_id=vm.id))
+    cloud.run()
+    cloud.command(DestroyVm(vm_id=vm.id, expunge=False))
+    cloud.run()
+    assert cloud.get(vm.id).state is VmState.DESTROYED
+    assert cloud.get(volume.id).vm_id == vm.id and volume.id in cloud.get(vm.id).disks.values()
+
+
+def test_an_expunge_holds_the_data_volumes_it_detaches(cloud: VolumeCloud) -> None:
+    vm, volume = running_vm(cloud), ready_volume(cloud)
+    cloud.command(AttachVolumeCommand(volume_id=volume.id, vm_id=vm.id))
+    cloud.run()
+    cloud.command(StopVm(vm_id=vm.id))
+    cloud.run()
+    destroyed = cloud.command(DestroyVm(vm_id=vm.id, expunge_delay_seconds=3600))
+    assert volume.id in cloud.op(destroyed).entity_ids
 
 
 # --------------------------------------------------------------------------- resize

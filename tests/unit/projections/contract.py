@@ -16,9 +16,9 @@ from eventsourcing.persistence import IntegrityError, Tracking
 
 from aggregates.operation import Operation
 from aggregates.plan import Plan
+from kernel.bootstrap.migrations import migrate_all
 from kernel.settings import Settings
 from kernel.store.application import KernelApplication, PlatformApplication, open_application
-from kernel.store.migrate import migrate
 from projections.models import OperationModel, RowModel, VmModel
 from projections.runner import ProjectionRunner
 from projections.views import RowView, open_view
@@ -49,7 +49,7 @@ class ProjectionContract:
 
     @pytest.fixture
     def app(self, settings: Settings) -> Iterator[KernelApplication]:
-        migrate(settings)
+        migrate_all(settings)
         app = open_application(PlatformApplication, settings)
         yield app
         app.close()

@@ -15,7 +15,7 @@ from aggregates.operation import Operation
 from aggregates.unmanaged import Disposition, UnmanagedDomain
 from aggregates.vm import PowerState, VirtualMachine, VmState
 from kernel.cloud.vms import DeployVm, StopVm
-from kernel.contracts import StepMessage, StepOutcome
+from kernel.contracts.steps import StepMessage, StepOutcome
 from kernel.reality.reconciler import RealityPolicy, Reconciler
 from kernel.steps.hypervisor import DomainPower, FenceHost, HostFenced, PowerReport
 
@@ -318,3 +318,30 @@ def test_a_vm_that_moved_behind_our_back_is_followed_never_started_twice(
     assert [c[0] for c in cloud.get(target.id).claims.values()] == [vm.id]
     assert cloud.get(source.id).claims == {}
     assert cloud.ops("vm.start") == [] and cloud.ops("vm.enforce_stop") == []
+
+
+def test_a_report_taken_before_a_stop_ended_never_adopts_the_stopped_vm(
+        cloud: RealityCloud) -> None:
+    """Found by the split-process test: a report taken while a VM ran, applied after its
+    vm.stop ended, adopted it Running again with a claim and no domain."""
+    vm = cloud.deploy("web-1")
+    host = cloud.host_of(vm)
+    reconciler = cloud.reconciler()
+    reconciler.observe([cloud.report(host.uri)])  # the reconciler has seen it Running
+    stale = cloud.report(host.uri)  # taken now, applied only after the stop below
+    cloud.command(StopVm(vm_id=vm.id))
+    cloud.run()
+    assert cloud.get(vm.id).state is VmState.STOPPED and vm.id not in cloud.domains
+    reconciler.observe([stale])
+    after = cloud.get(vm.id)
+    assert (after.state, after.host_id) == (VmState.STOPPED, None)
+    assert cloud.get(host.id).claims == {}
+    assert cloud.ops("vm.enforce_stop") == []  # nothing acted on the stale sight
+    # a report taken after the stop shows what is true; one that shows it running
+    # again (started behind our back) is acted on as before
+    reconciler.observe([cloud.report(host.uri)])
+    assert cloud.get(vm.id).state is VmState.STOPPED
+    cloud.domains[vm.id] = host.uri
+    reconciler.observe([cloud.report(host.uri)])
+    assert cloud.get(vm.id).state is VmState.RUNNING  # adopted, with its claim
+    assert [c[0] for c in cloud.get(host.id).claims.values()] == [vm.id]

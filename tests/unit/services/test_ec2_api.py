@@ -1,181 +1,13 @@
-"""The EC2 service's HTTP side driven by boto3, over fakes of what it reaches through NATS:
-signatures are checked by a fake ACL (with the real SigV4 helpers), and commands run on the
-in-memory engine of the operation tests (its subsystems answered by their harness), whose
-public events feed the tenant view as the relay and the durable consumer would."""
+"""The EC2 service's HTTP side driven by boto3, over the fakes of `ec2_harness`."""
 
 import asyncio
-import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 from uuid import UUID
 
-import boto3
-import msgspec
 import pytest
-from aiohttp import web
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from aggregates.errors import (
-    DomainRuleError,
-    IdempotencyKeyReusedError,
-    NotFoundError,
-    UnauthenticatedError,
-    ValidationError,
-)
-from gateways.acl.client import AclPrincipal
-from gateways.acl.sigv4 import signature as sigv4_signature
-from gateways.ownership import owner_of, store_lookup
-from gateways.services.ec2.auth import Authenticator, Caller
-from gateways.services.ec2.context import Refused
-from gateways.services.ec2.service import Ec2Http
-from gateways.services.ec2.store import Ec2Store
-from gateways.services.tenant_view import TenantView
-from kernel.cloud.vms import DeployVm, DestroyVm, StartVm, StopVm
-from kernel.cloud.volume_copies import SnapshotVolumeCommand
-from kernel.cloud.volume_moves import DeleteVolumeCommand
-from kernel.cloud.volumes import AttachVolumeCommand, CreateVolumeCommand, DetachVolumeCommand
-from kernel.event_feed import EventFeed
-from tests.unit.operations._volume_cloud import VolumeCloud, make_cloud
-from tests.unit.services.test_tenant_view import Event, wanted
-
-REGION = "test-1"
-COMMANDS: dict[str, type[Any]] = {
-    "vm.deploy": DeployVm, "vm.start": StartVm, "vm.stop": StopVm, "vm.destroy": DestroyVm,
-    "volume.create": CreateVolumeCommand, "volume.attach": AttachVolumeCommand,
-    "volume.detach": DetachVolumeCommand, "volume.snapshot": SnapshotVolumeCommand,
-    "volume.delete": DeleteVolumeCommand}
-KEYS = {"ak_alice": ("alice-secret", "alice"), "ak_bob": ("bob-secret", "bob")}
-
-
-class FakeAcl:
-    """Checks signatures as the ACL responder does, with known secrets."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def verify_sigv4(self, *, access_key_id: str, date: str, region: str, service: str,
-                           string_to_sign: str, signature: str) -> tuple[str, AclPrincipal]:
-        self.calls += 1
-        if access_key_id not in KEYS:
-            raise UnauthenticatedError(f"unknown access key id {access_key_id!r}")
-        secret, user = KEYS[access_key_id]
-        if sigv4_signature(secret, date, region, service, string_to_sign) != signature:
-            raise UnauthenticatedError("the SigV4 signature does not match the request")
-        return f"token-{user}", AclPrincipal(actor=user, account=user, role="user",
-                                             domain="ROOT", key_id=access_key_id)
-
-
-@dataclass
-class Done:
-    result: Any
-    positions: tuple[int, ...]
-
-
-class EnginePlatform:
-    """The platform as the service sees it, over the in-memory engine."""
-
-    def __init__(self, cloud: VolumeCloud, view: TenantView, store: Ec2Store) -> None:
-        self.cloud, self.view, self.store, self.region = cloud, view, store, REGION
-        self.sent: list[tuple[str, str]] = []
-
-    def feed(self) -> None:
-        found = [Event(e) for e in EventFeed(self.cloud.app).read(self.view.position, 100_000)]
-        for event in wanted(self.view, found):
-            self.view.apply(event)
-
-    async def command(self, caller: Caller, tag: str, body: Mapping[str, Any], *,
-                      idempotency_key: str) -> Done:
-        command = msgspec.json.decode(msgspec.json.encode(dict(body)), type=COMMANDS[tag])
-        self.sent.append((tag, idempotency_key))
-        try:
-            owner = owner_of(command, store_lookup(self.cloud.app.repository))
-            if owner is not None and owner != caller.account:
-                raise Refused("forbidden", f"{caller.principal.actor} may not touch {owner}'s")
-            out = self.cloud.engine.execute(command, actor=caller.principal.actor,
-                                            idempotency_key=f"{caller.principal.actor}/"
-                                                            f"{idempotency_key}")
-        except NotFoundError as e:
-            raise Refused("not_found", str(e)) from None
-        except IdempotencyKeyReusedError as e:
-            raise Refused("idempotency_key_reused", str(e)) from None
-        except (ValidationError, DomainRuleError) as e:
-            raise Refused("invalid", str(e)) from None
-        return Done(msgspec.json.decode(out.result), out.positions)
-
-    async def settle(self, outcome: Any, timeout: float = 5.0) -> None:
-        self.feed()
-
-
-class Served:
-    """The service's HTTP app on loopback, in a thread of its own."""
-
-    def __init__(self, http: Ec2Http) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(http.app())
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-
-    async def _start(self) -> int:
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        return int(self.runner.addresses[0][1])
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-@dataclass
-class Stack:
-    cloud: VolumeCloud
-    platform: EnginePlatform
-    acl: FakeAcl
-    served: Served
-    enabled: list[bool]
-
-    def client(self, key: str = "ak_alice", secret: str | None = None) -> Any:
-        return boto3.client("ec2", endpoint_url=f"http://127.0.0.1:{self.served.port}",
-                            region_name=REGION, aws_access_key_id=key,
-                            aws_secret_access_key=secret or KEYS.get(key, ("x",))[0],
-                            config=Config(retries={"max_attempts": 1}))
-
-    def progress(self) -> None:
-        """The subsystems answer every step; the view follows."""
-        self.cloud.run()
-        self.platform.feed()
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    cloud = make_cloud()
-    view, store = TenantView(tmp_path / "view.db"), Ec2Store(tmp_path / "ec2.db")
-    platform = EnginePlatform(cloud, view, store)
-    platform.feed()
-    acl, enabled = FakeAcl(), [True]
-    served = Served(Ec2Http(platform, Authenticator(acl, region=REGION),  # type: ignore[arg-type]
-                            enabled=lambda: enabled[0]))
-    yield Stack(cloud, platform, acl, served, enabled)
-    served.close()
-    view.close()
-    store.close()
-    cloud.app.close()
-
-
-def code_of(e: pytest.ExceptionInfo[ClientError]) -> str:
-    return str(e.value.response["Error"]["Code"])
-
-
-def image_id(ec2: Any) -> str:
-    images = ec2.describe_images(Filters=[{"Name": "state", "Values": ["available"]}])
-    [image] = images["Images"]
-    assert image["Name"] == "empty-qcow2"
-    return str(image["ImageId"])
+from services.ec2.auth import Authenticator, Caller
+from tests.unit.services.ec2_harness import REGION, FakeAcl, Stack, code_of, image_id
 
 
 def test_a_whole_lifecycle_through_boto3(stack: Stack) -> None:
@@ -217,7 +49,9 @@ def test_a_whole_lifecycle_through_boto3(stack: Stack) -> None:
     assert stop["CurrentState"]["Name"] == "stopping"
     stack.progress()
     assert stack.cloud.get(vm_id).state.value == "Stopped"
-    again_stop = ec2.stop_instances(InstanceIds=[iid])["StoppingInstances"][0]
+    # (Force: other bytes. The same bytes signed in the same second would be a replay, and
+    # get the first stop's answer.)
+    again_stop = ec2.stop_instances(InstanceIds=[iid], Force=False)["StoppingInstances"][0]
     assert again_stop["PreviousState"]["Name"] == again_stop["CurrentState"]["Name"] == \
         "stopped"
     start = ec2.start_instances(InstanceIds=[iid])["StartingInstances"][0]
@@ -281,7 +115,8 @@ def test_errors_have_ec2s_codes(stack: Stack) -> None:
     assert code_of(e) == "InvalidAction"
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     with pytest.raises(ClientError) as e:
-        ec2.create_key_pair(KeyName="dup") and ec2.create_key_pair(KeyName="dup")
+        # (KeyType: other bytes; the same ones in the same second would be a replay)
+        ec2.create_key_pair(KeyName="dup") and ec2.create_key_pair(KeyName="dup", KeyType="rsa")
     assert code_of(e) == "InvalidKeyPair.Duplicate"
     assert stack.platform.sent == []  # nothing reached the platform
 
@@ -329,7 +164,7 @@ def test_a_tenant_sees_and_touches_only_its_own_account(stack: Stack) -> None:
     assert all(stack.cloud.get(UUID(hex=i[2:])).state.value == "Running" for i in ids)
 
 
-def test_an_identical_signed_request_is_verified_once() -> None:
+def test_every_signed_request_is_checked_by_the_acl_and_a_replay_is_named() -> None:
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
@@ -346,10 +181,12 @@ def test_an_identical_signed_request_is_verified_once() -> None:
         return [await auth.caller("POST", "/", "", headers, body) for _ in range(2)]
 
     first, second = asyncio.run(twice())
-    assert first == second and first.principal.actor == "alice" and acl.calls == 1
+    assert first.principal == second.principal and first.principal.actor == "alice"
+    assert (first.replayed, second.replayed, acl.calls) == (False, True, 2)
+    assert first.fingerprint == second.fingerprint and len(first.fingerprint) == 64
     with pytest.raises(Exception) as e:
         asyncio.run(auth.caller("POST", "/", "", headers, body + b"&x=1"))
-    assert getattr(e.value, "code", "") == "SignatureDoesNotMatch" and acl.calls == 2
+    assert getattr(e.value, "code", "") == "SignatureDoesNotMatch" and acl.calls == 3
 
 
 def test_a_presigned_get_is_authenticated_and_served(stack: Stack) -> None:

@@ -6,8 +6,8 @@ from uuid import uuid4
 
 import pytest
 
-from gateways.services.ec2.auth import auth_error
-from gateways.services.ec2.ids import (
+from services.ec2.auth import auth_error
+from services.ec2.ids import (
     IMAGE,
     INSTANCE,
     SNAPSHOT,
@@ -19,7 +19,7 @@ from gateways.services.ec2.ids import (
     reservation_of,
     to_ec2,
 )
-from gateways.services.ec2.protocol import (
+from services.ec2.protocol import (
     NAMESPACE,
     Ec2Error,
     Params,
@@ -27,7 +27,7 @@ from gateways.services.ec2.protocol import (
     response,
     timestamp,
 )
-from gateways.services.ec2.store import Ec2Store, generate
+from services.ec2.store import Ec2Store, generate
 
 NS = {"ec2": NAMESPACE}
 
@@ -163,7 +163,7 @@ def test_an_expired_presigned_request_is_refused() -> None:
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    from gateways.services.ec2.auth import presigned_request
+    from services.ec2.auth import presigned_request
 
     request = AWSRequest(method="GET", url="http://h:1/?Action=DescribeRegions")
     SigV4QueryAuth(Credentials("ak_a", "s"), "ec2", "r-1", expires=60).add_auth(request)
@@ -188,7 +188,7 @@ def test_numbered_structures_are_read_as_one_params_each() -> None:
 
 
 def test_page_tokens_hold_the_last_key_and_refuse_another_query() -> None:
-    from gateways.services.ec2.pages import page_of, paginate
+    from services.ec2.pages import page_of, paginate
 
     asked = Params([("Action", "DescribeVolumes"), ("MaxResults", "5"),
                     ("Filter.1.Name", "size"), ("Filter.1.Value.1", "1")])

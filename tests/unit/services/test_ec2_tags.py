@@ -1,6 +1,6 @@
 """EC2 tags (CreateTags, DeleteTags, DescribeTags, TagSpecification, tagSet, tag filters) and
 pagination (MaxResults/NextToken, boto3's paginators), driven by boto3 against the HTTP app
-over the fakes of `test_ec2_api`."""
+over the fakes of `ec2_harness`."""
 
 from typing import Any
 from uuid import UUID
@@ -9,10 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from kernel.cloud.vms import DeployVm
-from tests.unit.services import test_ec2_api
-from tests.unit.services.test_ec2_api import Stack, code_of, image_id
-
-stack = test_ec2_api.stack  # the fixture: the HTTP app over the in-memory engine
+from tests.unit.services.ec2_harness import Stack, code_of, image_id
 
 
 def tagged(tags: list[dict[str, str]]) -> dict[str, str]:

@@ -17,10 +17,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from jsonschema import Draft202012Validator
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
-from gateways.services.enduser.auth import Authenticator
-from gateways.services.enduser.openapi import openapi_document
-from gateways.services.enduser.routes import EndUser, make_app
-from gateways.services.tenant_view import TenantView
+from services.enduser.auth import Authenticator
+from services.enduser.openapi import openapi_document
+from services.enduser.routes import EndUser, make_app
+from services.framework.tenant_view import TenantView
 
 from .test_enduser_routes import (
     ALICE_VM,

@@ -3,20 +3,22 @@ and a fake ACL: tenancy, the error shape, idempotency keys and the admin's switc
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from aggregates.errors import UnauthenticatedError
-from gateways.acl.client import AclPrincipal
-from gateways.services.enduser.auth import Authenticator
-from gateways.services.enduser.routes import EndUser, make_app
-from gateways.services.framework import CommandRefusedError
-from gateways.services.tenant_view import TenantView
+from aggregates.errors import UnauthenticatedError, ValidationError
+from services.acl.client import AclPrincipal
+from services.enduser.auth import Authenticator
+from services.enduser.routes import EndUser, make_app
+from services.framework.framework import CommandRefusedError
+from services.framework.tenant_view import TenantView
 
 ZONE, TEMPLATE, OFFERING = uuid4(), uuid4(), uuid4()
 ALICE_VM, BOB_VM, ALICE_VOLUME, OPERATION = uuid4(), uuid4(), uuid4(), uuid4()
@@ -195,10 +197,12 @@ def test_errors_are_json_and_a_disabled_service_answers_503(tmp_path: Path) -> N
         status, error = await call(client, "POST", "/v1/volumes", body={"name": "v"},
                                    key="v-1")
         assert status == 400 and "zone_id" in error["error"]["message"]
-        # A refusal of the platform keeps its code and field.
-        runtime.refuse = CommandRefusedError("invalid", "template t is Downloading", "x")
+        # A refusal of the platform keeps its code, and names the field by the request's
+        # own name (the path's id for the command's vm_id); a well-formed request the
+        # platform refuses is a conflict with its state.
+        runtime.refuse = CommandRefusedError("invalid", "template t is Downloading", "vm_id")
         status, error = await call(client, "POST", f"/v1/vms/{ALICE_VM}/start")
-        assert (status, error) == (400, {"error": {"code": "invalid", "field": "x",
+        assert (status, error) == (409, {"error": {"code": "invalid", "field": "id",
                                                    "message": "template t is Downloading"}})
         # Tokens are cached a few seconds: one ACL check for several calls.
         asked = acl.asked
@@ -214,5 +218,133 @@ def test_errors_are_json_and_a_disabled_service_answers_503(tmp_path: Path) -> N
             assert "enduser service is disabled" in error["error"]["message"]
         runtime.enabled = True
         assert (await call(client, "GET", "/v1/vms"))[0] == 200
+
+    run(tmp_path, scenario)
+
+
+DEPLOY = {"name": "web", "zone_id": str(ZONE), "offering_id": str(OFFERING),
+          "template_id": str(TEMPLATE)}
+
+
+def test_a_platform_refusal_names_the_requests_own_field_and_is_clipped(
+        tmp_path: Path) -> None:
+    async def scenario(client: TestClient, runtime: FakeRuntime, acl: FakeAcl) -> None:
+        runtime.refuse = CommandRefusedError(
+            "invalid", f"service_offering_id: {OFFERING} is not an active service offering",
+            "service_offering_id")
+        status, error = await call(client, "POST", "/v1/vms", body=DEPLOY, key="k-1")
+        assert (status, error["error"]["code"], error["error"]["field"]) == \
+            (409, "invalid", "offering_id"), error
+        runtime.refuse = CommandRefusedError("invalid", "vm name " + repr("n" * 10_000) +
+                                             " must be 1-63 letters", "name")
+        status, error = await call(client, "POST", "/v1/vms", body=DEPLOY, key="k-2")
+        assert (status, error["error"]["field"]) == (409, "name"), error
+        assert len(error["error"]["message"]) < 200, error  # the value is not echoed whole
+        runtime.refuse = CommandRefusedError("invalid", "a rule", "account")
+        status, error = await call(client, "POST", "/v1/vms", body=DEPLOY, key="k-3")
+        assert error["error"]["field"] is None, error  # not a field of the request
+        runtime.refuse = None
+        status, error = await call(client, "POST", "/v1/vms",
+                                   body={**DEPLOY, "network_ids": [str(ZONE), 7]}, key="k-4")
+        assert (status, error["error"]["field"]) == (400, "network_ids[1]"), error
+
+    run(tmp_path, scenario)
+
+
+def test_an_unavailable_platform_is_503_with_retry_after(tmp_path: Path) -> None:
+    async def scenario(client: TestClient, runtime: FakeRuntime, acl: FakeAcl) -> None:
+        runtime.refuse = CommandRefusedError("unavailable", "the event store cannot be "
+                                             "reached now: retry with the same key")
+        response = await client.post(f"/v1/vms/{ALICE_VM}/start",
+                                     headers={"Authorization": "Bearer t-alice",
+                                              "Idempotency-Key": "start-1"})
+        assert response.status == 503 and response.headers["Retry-After"] == "5"
+        assert (await response.json())["error"]["code"] == "unavailable"
+
+    run(tmp_path, scenario)
+
+
+def test_the_answers_agree_with_the_document(tmp_path: Path) -> None:
+    """What schemathesis' checks found: an undeclared method is 405 with `Allow`, an empty or
+    overlong Idempotency-Key is refused as the document's pattern says, a schema-valid value
+    (an integral number written 3.0) is accepted, and a well-formed request the platform
+    refuses is 409."""
+    async def scenario(client: TestClient, runtime: FakeRuntime, acl: FakeAcl) -> None:
+        for method, path, allow in (("PUT", "/v1/vms", "GET, HEAD, POST"),
+                                    ("TRACE", "/healthz", "GET, HEAD"),
+                                    ("PATCH", f"/v1/volumes/{ALICE_VOLUME}",
+                                     "DELETE, GET, HEAD")):
+            response = await client.request(method, path,
+                                            headers={"Authorization": "Bearer t-alice"})
+            assert response.status == 405, (method, path)
+            assert response.headers["Allow"] == allow, (method, path)
+            assert (await response.json())["error"]["code"] == "method_not_allowed"
+        for key in ("", " ", "x" * 121, "a b", "é"):
+            status, error = await call(client, "POST", "/v1/vms", body=DEPLOY, key=key)
+            assert (status, error["error"]["field"]) == (400, "Idempotency-Key"), (key, error)
+            status, error = await call(client, "POST", f"/v1/vms/{ALICE_VM}/stop", key=key)
+            assert (status, error["error"]["field"]) == (400, "Idempotency-Key"), (key, error)
+        assert runtime.sent == []
+        status, _ = await call(client, "POST", "/v1/vms", body={**DEPLOY,
+                                                                "root_size_bytes": 2048.0},
+                               key="x" * 120)
+        assert status == 202 and runtime.sent[-1][1]["root_size_bytes"] == 2048
+        assert isinstance(runtime.sent[-1][1]["root_size_bytes"], int)
+        status, error = await call(client, "POST", "/v1/vms", body={**DEPLOY,
+                                                                    "root_size_bytes": 2.5},
+                                   key="k-2")
+        assert (status, error["error"]["field"]) == (400, "root_size_bytes"), error
+        runtime.refuse = CommandRefusedError("invalid", "template t is Downloading")
+        status, error = await call(client, "POST", "/v1/vms", body=DEPLOY, key="k-3")
+        assert (status, error["error"]["code"]) == (409, "invalid"), error
+
+    run(tmp_path, scenario)
+
+
+def test_a_malformed_user_name_at_login_is_bad_credentials(tmp_path: Path) -> None:
+    class StrictAcl(FakeAcl):
+        async def login(self, username: str, password: str) -> tuple[str, AclPrincipal]:
+            raise ValidationError(f"user name must be 1-100 letters, got {username!r}")
+
+    view = TenantView(tmp_path / "view.db")
+
+    async def main() -> None:
+        app = make_app(EndUser(runtime=FakeRuntime(), auth=Authenticator(StrictAcl()),
+                               view=view))
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        try:
+            status, error = await call(client, "POST", "/v1/login", None,
+                                       {"username": "", "password": "p"})
+            assert (status, error["error"]["field"]) == (401, "username"), error
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        view.close()
+
+
+def test_a_header_holding_a_control_character_is_one_warning_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(client: TestClient, runtime: FakeRuntime, acl: FakeAcl) -> None:
+        server = client.server
+        for header in (b"Authorization: Bearer t-alice\x00", b"Idempotency-Key: a\x01b"):
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                reader, writer = await asyncio.open_connection(server.host, server.port)
+                writer.write(b"POST /v1/vms HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                             + header + b"\r\nConnection: close\r\n\r\n{}")
+                await writer.drain()
+                answer = await reader.read()
+                writer.close()
+                await asyncio.sleep(0.05)
+            assert answer.startswith(b"HTTP/1.1 400") or answer.startswith(b"HTTP/1.0 400")
+            assert b"Invalid header value char" in answer
+            logged = [r for r in caplog.records if r.name == "aiohttp.server"]
+            assert [r.levelno for r in logged] == [logging.WARNING], logged
+            assert not logged[0].exc_info and "\x00" not in logged[0].getMessage()
+        assert runtime.sent == []
 
     run(tmp_path, scenario)

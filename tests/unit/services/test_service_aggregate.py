@@ -5,6 +5,7 @@ import pytest
 from aggregates.base import natural_id
 from aggregates.errors import InvalidTransitionError, ValidationError
 from aggregates.service import ServiceRegistration, ServiceState
+from kernel.contracts.services import check_disable_reason, check_registration, registration_id
 from kernel.store.testing import scratch_application
 
 
@@ -21,7 +22,7 @@ SPEC = {"name": "ec2", "version": "1.0", "endpoints": {"http": "http://127.0.0.1
 
 
 def test_a_registration_is_known_by_name_and_starts_enabled() -> None:
-    reg = ServiceRegistration.register(**SPEC)
+    reg = ServiceRegistration.register(**check_registration(**SPEC))
     assert reg.id == natural_id("service", "ec2") == ServiceRegistration.create_id("ec2")
     assert reg.enabled and reg.state is ServiceState.ENABLED
     assert reg.service_version == "1.0" and reg.version == 1
@@ -35,16 +36,16 @@ def test_a_registration_is_known_by_name_and_starts_enabled() -> None:
 
 def test_registering_the_same_thing_again_records_nothing_and_a_change_records_updated(
         ) -> None:
-    reg = ServiceRegistration.register(**SPEC)
+    reg = ServiceRegistration.register(**check_registration(**SPEC))
     reg.collect_events()
-    assert reg.reregister(**SPEC) is False and reg.pending_events == []
-    assert reg.reregister(**{**SPEC, "version": "1.1"}) is True
+    assert reg.reregister(**check_registration(**SPEC)) is False and reg.pending_events == []
+    assert reg.reregister(**check_registration(**{**SPEC, "version": "1.1"})) is True
     [event] = reg.collect_events()
     assert getattr(type(event), "TOPIC", None) == "service_registration.Updated"
     assert getattr(event, "version", None) == "1.1"
     assert reg.service_version == "1.1"
     with pytest.raises(ValidationError, match="this registration is 'ec2'"):
-        reg.reregister(**{**SPEC, "name": "enduser"})
+        reg.reregister(**check_registration(**{**SPEC, "name": "enduser"}))
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
@@ -61,17 +62,17 @@ def test_registering_the_same_thing_again_records_nothing_and_a_change_records_u
 def test_bad_registrations_are_refused_naming_the_field(field: str, value: object,
                                                          message: str) -> None:
     with pytest.raises(ValidationError, match=message) as refused:
-        ServiceRegistration.register(**{**SPEC, field: value})
+        check_registration(**{**SPEC, field: value})
     assert str(refused.value).startswith(field)
 
 
 def test_the_admin_switch_and_deregistration() -> None:
-    reg = ServiceRegistration.register(**SPEC)
+    reg = ServiceRegistration.register(**check_registration(**SPEC))
     assert reg.disable("maintenance") is True and not reg.enabled
     assert reg.disabled_reason == "maintenance"
     assert reg.disable("again") is False  # already off: nothing recorded
     with pytest.raises(ValidationError, match="reason"):
-        reg.disable("")
+        reg.disable(check_disable_reason(""))
     assert reg.enable() is True and reg.enabled and reg.disabled_reason == ""
     assert reg.enable() is False
     assert reg.deregister() is True and reg.state is ServiceState.DEREGISTERED
@@ -79,14 +80,18 @@ def test_the_admin_switch_and_deregistration() -> None:
     with pytest.raises(InvalidTransitionError):
         reg.enable()
     # registering again brings it back, enabled
-    assert reg.reregister(**SPEC) is True and reg.enabled
+    assert reg.reregister(**check_registration(**SPEC)) is True and reg.enabled
     topics = [getattr(type(e), "TOPIC", "").split(".")[1] for e in reg.collect_events()]
     assert topics == ["Registered", "Disabled", "Enabled", "Deregistered", "Updated"]
 
 
 def test_a_replayed_registration_has_the_same_state() -> None:
-    reg = ServiceRegistration.register(**SPEC)
+    reg = ServiceRegistration.register(**check_registration(**SPEC))
     reg.disable("paused for billing")
     loaded = roundtrip(reg)
     assert loaded.state is ServiceState.DISABLED and loaded.disabled_reason == \
         "paused for billing" and loaded.version == 2
+
+
+def test_the_contract_names_a_registration_as_the_platform_does() -> None:
+    assert registration_id("ec2") == ServiceRegistration.create_id("ec2")

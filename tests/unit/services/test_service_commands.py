@@ -7,23 +7,9 @@ from typing import Any
 
 import pytest
 
-from aggregates.errors import ForbiddenError, NotFoundError, ValidationError
-from gateways.access import (
-    IDEMPOTENCY_KEY_HEADER,
-    KEY_ID_HEADER,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    Keyring,
-    KeyringAccess,
-    keys_path,
-    sign,
-)
-from gateways.services.credentials import (
-    SERVICE_ALLOW,
-    ServiceCredentials,
-    credentials_path,
-    service_credentials,
-)
+from aggregates.errors import ConfigError, ForbiddenError, NotFoundError, ValidationError
+from gateways.access import Keyring, KeyringAccess, keys_path
+from gateways.service_keys import SERVICE_ALLOW, issue_service_key
 from gateways.stream.intake import COMMANDS_PREFIX, CommandIntake
 from kernel.bootstrap import PLATFORM_HANDLERS
 from kernel.cloud.services import (
@@ -35,8 +21,17 @@ from kernel.cloud.services import (
     find_service,
 )
 from kernel.commands import CommandService
+from kernel.contracts.access import (
+    IDEMPOTENCY_KEY_HEADER,
+    KEY_ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    sign,
+)
+from kernel.contracts.services import ServiceCredentials, credentials_path
 from kernel.settings import Settings
 from kernel.store.testing import scratch_application
+from services.framework.credentials import service_credentials
 
 SPEC: dict[str, Any] = {"name": "ec2", "version": "1.0",
                         "endpoints": {"http": "http://127.0.0.1:8482/"},
@@ -115,14 +110,17 @@ def _request(tag: str, body: dict[str, Any], creds: ServiceCredentials,
 def test_through_the_intake_a_service_key_registers_itself_and_an_admin_switches(
         tmp_path: Path, service: CommandService) -> None:
     settings = Settings(data_dir=tmp_path)
-    creds = service_credentials(settings, "ec2")
+    with pytest.raises(ConfigError, match="cloudkernel services key ec2"):
+        service_credentials(settings, "ec2")  # the service reads what the platform issued
+    creds = issue_service_key(settings, "ec2")
+    assert service_credentials(settings, "ec2") == creds
     keyring = Keyring(keys_path(settings))
     key = keyring.get(creds.key_id)
     assert key is not None and key.actor == "service:ec2" and key.role == "integrator"
     assert key.allow == SERVICE_ALLOW
     assert credentials_path(tmp_path, "ec2").stat().st_mode & 0o777 == 0o600
-    assert service_credentials(settings, "ec2") == creds  # kept, not made again
-    other = service_credentials(settings, "billing")
+    assert issue_service_key(settings, "ec2") == creds  # kept, not made again
+    other = issue_service_key(settings, "billing")
     admin = keyring.create(actor="root", role="admin")
     admin_creds = ServiceCredentials(admin.id, admin.secret)
     catalog = {str(t.__struct_config__.tag): (t, service.execute) for t in service.handlers}
@@ -145,5 +143,5 @@ def test_through_the_intake_a_service_key_registers_itself_and_an_admin_switches
 
     # a revoked key is replaced by a new one on the next start
     keyring.revoke(creds.key_id)
-    renewed = service_credentials(settings, "ec2")
+    renewed = issue_service_key(settings, "ec2")
     assert renewed.key_id != creds.key_id

@@ -9,10 +9,10 @@ from uuid import uuid4
 import pytest
 
 from aggregates.errors import ValidationError
-from gateways.services import ServiceSpec
-from gateways.services.following import TERMINAL, RegistrationFollower
-from gateways.services.system_vms import system_vm_id, system_vm_name
-from gateways.services.wire import ServiceEvent
+from services.framework import ServiceSpec
+from services.framework.following import TERMINAL, RegistrationFollower
+from services.framework.system_vms import system_vm_id, system_vm_name
+from services.framework.wire import ServiceEvent
 
 
 @dataclass

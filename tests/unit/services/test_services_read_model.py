@@ -162,7 +162,7 @@ def test_the_cli_shows_live_instances_when_nats_answers(
         settings: Settings, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     from gateways.cli import services as cli_services
-    from gateways.services.liveness import Heartbeat
+    from kernel.contracts.liveness import Heartbeat
 
     beat = Heartbeat(name="ec2", instance_id="abc123", version="1.0",
                      endpoints={"http": "http://127.0.0.1:8482/"}, pid=42, host="h1",
@@ -181,8 +181,8 @@ def test_the_cli_shows_live_instances_when_nats_answers(
     async def fake_connect(*_a: Any, **_k: Any) -> FakeNats:
         return FakeNats()
 
-    monkeypatch.setattr("gateways.services.liveness.live_instances", fake_live)
-    monkeypatch.setattr("gateways.stream.connection.connect", fake_connect)
+    monkeypatch.setattr("kernel.contracts.liveness.live_instances", fake_live)
+    monkeypatch.setattr("kernel.contracts.connection.connect", fake_connect)
     assert cli_services.live_instances_or_none(settings) == ([msgspec.to_builtins(beat)], "")
     code, out, _ = cli(capsys, "services", "show", "ec2")
     assert code == 0 and "instance abc123 on h1 pid 42" in out
@@ -195,7 +195,8 @@ def test_a_services_key_file_runs_it_on_a_machine_without_the_keyring(
     from dataclasses import replace
 
     from gateways.access import Keyring, keys_path
-    from gateways.services.credentials import credentials_path, service_credentials
+    from kernel.contracts.services import credentials_path
+    from services.framework.credentials import service_credentials
 
     code, out, _ = cli(capsys, "services", "key", "ec2", "--out", str(tmp_path / "ec2.key"))
     assert code == 0 and "written to" in out

@@ -11,11 +11,12 @@ from uuid import UUID
 import msgspec
 import pytest
 
-from gateways.services.tenant_view import TenantView
 from kernel.cloud.vms import DeployVm, DestroyVm, StartVm, StopVm
 from kernel.cloud.volume_copies import SnapshotVolumeCommand
 from kernel.cloud.volumes import AttachVolumeCommand, DetachVolumeCommand
-from kernel.event_feed import ORIGINATOR_ID, TOPIC, EventFeed, PublicEvent
+from kernel.contracts.events import ORIGINATOR_ID, TOPIC, PublicEvent
+from kernel.event_feed import EventFeed
+from services.framework.tenant_view import TenantView
 from tests.unit.operations._volume_cloud import VolumeCloud, create_volume, make_cloud
 
 

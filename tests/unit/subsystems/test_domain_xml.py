@@ -9,14 +9,11 @@ import pytest
 
 from aggregates.errors import StepFailedError
 from kernel.steps.hypervisor import ConsoleSpec, DefineDomain, DiskSpec, NicSpec
-from subsystems.hypervisor import domain_xml
+from subsystems.libvirt import domain_xml
+from subsystems.libvirt.host_policy import CpuChoice, DomainShape
 
-CAPS = """<capabilities><host/>
-  <guest><os_type>hvm</os_type><arch name='x86_64'>
-    <domain type='qemu'/><domain type='kvm'/></arch></guest>
-  <guest><os_type>hvm</os_type><arch name='aarch64'><domain type='qemu'/></arch></guest>
-</capabilities>"""
-
+TEST = DomainShape(domain_type="test")
+KVM = DomainShape(domain_type="kvm")
 
 def args(**overrides: object) -> DefineDomain:
     base: dict[str, object] = dict(
@@ -30,18 +27,9 @@ def args(**overrides: object) -> DefineDomain:
     return DefineDomain(**base)  # type: ignore[arg-type]
 
 
-def test_domain_type_follows_the_driver_and_capabilities() -> None:
-    assert domain_xml.choose_domain_type("Test", "<capabilities/>") == "test"
-    assert domain_xml.choose_domain_type("QEMU", CAPS) == "kvm"
-    assert domain_xml.choose_domain_type("QEMU", CAPS, arch="aarch64") == "qemu"
-    with pytest.raises(StepFailedError) as info:
-        domain_xml.choose_domain_type("QEMU", CAPS, arch="s390x")
-    assert not info.value.retryable
-
-
 def test_the_definition_carries_offering_disks_nics_and_console() -> None:
     a = args(console=ConsoleSpec(graphics="spice", listen="10.0.0.5", password="pw"))
-    xml = domain_xml.build_domain_xml(a, "kvm")
+    xml = domain_xml.build_domain_xml(a, KVM)
     root = ET.fromstring(xml)
     assert root.get("type") == "kvm" and root.findtext("uuid") == str(a.vm_id)
     assert (root.findtext("name"), root.findtext("vcpu")) == ("i-2-10-VM", "4")
@@ -58,15 +46,15 @@ def test_the_definition_carries_offering_disks_nics_and_console() -> None:
     assert [(n.mac, n.type, n.source, n.model) for n in domain_xml.nics_of(xml)] == [
         ("52:54:00:00:00:01", "network", "guest", "virtio"),
         ("52:54:00:00:00:02", "bridge", "br0", "virtio")]
-    assert [(g.type, g.listen, g.port, g.password) for g in domain_xml.graphics_of(xml)] == [
-        ("spice", "10.0.0.5", None, "pw")]
+    assert [(g.type, g.listen, g.port, g.password, g.password_required)
+            for g in domain_xml.graphics_of(xml)] == [("spice", "10.0.0.5", None, "pw", True)]
     assert root.find("devices/console[@type='pty']") is not None
 
 
 def test_no_console_and_explicit_targets() -> None:
     a = args(disks=(DiskSpec(path="/a", target="vdc"), DiskSpec(path="/b")),
              console=ConsoleSpec(graphics="none", serial=False))
-    xml = domain_xml.build_domain_xml(a, "test")
+    xml = domain_xml.build_domain_xml(a, TEST)
     assert [(d.path, d.target) for d in domain_xml.disks_of(xml)] == [("/a", "vdc"),
                                                                        ("/b", "vda")]
     assert domain_xml.graphics_of(xml) == () and "<serial" not in xml
@@ -79,7 +67,7 @@ def test_no_console_and_explicit_targets() -> None:
 ])
 def test_bad_definitions_fail_for_good(overrides: dict[str, object]) -> None:
     with pytest.raises(StepFailedError) as info:
-        domain_xml.build_domain_xml(args(**overrides), "test")
+        domain_xml.build_domain_xml(args(**overrides), TEST)
     assert (info.value.retryable, info.value.code) == (False, "invalid_definition")
 
 
@@ -92,7 +80,7 @@ def test_target_names_follow_libvirts_scheme() -> None:
 
 
 def test_adding_and_removing_a_disk() -> None:
-    xml = domain_xml.build_domain_xml(args(), "test")
+    xml = domain_xml.build_domain_xml(args(), TEST)
     more, target = domain_xml.with_disk(xml, DiskSpec(path="/p/extra"))
     assert target == "vdc"
     assert [d.path for d in domain_xml.disks_of(more)][-1] == "/p/extra"
@@ -106,7 +94,7 @@ def test_adding_and_removing_a_disk() -> None:
 
 
 def test_moving_a_definition_to_another_driver() -> None:
-    live = domain_xml.build_domain_xml(args(), "kvm").replace("<domain type=\"kvm\">",
+    live = domain_xml.build_domain_xml(args(), KVM).replace("<domain type=\"kvm\">",
                                                               "<domain type=\"kvm\" id=\"7\">")
     moved = ET.fromstring(domain_xml.set_domain_type(live, "test"))
     assert moved.get("type") == "test" and moved.get("id") is None
@@ -117,3 +105,65 @@ def test_serial_pty_of_a_running_domain() -> None:
            "<target type='serial' port='0'/></console></devices></domain>")
     assert domain_xml.serial_pty_of(xml) == "/dev/pts/4"
     assert domain_xml.serial_pty_of("<domain><devices/></domain>") is None
+
+
+def test_a_definition_names_the_step_that_made_it() -> None:
+    step_id = uuid4()
+    xml = domain_xml.build_domain_xml(args(), TEST, step_id)
+    assert domain_xml.defined_by(xml) == step_id
+    assert domain_xml.defined_by(domain_xml.with_disk(xml, DiskSpec(path="/p/x"))[0]) == step_id
+    assert domain_xml.defined_by(domain_xml.build_domain_xml(args(), TEST)) is None
+
+
+def test_a_q35_shape_gives_machine_cpu_agent_channel_and_spare_root_ports() -> None:
+    shape = DomainShape(domain_type="qemu", machine="q35",
+                        cpu=CpuChoice(mode="custom", model="Nehalem"), hotplug_ports=4,
+                        guest_agent=True)
+    a = args()  # two virtio disks, an IDE cdrom, two NICs
+    root = ET.fromstring(domain_xml.build_domain_xml(a, shape))
+    os_type = root.find("os/type")
+    assert os_type is not None and os_type.get("machine") == "q35"
+    cpu = root.find("cpu")
+    assert cpu is not None and cpu.get("mode") == "custom"
+    model = cpu.find("model")
+    assert model is not None and (model.text, model.get("fallback")) == ("Nehalem", "forbid")
+    [channel] = root.findall("devices/channel")
+    target = channel.find("target")
+    assert channel.get("type") == "unix" and target is not None
+    assert (target.get("type"), target.get("name")) == ("virtio", "org.qemu.guest_agent.0")
+    # libvirt refuses q35 unless controller 0 is the root, once any PCI controller is named
+    first = root.find("devices/controller")
+    assert first is not None and (first.get("index"), first.get("model")) == ("0", "pcie-root")
+    ports = root.findall("devices/controller[@model='pcie-root-port']")
+    # 2 virtio disks + 2 NICs + the agent's virtio-serial + balloon + USB, and 4 spare
+    assert len(ports) == 2 + 2 + 1 + 2 + 4
+
+
+def test_host_model_and_no_root_ports_off_q35() -> None:
+    shape = DomainShape(domain_type="kvm", machine="pc", cpu=CpuChoice(mode="host-model"))
+    root = ET.fromstring(domain_xml.build_domain_xml(args(), shape))
+    cpu = root.find("cpu")
+    assert cpu is not None and cpu.get("mode") == "host-model" and cpu.find("model") is None
+    assert root.find("devices/controller") is None and root.find("devices/channel") is None
+    plain = ET.fromstring(domain_xml.build_domain_xml(args(), KVM))
+    os_type = plain.find("os/type")
+    assert os_type is not None and os_type.get("machine") is None
+    assert plain.find("cpu") is None
+
+
+def test_a_console_without_listen_leaves_the_hosts_default() -> None:
+    xml = domain_xml.build_domain_xml(args(console=ConsoleSpec()), KVM)
+    gfx = ET.fromstring(xml).find("devices/graphics")
+    assert gfx is not None and gfx.get("listen") is None and gfx.find("listen") is None
+
+
+def test_consoles_follow_a_domain_to_its_new_hosts_address() -> None:
+    xml = domain_xml.build_domain_xml(args(console=ConsoleSpec(listen="10.0.0.5")), KVM)
+    moved = domain_xml.with_listen(xml, "10.0.0.5", "10.0.0.6")
+    assert [g.listen for g in domain_xml.graphics_of(moved)] == ["10.0.0.6"]
+    gfx = ET.fromstring(moved).find("devices/graphics/listen")
+    assert gfx is not None and gfx.get("address") == "10.0.0.6"
+    assert domain_xml.with_listen(xml, "10.0.0.9", "10.0.0.6") == xml  # not the source's
+    assert domain_xml.arch_of(xml) == "x86_64"
+    assert domain_xml.arch_of(domain_xml.build_domain_xml(args(arch="aarch64"), KVM)) == \
+        "aarch64"

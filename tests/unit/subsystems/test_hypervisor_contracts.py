@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import msgspec
 import pytest
 
-from aggregates.errors import ConfigError
+from aggregates.errors import ConfigError, StepFailedError
 from aggregates.plan import Compensation, PlannedStep
 from kernel.steps import backup, hypervisor, snapshot, storage
-from subsystems.hypervisor.domains import stop
 from subsystems.hypervisor.plugin import make_hypervisor
+from subsystems.libvirt import disks
+from subsystems.libvirt.domains import stop
+from subsystems.libvirt.host_policy import DomainSettings
 from subsystems.registry import load_registry
 
 
@@ -110,6 +114,88 @@ def test_factories_refuse_unknown_config() -> None:
     for bad in ({"poll_seconds": 0}, {"poll_seconds": True}, {"uri": "x"}):
         with pytest.raises(ConfigError):
             make_hypervisor(bad)
+
+
+def test_the_hypervisors_domain_settings(tmp_path: Path) -> None:
+    plain = make_hypervisor({})
+    assert plain.settings == DomainSettings() and plain.detach_wait_seconds == 10.0
+    assert (plain.settings.domain_type, plain.settings.machine, plain.settings.console_secret) \
+        == ("auto", "q35", None)
+    secret = tmp_path / "keys" / "console.secret"
+    made = make_hypervisor({"domain_type": "qemu", "tcg_cpu_model": "Westmere", "machine": "",
+                            "hotplug_ports": 0, "guest_agent": False,
+                            "console_listen": "10.0.0.2", "qemu_user": "qemu",
+                            "console_secret_file": str(secret), "detach_wait_seconds": 0})
+    assert made.settings == DomainSettings(
+        domain_type="qemu", tcg_cpu_model="Westmere", machine="", hotplug_ports=0,
+        guest_agent=False, console_listen="10.0.0.2", qemu_user="qemu",
+        console_secret=secret.read_text().strip().encode())
+    assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text().strip()) == 64
+    assert make_hypervisor({"console_secret_file": str(secret)}).settings.console_secret == \
+        made.settings.console_secret  # the file is read, not made again
+
+
+@pytest.mark.parametrize(("config", "named"), [
+    ({"domain_type": "xen"}, "domain_type"),
+    ({"hotplug_ports": 33}, "hotplug_ports"),
+    ({"hotplug_ports": 1.5}, "hotplug_ports"),
+    ({"guest_agent": "yes"}, "guest_agent"),
+    ({"tcg_cpu_model": ""}, "tcg_cpu_model"),
+    ({"console_listen": 5}, "console_listen"),
+    ({"detach_wait_seconds": -1}, "detach_wait_seconds"),
+    ({"console_secret_file": ""}, "console_secret_file"),
+])
+def test_bad_domain_settings_are_refused_by_name(config: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        make_hypervisor(config)
+
+
+def test_a_short_console_secret_is_refused(tmp_path: Path) -> None:
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        make_hypervisor({"console_secret_file": str(short)})
     for name in ("storage", "snapshot", "backup"):
         with pytest.raises(ConfigError):
             load_registry([name], {name: {"x": 1}})
+
+
+class FakeHolder(FakeDomain):
+    """A running domain whose guest releases a detached disk `down_after` s later."""
+
+    def XMLDesc(self, _flags: int = 0) -> str:
+        disk = "" if self.down_at is not None and self.now >= self.down_at else \
+            "<disk type='file'><source file='/p/data'/><target dev='vdb' bus='virtio'/></disk>"
+        return f"<domain><devices>{disk}</devices></domain>"
+
+
+def await_release(dom: FakeHolder, wait: float) -> None:
+    dom.shutdown()  # here: the detach request, released after down_after
+    disks._await_release(dom, uuid4(), "/p/data", wait, 0.5,  # type: ignore[arg-type]
+                           dom.clock, dom.sleep)
+
+
+def test_a_detach_counts_when_the_guest_releases_the_disk_in_time() -> None:
+    dom = FakeHolder(down_after=2.0)
+    await_release(dom, 10)
+    assert 2 <= dom.now < 3
+
+
+def test_a_detach_the_guest_ignores_fails_retryably_after_the_wait() -> None:
+    dom = FakeHolder(down_after=None)
+    with pytest.raises(StepFailedError) as info:
+        await_release(dom, 4)
+    assert (info.value.code, info.value.retryable) == ("detach_refused", True)
+    assert dom.now == pytest.approx(4)
+
+
+@pytest.mark.parametrize("name", ["snapshot", "backup"])
+def test_copies_are_kept_on_remote_hosts_through_libvirt(name: str) -> None:
+    plugin: Any = load_registry([name], {name: {}}).plugin(name).subsystem
+    assert plugin._on_host("qemu+ssh://kvm-7.example/system")
+    assert not plugin._on_host("qemu:///system") and not plugin._on_host("test:///h.xml")
+    assert not plugin._on_host("")  # a step that names no host: the worker's files
+    always: Any = load_registry([name], {name: {"on_host": "always"}}).plugin(name).subsystem
+    assert always._on_host("qemu:///system")
+    with pytest.raises(ConfigError, match="on_host"):
+        load_registry([name], {name: {"on_host": "sometimes"}})

@@ -144,7 +144,8 @@ def test_the_ruleset_renders_nat_and_a_guarding_firewall() -> None:
 
 def test_the_element_is_a_plugin_without_config() -> None:
     assert sorted(action_table(NetworkElement())) == [
-        "apply_rules", "implement", "prepare", "release", "remove_rules", "shutdown"]
+        "apply_rules", "implement", "inventory", "prepare", "release", "remove_rules",
+        "shutdown"]
     assert isinstance(make_networkelement({}), NetworkElement)
     with pytest.raises(ConfigError):
         make_networkelement({"x": 1})

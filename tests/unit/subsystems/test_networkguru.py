@@ -10,6 +10,7 @@ from aggregates.errors import ConfigError, DomainRuleError, StepFailedError
 from aggregates.mac_pool import MacPool
 from aggregates.network import GuestNetworkType, Network
 from aggregates.vlan_pool import VlanPool
+from kernel.platform_log import ApplicationLog
 from kernel.steps.network import (
     AllocateNic,
     DesignNetwork,
@@ -22,7 +23,6 @@ from kernel.steps.network import (
 from kernel.store.testing import scratch_application
 from subsystems.base import StepContext, action_table
 from subsystems.networkguru import NetworkGuru, make_networkguru
-from subsystems.networkguru.follower import ApplicationLog, guru_config, settings_from_config
 from subsystems.networkguru.ipam import AddressPlan, propose_mac, propose_vlan, seed_of
 from subsystems.registry import load_registry
 from tests.support.event_log import EventLog
@@ -47,7 +47,7 @@ def log() -> EventLog:
 @pytest.fixture
 def guru(log: EventLog) -> NetworkGuru:
     """An open guru following the whole log."""
-    plugin = NetworkGuru(lambda: log.view())
+    plugin = NetworkGuru(log.view())
     plugin.open()
     return plugin
 
@@ -174,9 +174,9 @@ def test_a_requested_address_or_mac_is_checked(log: EventLog, guru: NetworkGuru)
 def test_a_stale_proposal_is_refused_by_the_aggregate_and_the_retry_moves_on(
         log: EventLog) -> None:
     net = network(log, cidr="10.0.0.0/30")  # one usable address: .2
-    stale = NetworkGuru(lambda: log.view(visible=log.head))
+    stale = NetworkGuru(log.view(visible=log.head))
     stale.open()
-    fresh = NetworkGuru(lambda: log.view())
+    fresh = NetworkGuru(log.view())
     fresh.open()
     a, b = uuid4(), uuid4()
     proposal_a = fresh.allocate(ctx("allocate"), AllocateNic(network_id=net.id, nic_id=a))
@@ -223,7 +223,7 @@ def test_implement_takes_a_vlan_from_the_zone_pool_and_shutdown_gives_it_back(
 
 def test_shared_networks_keep_their_vlan_and_need_no_pool(guru: NetworkGuru) -> None:
     log = EventLog()
-    plugin = NetworkGuru(lambda: log.view())
+    plugin = NetworkGuru(log.view())
     plugin.open()
     shared = network(log, shared_vlan=42)
     got = plugin.implement(ctx("implement"), ImplementNetwork(network_id=shared.id))
@@ -286,21 +286,23 @@ def test_design_normalizes_and_refuses(log: EventLog, guru: NetworkGuru) -> None
 
 
 def test_the_guru_is_a_plugin_and_follows_a_real_store() -> None:
-    assert sorted(action_table(NetworkGuru(lambda: EventLog().view()))) == [
+    assert sorted(action_table(NetworkGuru(EventLog().view()))) == [
         "allocate", "design", "implement", "release", "reserve", "shutdown"]
-    registry = load_registry(["networkguru"], {"networkguru": {"store": "sqlite"}})
+    registry = load_registry(["networkguru"], {"networkguru": {}})
     assert registry.handler_of("networkguru.allocate") is not None
     with pytest.raises(ConfigError, match="unknown config keys"):
         make_networkguru({"nope": "1"})
-    with pytest.raises(ConfigError, match="postgres_dsn"):
-        settings_from_config({"store": "postgres"})
-    assert settings_from_config(guru_config(settings_from_config({"data_dir": "/x"}))) == \
-        settings_from_config({"data_dir": "/x"})
+    with pytest.raises(ConfigError, match="process that runs the guru injects"):
+        make_networkguru({"store": "sqlite"})
+    with pytest.raises(ConfigError, match="must be a PlatformLog"):
+        make_networkguru({"log": "sqlite"})
+    with pytest.raises(ConfigError, match="no platform log to follow"):
+        make_networkguru({}).open()
     with pytest.raises(ConfigError, match="not open"):
-        NetworkGuru(lambda: EventLog().view()).implement(
+        NetworkGuru(EventLog().view()).implement(
             ctx("implement"), ImplementNetwork(network_id=uuid4()))
-    app = scratch_application()
-    guru = NetworkGuru(lambda: ApplicationLog(app))
+    app = scratch_application()  # an in-memory store, injected as the worker injects its log
+    guru = make_networkguru({"log": ApplicationLog(app)})
     guru.open()
     net = Network.create(name="stored", zone_id=ZONE, cidr="10.2.0.0/30", gateway="10.2.0.1")
     app.save(net)

@@ -12,11 +12,12 @@ import pytest
 from aggregates.errors import ConfigError, StepFailedError
 from aggregates.host import Host
 from aggregates.plan import PlannedStep
-from kernel.contracts import StepMessage
+from kernel.bootstrap.migrations import migrate_all
+from kernel.contracts.steps import StepMessage
+from kernel.platform_log import ApplicationLog, platform_log
 from kernel.settings import Settings
 from kernel.steps.planner import Placement, PlanPlacement
 from kernel.store.application import PlatformApplication, open_application
-from kernel.store.migrate import migrate
 from kernel.store.testing import scratch_application
 from subsystems.base import StepContext
 from subsystems.planner import Planner, make_planner
@@ -43,11 +44,9 @@ def register(name: str, cores: int = 8) -> Host:
     ({"poll_interval": -1}, "'poll_interval' must be seconds >= 0"),
     ({"poll_interval": True}, "'poll_interval' must be seconds >= 0"),
     ({"page_size": 0}, "'page_size' must be 1..100000"),
-    ({"settings": "x"}, "config 'settings' must be an object"),
-    ({"settings": {"store": "mysql"}}, "settings.store must be 'sqlite' or 'postgres'"),
-    ({"settings": {"store": "postgres"}}, "settings.postgres_dsn is required"),
-    ({"settings": {"pool": 2}}, "unknown config settings ['pool']"),
-    ({"settings": {"postgres_pool_size": "2"}}, "settings.postgres_pool_size must be a int"),
+    ({"settings": {"store": "sqlite"}}, "the process that runs the planner injects the "
+                                        "platform log"),
+    ({"log": "x"}, "config 'log' must be a PlatformLog (head() and read()), got str"),
 ])
 def test_factory_rejects_bad_config(config: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=None) as info:
@@ -55,14 +54,44 @@ def test_factory_rejects_bad_config(config: dict[str, Any], message: str) -> Non
     assert message in str(info.value)
 
 
-def test_factory_builds_without_io(tmp_path: Path) -> None:
-    planner = make_planner({"settings": {"store": "sqlite", "data_dir": str(tmp_path / "d")},
-                            "poll_interval": 0.5, "page_size": 10})
-    assert planner.settings == Settings(store="sqlite", data_dir=tmp_path / "d")
-    assert (planner.poll_interval, planner.page_size) == (0.5, 10)
-    assert not (tmp_path / "d").exists()
-    given = Settings(store="postgres", postgres_dsn="postgresql://u@h/db")
-    assert make_planner({"settings": given}).settings is given
+class _CountingLog:
+    """A PlatformLog that counts its reads."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def head(self) -> int:
+        self.calls += 1
+        return 0
+
+    def read(self, after: int, limit: int, *, topics: Any = (),
+             stop: int | None = None) -> list[tuple[int, Any]]:
+        self.calls += 1
+        return []
+
+
+def test_factory_builds_without_io() -> None:
+    log = _CountingLog()
+    planner = make_planner({"log": log, "poll_interval": 0.5, "page_size": 10})
+    assert planner.log is log and (planner.poll_interval, planner.page_size) == (0.5, 10)
+    assert log.calls == 0
+    with pytest.raises(ConfigError, match="no platform log to follow"):
+        make_planner({}).open()
+
+
+def test_factory_takes_an_injected_log_and_builds_its_index_from_it() -> None:
+    """The process that runs the planner injects the platform log; here an in-memory store's."""
+    app = scratch_application()
+    app.save(register("h1"), register("h2", cores=2))
+    planner = make_planner({"log": ApplicationLog(app)})
+    planner.open()
+    try:
+        assert sorted(h.name for h in planner.index.hosts.values()) == ["h1", "h2"]
+        assert planner.plan(ctx(), World.request(cpu_cores=4)).host_name == "h1"
+        app.save(register("h3", cores=16))
+        assert planner.plan(ctx(), World.request(cpu_cores=12)).host_name == "h3"
+    finally:
+        planner.close()
 
 
 def test_registry_finds_the_entry_point() -> None:
@@ -89,7 +118,7 @@ def test_plan_follows_the_log_and_memoizes_a_step_attempt() -> None:
     app = scratch_application()
     h1 = register("h1", cores=2)
     app.save(h1, register("h2"))
-    planner = Planner(source=app)
+    planner = Planner(log=ApplicationLog(app))
     planner.open()
     args = World.request(cpu_cores=2)
     step = uuid4()
@@ -108,7 +137,7 @@ def test_plan_follows_the_log_and_memoizes_a_step_attempt() -> None:
 def test_runner_reports_placement_and_refusal() -> None:
     app = scratch_application()
     app.save(register("h1"))
-    planner = Planner(source=app)
+    planner = Planner(log=ApplicationLog(app))
     planner.open()
     runner = StepRunner(planner, worker="t")
 
@@ -139,62 +168,58 @@ def test_runner_reports_placement_and_refusal() -> None:
 
 def test_invalid_request_built_in_process_is_refused() -> None:
     app = scratch_application()
-    planner = Planner(source=app)
+    planner = Planner(log=ApplicationLog(app))
     planner.open()
     with pytest.raises(StepFailedError) as info:
         planner.plan(ctx(), World.request(cpu_cores=0))
     assert info.value.code == "invalid_request" and not info.value.retryable
 
 
-class _BrokenRecorder:
+class _BrokenLog(_CountingLog):
     def __init__(self, after: int) -> None:
-        self.calls, self.after = 0, after
+        super().__init__()
+        self.after = after
 
-    def max_notification_id(self) -> int:
-        self.calls += 1
+    def head(self) -> int:
+        super().head()
         if self.calls > self.after:
             raise OSError("connection refused")
         return 0
 
 
-class _BrokenSource:
-    def __init__(self, after: int) -> None:
-        self.recorder, self.mapper = _BrokenRecorder(after), None
-
-
 def test_store_errors_are_retryable_step_failures() -> None:
-    planner = Planner(source=_BrokenSource(after=1))
+    planner = Planner(log=_BrokenLog(after=1))
     planner.open()
     with pytest.raises(StepFailedError) as info:
         planner.plan(ctx(), World.request())
     assert info.value.retryable and info.value.code == "store_unavailable"
     with pytest.raises(ConfigError, match="cannot read the platform log"):
-        Planner(source=_BrokenSource(after=0)).open()
+        Planner(log=_BrokenLog(after=0)).open()
 
 
-def test_opens_a_migrated_sqlite_store_and_polls_in_the_background(tmp_path: Path) -> None:
+def test_follows_a_migrated_sqlite_store_and_polls_in_the_background(tmp_path: Path) -> None:
     settings = Settings(store="sqlite", data_dir=tmp_path)
-    migrate(settings)
+    migrate_all(settings)
     app = open_application(PlatformApplication, settings)
     app.save(register("h1"))
-    planner = make_planner({"settings": {"store": "sqlite", "data_dir": str(tmp_path)},
-                            "poll_interval": 0.02})
-    planner.open()
-    try:
-        assert len(planner.index.hosts) == 1
-        app.save(register("h2"))
-        deadline = time.monotonic() + 10
-        while len(planner.index.hosts) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(planner.index.hosts) == 2  # folded without a plan asking for it
-        assert any(t.name == "planner-follower" for t in threading.enumerate())
-    finally:
-        planner.close()
-        app.close()
+    with platform_log(settings) as log:  # as `cloudkernel worker` opens it
+        planner = make_planner({"log": log, "poll_interval": 0.02})
+        planner.open()
+        try:
+            assert len(planner.index.hosts) == 1
+            app.save(register("h2"))
+            deadline = time.monotonic() + 10
+            while len(planner.index.hosts) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(planner.index.hosts) == 2  # folded without a plan asking for it
+            assert any(t.name == "planner-follower" for t in threading.enumerate())
+        finally:
+            planner.close()
+            app.close()
     assert not any(t.name == "planner-follower" for t in threading.enumerate())
 
 
-def test_unmigrated_store_fails_open(tmp_path: Path) -> None:
-    planner = make_planner({"settings": {"store": "sqlite", "data_dir": str(tmp_path)}})
-    with pytest.raises(ConfigError, match="not migrated"):
-        planner.open()
+def test_an_unmigrated_store_has_no_platform_log(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not migrated"), \
+            platform_log(Settings(store="sqlite", data_dir=tmp_path)):
+        pass

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from aggregates.errors import StepFailedError
-from kernel.contracts import StepMessage, StepOutcome, step_encoder
+from kernel.contracts.steps import StepMessage, StepOutcome, step_encoder
 from subsystems.base import NoAnswer, StepContext, SubsystemBase, action
 from subsystems.runner import Disposal, StepRunner, Verdict
 
@@ -187,3 +187,26 @@ def test_garbage_is_termed_without_an_outcome(runner: StepRunner, data: bytes) -
 def test_the_runner_lists_its_step_kinds(runner: StepRunner) -> None:
     assert "probe.double" in runner.kinds
     assert len(runner.kinds) == 7
+
+
+def test_a_step_from_an_older_epoch_of_its_partition_is_refused(runner: StepRunner,
+                                                                probe: Probe) -> None:
+    # kernel epoch 3 owns partition 5 now: what its deposed predecessor (epoch 2) publishes
+    # late is terminated without an outcome and never run; other partitions are apart
+    assert outcome_of(run(runner, step("double", partition=5, epoch=3))).ok
+    late = run(runner, step("double", partition=5, epoch=2))
+    assert (late.disposal, late.outcome) == (Disposal.TERM, None)
+    assert "stale_epoch" in late.reason and "epoch 2 of partition 5" in late.reason
+    assert outcome_of(run(runner, step("double", partition=6, epoch=1))).ok
+    assert outcome_of(run(runner, step("double", partition=5, epoch=3))).ok  # same epoch
+    assert outcome_of(run(runner, step("double", partition=5, epoch=4))).ok  # a newer owner
+    assert run(runner, step("double", partition=5, epoch=3)).disposal is Disposal.TERM
+    assert outcome_of(run(runner, step("double"))).ok  # one kernel: no epoch, never refused
+    assert len(probe.contexts) == 5 and runner.refused_epoch == 2
+
+
+def test_a_step_message_id_carries_its_epoch() -> None:
+    one = step("double")
+    assert one.msg_id == f"{one.step_id}:2"  # one kernel: as before
+    owned = step("double", partition=1, epoch=7)
+    assert owned.msg_id == f"{owned.step_id}:2:e7"  # not a repeat of another epoch's

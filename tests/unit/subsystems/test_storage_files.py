@@ -13,7 +13,7 @@ import pytest
 from aggregates.errors import StepFailedError
 from kernel.steps.backup import BackupFile
 from subsystems.backup.manifest import backup_dir, read_manifest, verify, write_manifest
-from subsystems.storage import files
+from subsystems.libvirt import files
 
 MiB = 1 << 20
 

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from aggregates.errors import ConfigError
-from kernel.contracts import StepMessage, StepOutcome, step_encoder
+from kernel.contracts.steps import StepMessage, StepOutcome, step_encoder
 from subsystems.base import Subsystem
 from subsystems.registry import load_registry
 from subsystems.runner import Disposal, StepRunner, Verdict

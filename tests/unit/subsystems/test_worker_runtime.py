@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from gateways.stream.worker import Worker
-from kernel.contracts import StepMessage, outcome_decoder, step_encoder
+from kernel.contracts.steps import StepMessage, outcome_decoder, step_encoder
 from subsystems.registry import load_registry
 
 
