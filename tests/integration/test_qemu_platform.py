@@ -25,6 +25,7 @@ from support.cloud import Cloud, Prepared, prepare, running_cloud, write_invento
 from support.guest_console import GuestConsole
 from support.guest_image import GuestImage
 
+from aggregates.entity_queue import EntityQueue
 from aggregates.nic import Nic
 from aggregates.operation import Operation, OperationState
 from aggregates.snapshot import Snapshot
@@ -294,13 +295,21 @@ def test_a_deploy_that_fails_after_define_leaves_nothing_in_libvirt(
             assert vm.state is not VmState.RUNNING
             assert domain_state(qemu_host, vm.id) is None
             assert ids.network_id is not None
-            # the VM's NIC lets its address go when every operation on the VM has ended
-            # (the clean-up after the failed deploy may still run)
-            for _ in range(120):
-                network = await cloud.get(ids.network_id)
-                if not network.allocated_ips:
+            # The hypervisor failed, so the platform deploys again with this host avoided: that
+            # second deploy takes a NIC of its own, finds no other host and rolls back. Only when
+            # the VM is in Error with no operation left on it must the network be empty (an
+            # empty network between the two deploys proves nothing).
+            queue_id = EntityQueue.create_id(vm.id)
+            deadline = time.monotonic() + 120
+            while True:
+                vm = await cloud.get(vm.id)
+                queue: EntityQueue = await cloud.get(queue_id)
+                if vm.state is VmState.ERROR and not queue.is_busy:
                     break
-                await asyncio.sleep(0.5)
+                assert time.monotonic() < deadline, (vm.state, queue.owner, queue.waiting)
+                await asyncio.sleep(0.25)
+            network = await cloud.get(ids.network_id)
+            assert not network.allocated_ips, network.allocated_ips
             await succeeded(cloud, await cloud.command(
                 ShutdownNetworkCommand(network_id=ids.network_id)))
 

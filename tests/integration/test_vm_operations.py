@@ -292,7 +292,7 @@ def test_network_shutdown_removes_its_libvirt_network_from_every_host(
             for vm_id in vm_ids:
                 destroyed = await cloud.command(DestroyVm(vm_id=vm_id))
                 await cloud.finished(destroyed["operation_id"])
-            for _ in range(100):  # the expunges follow the destroys (no delay)
+            for _ in range(600):  # the expunges follow the destroys (no delay)
                 if (await cloud.get(network_id)).allocated_ips == {}:
                     break
                 await asyncio.sleep(0.05)
