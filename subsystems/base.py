@@ -55,6 +55,8 @@ __all__ = [
     "action",
     "action_table",
     "check_token",
+    "settle_step",
+    "step_settlers",
 ]
 
 Result = msgspec.Struct | Mapping[str, Any] | None
@@ -192,6 +194,19 @@ class SubsystemBase:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+step_settlers: list[Callable[[], None]] = []
+"""What runs after every step's handler, in the step's thread, before its outcome is published:
+a driver that keeps state away from where it acts makes it durable there (the simulated hosts'
+write-through, `subsystems.libvirt.connections.keep_simulated_hosts`). An outcome is therefore
+never published for a change a kill of the process could still lose."""
+
+
+def settle_step() -> None:
+    """Run every settler; the first to raise stops the rest (the step is then not settled)."""
+    for settle in list(step_settlers):
+        settle()
 
 
 def action_table(subsystem: Subsystem) -> dict[str, Action]:

@@ -14,6 +14,11 @@ Error codes of outcomes made here (a StepFailedError brings its own code):
 | `deadline_exceeded` | yes       | ack      | the deadline passed before the step started       |
 | `handler_error`     | yes       | ack      | the handler raised something else (a plugin bug) |
 | `bad_result`        | no        | ack      | the handler's result cannot be encoded to JSON    |
+| `unsettled`         | yes       | ack      | a step settler raised (`base.step_settlers`)      |
+
+After the handler, whatever it returned or raised, the step settlers run in the same thread
+(`subsystems.base.settle_step`): the simulated hosts' state is written through to disk there,
+so that no outcome reports a change a kill of the worker could lose.
 
 A step published by a kernel at an epoch older than one this runner has seen for the same
 partition comes from a deposed owner (`kernel.leases`): it is terminated without an outcome
@@ -35,7 +40,15 @@ import msgspec
 
 from aggregates.errors import StepFailedError
 from kernel.contracts.steps import NULL, StepMessage, StepOutcome, step_decoder
-from subsystems.base import NoAnswer, StepContext, Subsystem, action_table, as_utc
+from subsystems.base import (
+    Handler,
+    NoAnswer,
+    StepContext,
+    Subsystem,
+    action_table,
+    as_utc,
+    settle_step,
+)
 
 __all__ = ["Disposal", "StepRunner", "Verdict"]
 
@@ -143,8 +156,22 @@ class StepRunner:
             subsystem=step.subsystem, action=step.action, deadline_at=step.deadline_at,
             compensation=step.compensation, delivery=delivery,
         )
+        verdict = self._perform(act.handler, step, ctx, args)
         try:
-            result = act.handler(ctx, args)
+            settle_step()
+        except Exception as e:  # the change may not outlive this process: do not report it
+            log.exception("step %s (%s.%s attempt %s): not settled", step.step_id,
+                          step.subsystem, step.action, step.attempt)
+            return self._fail(step, "unsettled", Disposal.ACK,
+                              f"what the step changed could not be made durable: "
+                              f"{type(e).__name__}: {e}", retryable=True)
+        return verdict
+
+    def _perform(self, handler: Handler, step: StepMessage, ctx: StepContext,
+                 args: Any) -> Verdict:
+        """Run the handler and turn what it returned or raised into a verdict."""
+        try:
+            result = handler(ctx, args)
         except NoAnswer:
             return Verdict(Disposal.ACK, None, "the handler withheld its outcome (NoAnswer)")
         except StepFailedError as e:

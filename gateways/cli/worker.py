@@ -45,7 +45,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Serve one subsystem until SIGTERM/SIGINT."""
     from gateways.stream.observer import reporter_for
     from gateways.stream.worker import Worker, run_until_signalled
-    from kernel.bootstrap.plugins import plugin_configs
+    from kernel.bootstrap.plugins import kept_hosts, plugin_configs
     from subsystems.registry import load_registry
 
     try:
@@ -55,7 +55,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     if not isinstance(config, dict):
         raise ConfigError("--config-json must be a JSON object")
     # the planner and the guru follow the platform log of this process's Settings, open here
-    with plugin_configs([args.subsystem], {args.subsystem: config}, settings) as configs:
+    with plugin_configs([args.subsystem], {args.subsystem: config}, settings) as configs, \
+            kept_hosts(args.subsystem, config, settings):
         plugin = load_registry([args.subsystem], configs).plugin(args.subsystem)
         servers = args.nats_url or list(settings.nats_urls) or [
             f"nats://127.0.0.1:{settings.nats_port}"]

@@ -1,22 +1,38 @@
 """What the processes that run plugins (`up`, `cloudkernel worker`) give them besides their
-own config: the platform's log, for the plugins that fold it into an index.
+own config: the platform's log, for the plugins that fold it into an index, and a folder
+for the simulated hosts of the plugins that hold hosts.
 
 The planner and the network guru follow the platform's log but never open the store; the
 process opens it on its Settings and injects it as their config `log`.
+
+A `cloudkernel worker` of a host-holding subsystem keeps the simulated (`test:///<file>.xml`)
+hosts it serves in `<data_dir>/simulated-hosts/<subsystem>/`, written through after every step
+(`subsystems.libvirt.simulation`), so that a worker killed and started again finds its hosts
+as its last reported step left them. `up` keeps every plugin's in `<data_dir>/simulated-hosts/`
+(the hypervisor's config `simulated_hosts_dir`). Real hosts are not touched by any of this.
 """
 
+import logging
 from collections.abc import Collection, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from kernel.platform_log import platform_log
 from kernel.settings import Settings
 from subsystems.base import PlatformLog
+from subsystems.libvirt.connections import keep_simulated_hosts
+from subsystems.libvirt.simulation import FolderInUse
 
-__all__ = ["LOG_FOLLOWERS", "plugin_configs", "with_platform_log"]
+__all__ = ["HOST_HOLDERS", "LOG_FOLLOWERS", "kept_hosts", "plugin_configs", "with_platform_log"]
+
+log = logging.getLogger(__name__)
 
 LOG_FOLLOWERS = frozenset({"networkguru", "planner"})
 """The subsystems that are given the platform's log (config `log`)."""
+
+HOST_HOLDERS = frozenset({"backup", "hypervisor", "networkelement", "snapshot", "storage"})
+"""The subsystems whose steps change hosts through libvirt."""
 
 
 def with_platform_log(configs: Mapping[str, Mapping[str, Any]],
@@ -38,3 +54,24 @@ def plugin_configs(names: Collection[str], configs: Mapping[str, Mapping[str, An
         return
     with platform_log(settings) as log:
         yield with_platform_log(configs, log)
+
+
+@contextmanager
+def kept_hosts(name: str, config: Mapping[str, Any], settings: Settings) -> Iterator[Path | None]:
+    """For a worker of subsystem `name`: while open, its simulated hosts are kept in
+    `<data_dir>/simulated-hosts/<name>/` (the folder, or None when not kept). Not kept: a
+    subsystem that holds no host, a hypervisor configured with a folder of its own, and a
+    second worker of the subsystem on the same data folder (it keeps its own copies in memory,
+    as the test driver does, and says so)."""
+    if name not in HOST_HOLDERS or config.get("simulated_hosts_dir") is not None:
+        yield None
+        return
+    folder = settings.data_dir / "simulated-hosts" / name
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(keep_simulated_hosts(folder))
+        except FolderInUse as e:
+            log.warning("%s: this worker's simulated hosts live in its memory only", e)
+            yield None
+            return
+        yield folder

@@ -6,8 +6,11 @@ process (hypervisor, storage, network element, snapshot, backup) must use the sa
 per URI for the process's lifetime, and tests look at libvirt's view through it. Every
 connection is opened with libvirt's event loop running (`events`).
 
-`keep_simulated_hosts` makes such hosts outlive the process (see `simulation`): `up` uses it
-so that the embedded default keeps its VMs across restarts.
+`keep_simulated_hosts` makes such hosts outlive the process (see `simulation`): `up` and every
+`cloudkernel worker` of a host-holding subsystem use it, so that a restart (even after a
+SIGKILL) finds each simulated host as the last reported step left it. While it is open, the
+hosts a step's thread reached are written through after the step, before its outcome is
+published (`subsystems.base.step_settlers`).
 """
 
 import contextlib
@@ -18,20 +21,36 @@ from pathlib import Path
 import libvirt
 
 from aggregates.errors import StepFailedError
+from subsystems.base import step_settlers
 from subsystems.libvirt.events import ensure_loop
 from subsystems.libvirt.simulation import SimulatedHosts
 
 _lock = threading.Lock()
 _connections: dict[str, libvirt.virConnect] = {}
 _simulated: SimulatedHosts | None = None
+_reached = threading.local()  # .uris: the simulated hosts this thread reached since it settled
 
 
 def connection(uri: str) -> libvirt.virConnect:
     """The process's open connection to `uri`, opened on first use."""
     simulated = _simulated
-    if simulated is not None:
-        simulated.used(uri)
+    if simulated is not None and simulated.used(uri):
+        reached: set[str] | None = getattr(_reached, "uris", None)
+        if reached is None:
+            reached = _reached.uris = set()
+        reached.add(uri)
     return _open(uri, simulated)
+
+
+def _settle() -> None:
+    """Write the simulated hosts this thread reached since it last settled (a step settler)."""
+    reached: set[str] | None = getattr(_reached, "uris", None)
+    simulated = _simulated
+    if not reached or simulated is None:
+        return
+    uris = sorted(reached)
+    reached.clear()
+    simulated.write_through(uris)
 
 
 def _open(uri: str, simulated: SimulatedHosts | None) -> libvirt.virConnect:
@@ -74,8 +93,10 @@ def keep_simulated_hosts(folder: Path, *, interval: float = 1.0) -> Iterator[Sim
                 _connections.pop(uri).close()
         _simulated = kept
     kept.start(lambda uri: _open(uri, kept))
+    step_settlers.append(_settle)
     try:
         yield kept
     finally:
+        step_settlers.remove(_settle)
         kept.close()
         _simulated = None

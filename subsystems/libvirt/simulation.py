@@ -11,19 +11,26 @@ domains. `SimulatedHosts` keeps a simulated host's state across restarts instead
   each runs), networks, storage pools and their volumes, as the test driver reads them back;
 - `connections.connection` opens a host from that file, when it exists, instead of the
   inventory's file;
-- a flusher thread writes the hosts touched recently (a `connection()` call marks a host)
-  once a second, only when their description changed, and `close()` writes every host a last
-  time. A kill -9 loses at most the last second of changes; a clean stop loses nothing.
+- after each step, the hosts its thread reached are written through (`write_through`) before
+  the step's outcome is published: a kill -9 loses only changes of steps whose outcome was
+  never reported, and JetStream delivers those steps again to the next process, which finds
+  the host as before them (or, for a kill between the write and the report, as after them:
+  steps are idempotent). A flusher thread also writes the hosts touched recently (a
+  `connection()` call marks a host) once a second, for changes made outside a step (the
+  reconciler's, a test's), and `close()` writes every host a last time.
+- a write happens only when the host's description changed, one writer per host at a time.
 
 What the file cannot say: the test driver starts every network of the file active and every
 storage pool active, so a network or pool that was defined but stopped comes back started.
 Only one process may serve a simulated host from a state folder (`up` holds every worker in
-one process); two processes would each keep their own copy, as the test driver always did.
+one process; each `cloudkernel worker` keeps a folder of its own); two processes would each
+keep their own copy, as the test driver always did.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import threading
@@ -35,7 +42,7 @@ from xml.etree import ElementTree as ET
 
 import libvirt
 
-__all__ = ["SimulatedHosts", "is_simulated", "node_xml"]
+__all__ = ["FolderInUse", "SimulatedHosts", "is_simulated", "node_xml"]
 
 _TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
 # an object written back is replaced whole: these node children are the host's live state
@@ -82,21 +89,35 @@ def node_xml(conn: libvirt.virConnect, original: str) -> str:
     return "\n".join(parts)
 
 
+class FolderInUse(RuntimeError):
+    """Another live process keeps its simulated hosts in this folder."""
+
+
 class SimulatedHosts:
     """The state folder of a process's simulated hosts, and the thread that keeps it current."""
 
     def __init__(self, folder: Path, *, interval: float = 1.0) -> None:
-        """Write hosts under `folder` (made if missing) every `interval` seconds."""
+        """Write hosts under `folder` (made if missing) every `interval` seconds. The folder is
+        this process's until `close()` (a lock the system drops when the process dies):
+        FolderInUse if another process holds it."""
         self.folder = folder
         self.interval = interval
         self._lock = threading.Lock()
         self._used: dict[str, float] = {}  # uri -> monotonic time of its last use
         self._written: dict[str, str] = {}  # uri -> the description last written
         self._originals: dict[str, str] = {}  # uri -> the inventory's file for it
+        self._writing: dict[str, threading.Lock] = {}  # uri -> held while it is written
         self._connection: Callable[[str], libvirt.virConnect] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         folder.mkdir(parents=True, exist_ok=True)
+        self._held = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._held)
+            raise FolderInUse(f"simulated hosts in {folder} are kept by another process") \
+                from None
 
     def state_file(self, uri: str) -> Path:
         """Where `uri`'s state is kept: the inventory file's name and a hash of the URI, so
@@ -112,11 +133,22 @@ class SimulatedHosts:
         kept = self.state_file(uri)
         return f"test://{kept.resolve()}" if kept.exists() else uri
 
-    def used(self, uri: str) -> None:
-        """Note that a step is about to use `uri`: the flusher watches it for a while."""
-        if is_simulated(uri):
-            with self._lock:
-                self._used[uri] = time.monotonic()
+    def used(self, uri: str) -> bool:
+        """Note that a step is about to use `uri`: the flusher watches it for a while.
+        Whether `uri` is a simulated host (kept here)."""
+        if not is_simulated(uri):
+            return False
+        with self._lock:
+            self._used[uri] = time.monotonic()
+        return True
+
+    def write_through(self, uris: list[str]) -> None:
+        """Write these hosts now, in this thread, if they changed; raises when one cannot be
+        written (the step that changed it must then not be reported done)."""
+        if self._connection is None:
+            return
+        for uri in uris:
+            self._write(uri, self._connection(uri))
 
     def start(self, connection: Callable[[str], libvirt.virConnect]) -> None:
         """Start writing hosts back, reaching them through `connection`."""
@@ -129,7 +161,10 @@ class SimulatedHosts:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.flush(everything=True)
+        try:
+            self.flush(everything=True)
+        finally:
+            os.close(self._held)  # the folder is free for the next process
 
     def flush(self, *, everything: bool = False) -> list[str]:
         """Write each host used in the last minute (`everything`: ever) whose description
@@ -147,18 +182,23 @@ class SimulatedHosts:
         return written
 
     def _write(self, uri: str, conn: libvirt.virConnect) -> bool:
-        original = self._originals.get(uri)
-        if original is None:
-            original = self._originals[uri] = Path(urlsplit(uri).path).read_text()
-        text = node_xml(conn, original)
-        if self._written.get(uri) == text:
-            return False
-        target = self.state_file(uri)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, target)  # a reader never sees half a file
-        self._written[uri] = text
-        return True
+        with self._lock:
+            writing = self._writing.setdefault(uri, threading.Lock())
+        # one writer per host: the description is read and written under the same lock, so
+        # a later write never replaces the file with an older description
+        with writing:
+            original = self._originals.get(uri)
+            if original is None:
+                original = self._originals[uri] = Path(urlsplit(uri).path).read_text()
+            text = node_xml(conn, original)
+            if self._written.get(uri) == text:
+                return False
+            target = self.state_file(uri)
+            tmp = target.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, target)  # a reader never sees half a file
+            self._written[uri] = text
+            return True
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

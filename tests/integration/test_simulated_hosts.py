@@ -2,6 +2,8 @@
 process let it go (domains and whether they ran, networks, pools and volumes, the platform's
 domain metadata) is what the next process finds. libvirt's test driver is real."""
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,11 +12,14 @@ from uuid import uuid4
 import libvirt
 import pytest
 from fixtures.libvirt_host import LibvirtTestDomain, write_test_host
+from support.plugin_steps import PluginSteps
 
 from aggregates.errors import ConfigError
+from kernel.steps.hypervisor import DefineDomain, DomainDefined
 from subsystems.hypervisor.plugin import make_hypervisor
 from subsystems.libvirt import connections
 from subsystems.libvirt.connections import close_all, connection, keep_simulated_hosts
+from subsystems.libvirt.simulation import FolderInUse
 
 _DOMAIN = """<domain type='test'><name>{name}</name><uuid>{uuid}</uuid>
 <metadata><ck:step xmlns:ck="urn:cloudkernel:hypervisor">defined-by-{name}</ck:step></metadata>
@@ -103,7 +108,7 @@ def test_hosts_that_are_not_simulated_files_are_left_alone(tmp_path: Path) -> No
         connection("test:///default").listAllDomains()
         assert kept.open_uri("test:///default") == "test:///default"
         assert kept.flush(everything=True) == []
-    assert list((tmp_path / "kept").iterdir()) == []
+    assert list((tmp_path / "kept").glob("*.xml")) == []
 
 
 def test_a_process_keeps_one_state_folder(tmp_path: Path) -> None:
@@ -122,8 +127,83 @@ def test_the_hypervisor_plugin_keeps_hosts_when_configured(tmp_path: Path) -> No
     finally:
         plugin.close()
     assert connections._simulated is None
-    [state] = (tmp_path / "kept").iterdir()
+    [state] = (tmp_path / "kept").glob("*.xml")
     assert "<name>kept-by-plugin</name>" in state.read_text()
     for bad in (5, "", "  "):
         with pytest.raises(ConfigError, match="simulated_hosts_dir"):
             make_hypervisor({"simulated_hosts_dir": bad})
+
+
+def test_a_step_is_written_through_before_its_outcome_is_made(tmp_path: Path) -> None:
+    """What a reported step changed is on disk when the runner returns: a kill right after
+    the report (no flusher pass, no close) loses none of it."""
+    uri = write_test_host(tmp_path / "h5.xml")
+    vm_id = uuid4()
+    with keep_simulated_hosts(tmp_path / "kept", interval=3600) as kept:  # no flusher pass
+        steps = PluginSteps("hypervisor")
+        done = steps.ok(DefineDomain(vm_id=vm_id, name="through", host_uri=uri, cpu_cores=1,
+                                     cpu_mhz=1000, memory_mib=64, start=True), DomainDefined)
+        assert done.vm_id == vm_id
+        text = kept.state_file(uri).read_text()  # read before anything else runs
+        assert "<name>through</name>" in text and "<test:runstate>1</test:runstate>" in text
+        steps.plugin.close()
+
+
+def test_a_step_not_written_through_is_not_reported_done(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    uri = write_test_host(tmp_path / "h6.xml")
+    with keep_simulated_hosts(tmp_path / "kept", interval=3600) as kept:
+        def full(*_: object) -> bool:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(kept, "_write", full)
+        steps = PluginSteps("hypervisor")
+        out = steps.run(DefineDomain(vm_id=uuid4(), name="lost", host_uri=uri, cpu_cores=1,
+                                     cpu_mhz=1000, memory_mib=64))
+        assert (out.ok, out.error_code, out.retryable) == (False, "unsettled", True)
+        monkeypatch.undo()
+        steps.plugin.close()
+
+
+_KEEPER = """
+import sys, time
+from pathlib import Path
+from uuid import UUID
+sys.path[:0] = [{root!r}, {tests!r}]
+from support.plugin_steps import PluginSteps
+from kernel.steps.hypervisor import DefineDomain, DomainDefined
+from subsystems.libvirt.connections import keep_simulated_hosts
+with keep_simulated_hosts(Path({folder!r}), interval=3600):
+    steps = PluginSteps("hypervisor")
+    for n, vm_id in enumerate({vm_ids!r}):
+        steps.ok(DefineDomain(vm_id=UUID(vm_id), name=f"vm-{{n}}", host_uri={uri!r},
+                              cpu_cores=1, cpu_mhz=1000, memory_mib=64, start=True),
+                 DomainDefined)
+    print("reported", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_worker_killed_after_its_reports_leaves_its_hosts_as_reported(tmp_path: Path) -> None:
+    """The shape the chaos tests run: a process serving simulated hosts is SIGKILLed after
+    reporting its steps; the next process finds every reported domain, running, and holds the
+    folder it left (the dead process's lock went with it)."""
+    uri = write_test_host(tmp_path / "h7.xml")
+    folder = tmp_path / "kept"
+    vm_ids = [str(uuid4()) for _ in range(5)]
+    root = Path(__file__).resolve().parents[2]
+    script = _KEEPER.format(root=str(root), tests=str(root / "tests"), folder=str(folder),
+                            vm_ids=vm_ids, uri=uri)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "reported"
+        with pytest.raises(FolderInUse):  # held while that process lives
+            keep_simulated_hosts(folder).__enter__()
+    finally:
+        proc.kill()
+        proc.wait(10)
+    with keep_simulated_hosts(folder):
+        conn = connection(uri)
+        assert {d.UUIDString(): d.state()[0] for d in conn.listAllDomains()} == {
+            v: libvirt.VIR_DOMAIN_RUNNING for v in vm_ids}

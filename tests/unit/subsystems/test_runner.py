@@ -1,5 +1,6 @@
 """The synchronous step runner: decode, dispatch, encode; poison messages are termed."""
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -9,7 +10,7 @@ import pytest
 
 from aggregates.errors import StepFailedError
 from kernel.contracts.steps import StepMessage, StepOutcome, step_encoder
-from subsystems.base import NoAnswer, StepContext, SubsystemBase, action
+from subsystems.base import NoAnswer, StepContext, SubsystemBase, action, step_settlers
 from subsystems.runner import Disposal, StepRunner, Verdict
 
 
@@ -210,3 +211,41 @@ def test_a_step_message_id_carries_its_epoch() -> None:
     assert one.msg_id == f"{one.step_id}:2"  # one kernel: as before
     owned = step("double", partition=1, epoch=7)
     assert owned.msg_id == f"{owned.step_id}:2:e7"  # not a repeat of another epoch's
+
+
+class TestSettlers:
+    """After the handler, in its thread, the step settlers run before any outcome is made."""
+
+    @pytest.fixture(autouse=True)
+    def _settlers(self) -> Any:
+        saved = list(step_settlers)
+        step_settlers.clear()
+        yield
+        step_settlers[:] = saved
+
+    def test_they_run_after_the_handler_in_its_thread_whatever_it_did(
+            self, runner: StepRunner, probe: Probe) -> None:
+        seen: list[tuple[int, int]] = []
+        step_settlers.append(lambda: seen.append((threading.get_ident(), len(probe.contexts))))
+        for action_name in ("double", "refuse", "crash", "withhold"):
+            run(runner, step(action_name))
+        here = threading.get_ident()
+        # after `double` had recorded its context (the handler ran first), and for each step
+        assert seen == [(here, 1), (here, 1), (here, 1), (here, 1)]
+
+    def test_a_step_not_settled_is_a_retryable_failure_not_a_success(
+            self, runner: StepRunner) -> None:
+        def cannot() -> None:
+            raise OSError(28, "No space left on device")
+
+        step_settlers.append(cannot)
+        verdict = run(runner, step("double"))
+        out = outcome_of(verdict)
+        assert verdict.disposal is Disposal.ACK
+        assert (out.ok, out.error_code, out.retryable) == (False, "unsettled", True)
+        assert "No space left on device" in (out.message or "")
+
+    def test_a_refused_step_runs_no_settler(self, runner: StepRunner) -> None:
+        step_settlers.append(lambda: pytest.fail("settled a step that never ran"))
+        assert outcome_of(run(runner, step("no_such_action"))).error_code == "unknown_action"
+        assert outcome_of(run(runner, step("double", args={"n": "x"}))).error_code == "bad_args"
