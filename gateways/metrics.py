@@ -10,6 +10,10 @@ Setting `metrics_port` (0: off) makes a process serve its registry on
 `http://<api_host>:<metrics_port>/metrics` (`serve_metrics`); `cloudkernel up` runs every
 part in one process, so its port (and its admin API's `GET /metrics`) serves them all. Give
 each process of a split deployment a port of its own (CLOUDKERNEL_METRICS_PORT).
+
+What a scrape reads from the store (the log's head, the projections' lag) is read through
+`StoreReads`, bounded in time: while the store does not answer, a scrape still answers at
+once, with those families left out and `cloudkernel_store_reachable 0`.
 """
 
 from __future__ import annotations
@@ -17,16 +21,19 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["PROCESS", "ProcessMetrics", "lag_families", "serve_metrics"]
+__all__ = ["PROCESS", "ProcessMetrics", "StoreReads", "lag_families", "reachable_family",
+           "serve_metrics"]
 
 Samples = Iterable[tuple[tuple[str, ...], float]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -106,3 +113,35 @@ def lag_families(lags: dict[str, Any]) -> Iterator[Metric]:
         seconds.add_metric([name], lag.seconds)
     yield positions
     yield seconds
+
+
+class StoreReads:
+    """The store reads of a collector, each given `timeout` seconds. A read that fails or does
+    not end in time is answered None, and a read still hanging on a dead connection is not
+    doubled by the next scrape (one thread, one read at a time)."""
+
+    def __init__(self, timeout: float = 2.0) -> None:
+        """Reads wait at most `timeout` seconds."""
+        self.timeout = timeout
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="metrics-store")
+        self._pending: Future[Any] | None = None
+        self._lock = threading.Lock()
+
+    def read(self, fn: Callable[[], T]) -> T | None:
+        """`fn()`'s answer, or None when the store did not give it in time."""
+        with self._lock:
+            if self._pending is not None and not self._pending.done():
+                return None  # the last read still waits for the store
+            future = self._pending = self._pool.submit(fn)
+        try:
+            return future.result(self.timeout)
+        except Exception:  # the store is down: the scrape goes on without its families
+            return None
+
+
+def reachable_family(reachable: bool) -> GaugeMetricFamily:
+    """`cloudkernel_store_reachable`: 1 when the scrape's store reads were answered."""
+    return GaugeMetricFamily("cloudkernel_store_reachable",
+                             "1 when this process's store answered the scrape's reads in "
+                             "time, else 0 (its store families are left out).",
+                             value=1 if reachable else 0)

@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 
 from aggregates.operation import Operation
 from aggregates.step_run import Phase
-from gateways.metrics import lag_families
+from gateways.metrics import StoreReads, lag_families, reachable_family
 from kernel.store.application import KernelApplication
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -130,11 +130,13 @@ class HttpStats:
 
 class CoreMetrics(Collector):
     """The engine's, reconciler's, projections' and log's families, read at each scrape
-    (blocking: the API scrapes in its context's thread pool)."""
+    (blocking: the API scrapes in its context's thread pool; the store's reads are bounded
+    in time, `StoreReads`)."""
 
-    def __init__(self, ctx: Any) -> None:
-        """Read from the API's context."""
+    def __init__(self, ctx: Any, store: StoreReads) -> None:
+        """Read from the API's context, the store through `store`."""
         self.ctx = ctx
+        self._store = store
 
     def collect(self) -> Iterator[Metric]:
         """The families, each read now."""
@@ -151,10 +153,15 @@ class CoreMetrics(Collector):
             for kind, n in sorted(ctx.drift_stats().items()):
                 drift.add_metric([kind], n)
             yield drift
-        yield GaugeMetricFamily("cloudkernel_log_head", "The event log's last position.",
-                                value=ctx.app.recorder.max_notification_id() or 0)
-        lags = {name: runner.lag() for name, runner in ctx.runners.items()}
-        yield from lag_families(lags)
+        read = self._store.read(lambda: (
+            ctx.app.recorder.max_notification_id() or 0,
+            {name: runner.lag() for name, runner in ctx.runners.items()}))
+        yield reachable_family(read is not None)
+        if read is not None:
+            head, lags = read
+            yield GaugeMetricFamily("cloudkernel_log_head", "The event log's last position.",
+                                    value=head)
+            yield from lag_families(lags)
 
 
 class ApiMetrics:
@@ -165,7 +172,8 @@ class ApiMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.http = HttpStats(self.registry)
         self.steps = StepStats(ctx.app, self.registry)
-        self.registry.register(CoreMetrics(ctx))
+        self.store = StoreReads()  # a scrape waits for the store 2 s at most
+        self.registry.register(CoreMetrics(ctx, self.store))
         self._shared: _Shared | None = None
 
     def share(self) -> bool:
@@ -189,7 +197,7 @@ class ApiMetrics:
 
     def render(self) -> bytes:
         """Blocking: the API's families (the steps followed up to now) and the process's."""
-        self.steps.catch_up()
+        self.store.read(self.steps.catch_up)
         if self._shared is not None:
             return generate_latest(REGISTRY)
         return generate_latest(self.registry) + generate_latest(REGISTRY)
@@ -202,5 +210,5 @@ class _Shared(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        self.metrics.steps.catch_up()
+        self.metrics.store.read(self.metrics.steps.catch_up)
         yield from self.metrics.registry.collect()

@@ -14,7 +14,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from aggregates.errors import ValidationError
-from gateways.metrics import lag_families
+from gateways.metrics import StoreReads, lag_families, reachable_family
 from kernel.bootstrap.processes import projection_runners
 from kernel.settings import Settings
 
@@ -50,9 +50,13 @@ class _Lags(Collector):
 
     def __init__(self, runners: list[Any]) -> None:
         self.runners = runners
+        self._store = StoreReads()
 
     def collect(self) -> Iterator[Metric]:
-        return lag_families({r.name: r.lag() for r in self.runners})
+        lags = self._store.read(lambda: {r.name: r.lag() for r in self.runners})
+        yield reachable_family(lags is not None)
+        if lags is not None:
+            yield from lag_families(lags)
 
 
 def _models() -> dict[str, Any]:
