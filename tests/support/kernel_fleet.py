@@ -28,11 +28,11 @@ COUNTER = msgspec.json.encode({"name": "chaos", "amount": 1})
 class Fleet:
     """Kernels and counter workers as processes that can be killed, frozen and restarted."""
 
-    def __init__(self, tmp: Path, dsn: str, urls: list[str]) -> None:
+    def __init__(self, tmp: Path, dsn: str, urls: list[str], *, replicas: int = 3) -> None:
         self.tmp, self.dsn = tmp, dsn
         self.env = process_env(Settings(store="postgres", postgres_dsn=dsn,
                                         nats_urls=tuple(urls), data_dir=tmp / "data"),
-                               CLOUDKERNEL_NATS_REPLICAS="3",
+                               CLOUDKERNEL_NATS_REPLICAS=str(replicas),
                                CLOUDKERNEL_LEASE_SECONDS=str(LEASE))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.kills: Counter[str] = Counter()
@@ -44,9 +44,13 @@ class Fleet:
         return [*cli, "worker", "--subsystem", "counter", "--concurrency", "16",
                 "--ack-wait", "2", "--config-json", json.dumps({"dsn": self.dsn})]
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, *, nats_urls: list[str] | None = None) -> None:
+        """Start `name`; `nats_urls`: the NATS servers this process reaches (through a proxy,
+        say), instead of the fleet's."""
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 (the process keeps it)
         env = {**self.env, "CLOUDKERNEL_KERNEL_NAME": f"{name}-{len(self.procs)}-{time.time():.0f}"}
+        if nats_urls is not None:
+            env["CLOUDKERNEL_NATS_URLS"] = ",".join(nats_urls)
         self.procs[name] = subprocess.Popen(self.command(name), env=env, cwd=self.tmp,
                                             stdout=log, stderr=subprocess.STDOUT)
 
