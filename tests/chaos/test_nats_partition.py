@@ -21,7 +21,7 @@ import pytest
 from fixtures.tcp_proxy import TcpProxy
 from support.kernel_fleet import LEASE, Fleet, holders, plan, status, wait_for
 
-from aggregates.operation import OperationState
+from aggregates.operation import Operation, OperationState
 from kernel.bootstrap.migrations import migrate_all
 from kernel.operation_commands import StartOperation
 from kernel.operations import OperationEngine
@@ -86,7 +86,7 @@ def test_a_kernel_cut_off_from_nats_gives_its_partitions_up_and_comes_back(
         proxy.cut()
 
     try:
-        ops = [app.repository.get(i) for i in op_ids]
+        ops: list[Operation] = [app.repository.get(i) for i in op_ids]
         assert Counter(op.state for op in ops) == {OperationState.SUCCEEDED: len(op_ids)}, \
             fleet.logs()
         report = read_counter(dsn=pg_dsn)
