@@ -23,8 +23,9 @@ no answer again with its idempotency key, as a retrying client does, and two of 
 run side by side (kernels sharing the partitions by leases, relays, projection runners,
 intakes, APIs taking commands in turn, planner and network guru workers; one worker of each
 subsystem whose test-driver hosts live in its process). There a kernel is SIGKILLed and
-started again, one of each edge process too, and the other kernel is frozen past its leases
-(`upset_kernels`).
+started again, one of each edge process too, then every worker holding test-driver hosts
+(each writes its hosts through to its data folder before reporting a step), and the other
+kernel is frozen past its leases (`upset_kernels`).
 
 At quiescence (at most 120 s) the test checks PROOF.md's invariants 1 to 7
 (`support.invariants`): every operation ended and no entity queue is held or waited for;
@@ -100,6 +101,7 @@ from kernel.store.application import KernelApplication, PlatformApplication, ope
 MIB = 1024**2
 EXTERNAL_POSTGRES_ENV = "CLOUDKERNEL_TEST_POSTGRES_DSN"  # as in tests/conftest.py
 SUBSYSTEMS = ["planner", "networkguru", "networkelement", "storage", "snapshot", "hypervisor"]
+HOST_HOLDERS = ["networkelement", "storage", "snapshot", "hypervisor"]
 QUIESCENCE_SECONDS = 120
 IN_FLIGHT = 8  # commands sent at once
 FIRST_VMS = 10
@@ -469,7 +471,10 @@ async def upset_kernels(platform: SplitPlatform, answered: Callable[[], int], co
     partitions move to the second within a lease period, the default 5 s) and start it again
     3 s later; at 55% SIGKILL the first relay, projection runner, intake, API, planner worker
     and network guru worker, and start them again 2 s later; at 65% crash PostgreSQL (every
-    process loses its sessions) and start it again a second later; at 75% freeze the second
+    process loses its sessions) and start it again a second later; at 70% SIGKILL the workers
+    that hold the test-driver hosts (hypervisor, storage, network element, snapshot: their
+    hosts come back from what they wrote through) and start them again 2 s later; at 75%
+    freeze the second
     kernel (SIGSTOP) for two lease periods, long enough for the first to take its
     partitions, then resume it (SIGCONT): it must find itself deposed and write nothing for
     the partitions it lost (`deposed_findings`)."""
@@ -502,6 +507,18 @@ async def upset_kernels(platform: SplitPlatform, answered: Callable[[], int], co
         await asyncio.sleep(1)
         await asyncio.to_thread(platform.pg_server.start)
         killed.append("PostgreSQL back")
+    while answered() < commands * 7 // 10:
+        await asyncio.sleep(0.1)
+    # the workers that hold the test-driver hosts: what they reported is on disk (written
+    # through before each outcome), what they had not reported comes to the next one again
+    holders = [platform.part(f"worker-{name}") for name in HOST_HOLDERS]
+    for part in holders:
+        part.kill()
+    killed.append(f"killed {', '.join(p.name for p in holders)} (SIGKILL)")
+    await asyncio.sleep(2)
+    for part in holders:
+        await asyncio.to_thread(part.restart, time.monotonic() + 60)
+    killed.append("they are back")
     while answered() < commands * 3 // 4:
         await asyncio.sleep(0.1)
     second.pause()
