@@ -259,22 +259,27 @@ class Senders:
         """Send through `channel` ("intake" or "api") and decode the answer; a command that
         gets no answer, or `unavailable` (the store out of reach), is sent again with its
         idempotency key, `retries` times, as a client does when the connection broke under it
-        or the server said to come back."""
+        or the server said to come back. Through the API, each try goes to the next API (the
+        APIs in turn): a client whose API is gone tries another."""
+        self._next_api += 1  # the APIs in turn
+        api = self._next_api
         for _ in range(self.retries):
             try:
-                reply = await self._send(channel, tag, body, idem, timeout, key)
+                reply = await self._send(channel, tag, body, idem, timeout, key, api)
             except (TimeoutError, nats.errors.Error, aiohttp.ClientError):
                 self.retried += 1
+                api += 1
                 await asyncio.sleep(1)
                 continue
             if reply.code not in ("unavailable", "http-503"):
                 return reply
             self.retried += 1  # the store is out of reach a moment: as asked, again later
+            api += 1
             await asyncio.sleep(1)
-        return await self._send(channel, tag, body, idem, timeout, key)
+        return await self._send(channel, tag, body, idem, timeout, key, api)
 
     async def _send(self, channel: str, tag: str, body: dict[str, Any] | bytes, idem: str,
-                    timeout: float, key: ApiKey | None) -> Reply:
+                    timeout: float, key: ApiKey | None, api: int = 0) -> Reply:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         if channel == "intake":
             subject = COMMANDS_PREFIX + tag
@@ -290,8 +295,7 @@ class Senders:
         path = f"/v1/commands/{tag}"
         headers = {"Content-Type": "application/json",
                    **self._headers(f"POST {path}", idem, data, key)}
-        self._next_api += 1  # the APIs in turn
-        http = self.apis[self._next_api % len(self.apis)]
+        http = self.apis[api % len(self.apis)]
         async with http.post(path, data=data, headers=headers,
                                   timeout=aiohttp.ClientTimeout(total=timeout)) as r:
             answer = await r.json()
