@@ -107,6 +107,8 @@ class SimulatedHosts:
         self._written: dict[str, str] = {}  # uri -> the description last written
         self._originals: dict[str, str] = {}  # uri -> the inventory's file for it
         self._writing: dict[str, threading.Lock] = {}  # uri -> held while it is written
+        self._asked: dict[str, int] = {}  # uri -> write-throughs asked for so far
+        self._covered: dict[str, int] = {}  # uri -> how many of those a write has covered
         self._connection: Callable[[str], libvirt.virConnect] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -148,7 +150,9 @@ class SimulatedHosts:
         if self._connection is None:
             return
         for uri in uris:
-            self._write(uri, self._connection(uri))
+            with self._lock:
+                ticket = self._asked[uri] = self._asked.get(uri, 0) + 1
+            self._write(uri, self._connection(uri), ticket)
 
     def start(self, connection: Callable[[str], libvirt.virConnect]) -> None:
         """Start writing hosts back, reaching them through `connection`."""
@@ -181,24 +185,39 @@ class SimulatedHosts:
                     written.append(uri)
         return written
 
-    def _write(self, uri: str, conn: libvirt.virConnect) -> bool:
+    def _write(self, uri: str, conn: libvirt.virConnect, ticket: int = 0) -> bool:
+        """Write `uri`'s description if it changed. `ticket`: the write-through asking for it;
+        one that a write begun after it was asked covers already is done (several steps that
+        end together on a host share one write, as commits share a flush)."""
         with self._lock:
             writing = self._writing.setdefault(uri, threading.Lock())
         # one writer per host: the description is read and written under the same lock, so
         # a later write never replaces the file with an older description
         with writing:
-            original = self._originals.get(uri)
-            if original is None:
-                original = self._originals[uri] = Path(urlsplit(uri).path).read_text()
-            text = node_xml(conn, original)
-            if self._written.get(uri) == text:
-                return False
-            target = self.state_file(uri)
-            tmp = target.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, target)  # a reader never sees half a file
-            self._written[uri] = text
-            return True
+            with self._lock:
+                if ticket and self._covered.get(uri, 0) >= ticket:
+                    return False
+                covering = self._asked.get(uri, 0)  # every change asked before now is made
+            written = self._write_now(uri, conn)
+            with self._lock:
+                self._covered[uri] = max(self._covered.get(uri, 0), covering)
+            return written
+
+    def _write_now(self, uri: str, conn: libvirt.virConnect) -> bool:
+        """Build the description and write it, if it differs from the last written (under
+        the host's writing lock)."""
+        original = self._originals.get(uri)
+        if original is None:
+            original = self._originals[uri] = Path(urlsplit(uri).path).read_text()
+        text = node_xml(conn, original)
+        if self._written.get(uri) == text:
+            return False
+        target = self.state_file(uri)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, target)  # a reader never sees half a file
+        self._written[uri] = text
+        return True
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
