@@ -4,6 +4,7 @@ domain metadata) is what the next process finds. libvirt's test driver is real."
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,3 +208,40 @@ def test_a_worker_killed_after_its_reports_leaves_its_hosts_as_reported(tmp_path
         conn = connection(uri)
         assert {d.UUIDString(): d.state()[0] for d in conn.listAllDomains()} == {
             v: libvirt.VIR_DOMAIN_RUNNING for v in vm_ids}
+
+
+def test_steps_that_end_together_share_a_write_and_a_later_change_is_written_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = write_test_host(tmp_path / "h8.xml")
+    with keep_simulated_hosts(tmp_path / "kept", interval=3600) as kept:
+        conn = connection(uri)
+        writes: list[str] = []
+        real = kept._write_now
+
+        def counted(u: str, c: libvirt.virConnect) -> bool:
+            writes.append(u)
+            return real(u, c)
+
+        monkeypatch.setattr(kept, "_write_now", counted)
+        kept.write_through([uri])  # (makes the host's writing lock)
+        writes.clear()
+        conn.defineXML(_DOMAIN.format(name="first", uuid=uuid4()))
+        conn.defineXML(_DOMAIN.format(name="second", uuid=uuid4()))
+        writing = kept._writing[uri]
+        with writing:  # a write in progress: both steps' write-throughs wait behind it
+            waiting = [threading.Thread(target=kept.write_through, args=([uri],))
+                       for _ in range(2)]
+            for t in waiting:
+                t.start()
+            deadline = time.monotonic() + 5
+            while kept._asked[uri] < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        for t in waiting:
+            t.join(5)
+        assert writes == [uri]  # one write covered both
+        text = kept.state_file(uri).read_text()
+        assert "<name>first</name>" in text and "<name>second</name>" in text
+        conn.defineXML(_DOMAIN.format(name="third", uuid=uuid4()))
+        kept.write_through([uri])  # asked after that write began: written again
+        assert writes == [uri, uri]
+        assert "<name>third</name>" in kept.state_file(uri).read_text()
