@@ -28,6 +28,9 @@ class UnitOfWork:
         # Ids this work just made up (random, never seen): their entity queues cannot exist,
         # so admission does not look them up in the store.
         self.fresh: set[UUID] = set()
+        # The operation planned again when its turn came (`OperationEngine._replan`): what it
+        # holds is its own, and a factory's "is it busy?" must not count its holds as another's.
+        self.planning: UUID | None = None
 
     def get(self, aggregate_id: UUID) -> Any:
         """The aggregate, from memory or the store; NotFoundError if it does not exist."""
@@ -100,6 +103,7 @@ class TrialUnitOfWork(UnitOfWork):
         super().__init__(base.app, {}, shared=base.shared)
         self.base = base
         self.fresh = set(base.fresh)
+        self.planning = base.planning
 
     def get(self, aggregate_id: UUID) -> Any:
         """A copy of the aggregate as the base has it (NotFoundError if it does not exist)."""

@@ -111,10 +111,11 @@ def repair_factory(uow: UnitOfWork, command: RepairEntity,
 
 
 def require_no_live_operation(uow: UnitOfWork, entity_id: UUID, label: str) -> None:
-    """Refuse while an unfinished operation holds the entity (a finished one that still
-    shows as its owner is a stale hold, and does not count)."""
+    """Refuse while another unfinished operation holds the entity (a finished one that still
+    shows as its owner is a stale hold, and does not count; nor does the repair's own hold when
+    it is planned again on its turn)."""
     queue = uow.find(EntityQueue.create_id(entity_id))
-    if not isinstance(queue, EntityQueue) or queue.owner is None:
+    if not isinstance(queue, EntityQueue) or queue.owner in (None, uow.planning):
         return
     op = uow.find(queue.owner)
     if isinstance(op, Operation) and not op.is_finished:

@@ -173,10 +173,11 @@ def next_device(vm: VirtualMachine) -> int:
 
 
 def require_idle(uow: UnitOfWork, entity_id: UUID, label: str) -> None:
-    """Refuse to change an entity now if an operation holds it (its effects expect it as
-    it was when they were planned)."""
+    """Refuse to change an entity now if another operation holds it (its effects expect it
+    as it was when they were planned). The operation being planned again when its turn came
+    holds it itself: that is no refusal."""
     queue = uow.find(EntityQueue.create_id(entity_id))
-    if isinstance(queue, EntityQueue) and queue.is_busy:
+    if isinstance(queue, EntityQueue) and queue.is_busy and queue.owner != uow.planning:
         raise DomainRuleError(f"{label} is busy with operation {queue.owner}; try again when "
                               "it ends")
 

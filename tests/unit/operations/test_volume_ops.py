@@ -423,3 +423,26 @@ def test_a_failed_restore_leaves_the_backup_usable(cloud: VolumeCloud) -> None:
     assert cloud.restored == []
     with pytest.raises(Exception, match="absolute"):
         cloud.command(BackupVmCommand(vm_id=vm.id, target_dir="backups"))
+
+
+def test_a_restore_that_waited_behind_another_operation_on_its_vm_runs_when_its_turn_comes(
+        cloud: VolumeCloud) -> None:
+    """A restore holds its backup while it waits for the VM: when its turn comes and it is
+    planned again, the hold on the backup is its own, not another operation's."""
+    vm = running_vm(cloud)
+    first = cloud.command(BackupVmCommand(vm_id=vm.id, target_dir="/backups"))
+    cloud.run()
+    second = cloud.command(BackupVmCommand(vm_id=vm.id, target_dir="/backups"))
+    cloud.run()
+    cloud.command(StopVm(vm_id=vm.id))
+    cloud.run()
+    earlier = cloud.command(RestoreVmCommand(backup_id=UUID(first["backup_id"])))
+    step = cloud.run_until("backup.restore")  # the VM is held meanwhile
+    later = cloud.command(RestoreVmCommand(backup_id=UUID(second["backup_id"])))
+    assert cloud.op(later).state is OperationState.WAITING
+    cloud.engine.apply_outcomes([cloud.answer(step)])
+    cloud.run()
+    assert cloud.op(earlier).state is OperationState.SUCCEEDED
+    op = cloud.op(later)
+    assert op.state is OperationState.SUCCEEDED, op.failure
+    assert cloud.get(UUID(second["backup_id"])).state is BackupState.BACKED_UP
