@@ -18,6 +18,11 @@ Per message, in this order:
    a short delay and nothing is acked: the step runs again (plugins are idempotent by step id)
    and the outcome's Msg-Id makes a second copy a duplicate JetStream drops.
 
+One attempt runs once at a time in a worker: a second delivery of it (JetStream's redelivery,
+or a new kernel publishing at its epoch what was in flight) waits while the first runs, and
+once the first has reported, the twin is answered with that outcome and not run again (the
+last `_REMEMBERED` attempts are kept).
+
 The worker also answers its plugin's read-only actions (`inventory`) as plain NATS requests,
 in the same thread pool (`gateways.stream.queries`).
 """
@@ -32,6 +37,7 @@ import os
 import secrets
 import signal
 import socket
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,6 +72,7 @@ log = logging.getLogger(__name__)
 _outcome_encoder = msgspec.json.Encoder()
 _MIN_PROGRESS_S = 0.05
 _RETRY_S = 1.0  # pause after a transport error, and the nak delay after a failed publish
+_REMEMBERED = 4096  # attempts whose outcome this worker keeps, to answer their twins
 
 
 @dataclass
@@ -81,6 +88,7 @@ class WorkerStats:
     in_progress_sent: int = 0
     abandoned: int = 0
     deferred: int = 0  # deliveries of an attempt already running here, put back for later
+    repeated: int = 0  # deliveries of an attempt already done here, answered without a run
 
 
 class Worker:
@@ -134,7 +142,7 @@ class Worker:
                     ("subsystem", "worker", "outcome"),
                     lambda w: [((w.subsystem.name, w.identity, k), getattr(w.stats, k))
                                for k in ("received", "succeeded", "failed", "terminated",
-                                         "withheld", "abandoned", "deferred")])
+                                         "withheld", "abandoned", "deferred", "repeated")])
         PROCESS.add(self, "cloudkernel_worker_stale_epoch_steps", "counter",
                     "Steps refused because a newer kernel owns their partition (a deposed "
                     "kernel's publication).", ("subsystem", "worker"),
@@ -148,6 +156,8 @@ class Worker:
         self._progress_every = progress_interval or max(ack_wait / 3, _MIN_PROGRESS_S)
         self._inflight: set[asyncio.Task[None]] = set()
         self._running: set[tuple[UUID, int]] = set()  # the attempts running here now
+        # the attempts this worker ran and reported, newest last, with their outcome
+        self._done: OrderedDict[tuple[UUID, int], StepOutcome] = OrderedDict()
         self._closing = False
 
     # ----------------------------------------------------------------- lifecycle
@@ -293,6 +303,18 @@ class Worker:
             self.stats.deferred += 1
             await _quietly(msg.nak, delay=_RETRY_S)
             return
+        done = self._done.get(attempt) if attempt is not None else None
+        if done is not None:
+            # A twin of an attempt this worker already ran and reported: it is answered with
+            # that outcome (stored once: the same message id), not run again. Run again, it
+            # could act after what came since: a volume created anew after the operation,
+            # failed meanwhile, had deleted it.
+            self.stats.repeated += 1
+            if await self._publish(done):
+                await _quietly(msg.ack)
+            else:
+                await _quietly(msg.nak, delay=_RETRY_S)
+            return
         if attempt is not None:
             self._running.add(attempt)
         keep_alive = asyncio.create_task(self._keep_alive(msg))
@@ -303,12 +325,20 @@ class Worker:
             if verdict.outcome is not None and not await self._publish(verdict.outcome):
                 await _quietly(msg.nak, delay=_RETRY_S)
                 return
+            if attempt is not None and verdict.outcome is not None:
+                self._remember(attempt, verdict.outcome)
             keep_alive.cancel()
             await self._dispose(msg, verdict)
         finally:
             keep_alive.cancel()
             if attempt is not None:
                 self._running.discard(attempt)
+
+    def _remember(self, attempt: tuple[UUID, int], outcome: StepOutcome) -> None:
+        self._done[attempt] = outcome
+        self._done.move_to_end(attempt)
+        while len(self._done) > _REMEMBERED:
+            self._done.popitem(last=False)
 
     async def _keep_alive(self, msg: Msg) -> None:
         """Tell JetStream the step is still being worked on, every ack_wait/3."""

@@ -246,9 +246,12 @@ def test_a_long_step_is_kept_in_progress_and_delivered_once(nats_url: str) -> No
     run(body)
 
 
-def test_a_second_delivery_of_a_running_attempt_waits_for_the_first(nats_url: str) -> None:
+def test_a_second_delivery_of_a_running_attempt_waits_and_gets_the_firsts_outcome(
+        nats_url: str) -> None:
     # a new kernel publishes what was in flight at its epoch (another message id) while
-    # the first delivery still runs: the worker does not run the attempt twice at once
+    # the first delivery still runs: the worker does not run the attempt twice at once, and
+    # once the first has reported, the twin gets that outcome without running again (run
+    # later, it could act after what the kernel did since: delete, then create again)
     async def body() -> None:
         async with jetstream(nats_url) as js, serving(nats_url, "sleep",
                                                       concurrency=4) as worker:
@@ -263,8 +266,27 @@ def test_a_second_delivery_of_a_running_attempt_waits_for_the_first(nats_url: st
             assert [result(o) for _, o in found] == [{"seconds": 2, "delivery": 1}]
             info = await settled(js, "sleep", timeout=15)
             assert (info.num_pending, info.num_ack_pending) == (0, 0)
-            assert worker.stats.deferred >= 1  # put back while the first ran, run after
-            assert worker.stats.succeeded == 2
+            assert worker.stats.deferred >= 1  # put back while the first ran
+            assert (worker.stats.succeeded, worker.stats.repeated) == (1, 1)
+            assert (await js.stream_info(RESULTS_STREAM)).state.messages == 1
+
+    run(body)
+
+
+def test_a_twin_of_an_attempt_already_done_gets_its_outcome_without_a_run(
+        nats_url: str) -> None:
+    async def body() -> None:
+        async with jetstream(nats_url) as js, serving(nats_url, "sleep") as worker:
+            first = msgspec.structs.replace(make_step("sleep", "sleep", {"seconds": 0.2}),
+                                            partition=5, epoch=1)
+            await publish(js, first)
+            [(_, done)] = await outcomes(js, 1, timeout=10)
+            await publish(js, msgspec.structs.replace(first, epoch=2))
+            info = await settled(js, "sleep", timeout=10)
+            assert (info.num_pending, info.num_ack_pending) == (0, 0)
+            assert (worker.stats.succeeded, worker.stats.repeated) == (1, 1)
+            assert (await js.stream_info(RESULTS_STREAM)).state.messages == 1
+            assert result(done) == {"seconds": 0.2, "delivery": 1}
 
     run(body)
 
