@@ -2,12 +2,7 @@
 operations run on real PostgreSQL and a real nats-server; restart them; every operation ends
 in a terminal state and every step's effect is applied exactly once."""
 
-import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -15,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from support.kernel_fleet import Fleet
 
 from aggregates.operation import Operation, OperationState
 from aggregates.plan import Plan, PlannedStep, RetryPolicy
@@ -26,55 +22,9 @@ from kernel.settings import Settings
 from kernel.store.application import PlatformApplication, open_application
 from subsystems.testing.counter import read_counter
 
-ROOT = Path(__file__).resolve().parents[2]
 OPERATIONS = 240
 STEPS_PER_OP = 3
 COUNTER = msgspec.json.encode({"name": "crash", "amount": 1})
-
-
-class Fleet:
-    """The kernel and two counter workers as real processes that can be killed and restarted."""
-
-    def __init__(self, tmp: Path, dsn: str, nats_url: str):
-        self.tmp, self.dsn, self.url = tmp, dsn, nats_url
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "CLOUDKERNEL_STORE": "postgres",
-                    "CLOUDKERNEL_POSTGRES_DSN": dsn, "CLOUDKERNEL_NATS_URLS": nats_url,
-                    "CLOUDKERNEL_DATA_DIR": str(tmp / "data"), "CLOUDKERNEL_LOG_LEVEL": "warning"}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.kills: Counter[str] = Counter()
-
-    def command(self, name: str) -> list[str]:
-        cli = [sys.executable, "-m", "gateways.cli.main"]
-        if name == "kernel":
-            return [*cli, "kernel"]
-        return [*cli, "worker", "--subsystem", "counter", "--concurrency", "16",
-                "--nats-url", self.url, "--ack-wait", "2",
-                "--config-json", json.dumps({"dsn": self.dsn})]
-
-    def start(self, name: str) -> None:
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 (the process keeps it)
-        self.procs[name] = subprocess.Popen(self.command(name), env=self.env, cwd=self.tmp,
-                                            stdout=log, stderr=subprocess.STDOUT)
-
-    def kill(self, name: str) -> None:
-        proc = self.procs[name]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        self.kills[name] += 1
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.tmp.glob("*.log"))
 
 
 def plan() -> Plan:
@@ -97,7 +47,7 @@ def test_kill_kernel_and_workers_at_random_and_nothing_is_lost_or_repeated(
     read_counter(dsn=pg_dsn)  # creates the counter's tables before the workers race to
     app = open_application(PlatformApplication, settings)
     submitter = OperationEngine(app)  # another process's view: it only submits
-    fleet = Fleet(tmp_path, pg_dsn, nats_server.url)
+    fleet = Fleet(tmp_path, pg_dsn, [nats_server.url], replicas=1)
     rng = random.Random(20261124)
     op_ids: list[Any] = []
     try:
