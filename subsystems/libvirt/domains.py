@@ -33,7 +33,7 @@ from kernel.steps.hypervisor import (
 )
 from subsystems.libvirt import domain_xml, events, host_policy, pools
 from subsystems.libvirt.connections import connection
-from subsystems.libvirt.faults import code_of, is_not_found, translated, wrap
+from subsystems.libvirt.faults import code_of, found, is_not_found, translated, wrap
 from subsystems.libvirt.host_policy import DomainSettings, DomainShape
 
 __all__ = [
@@ -71,12 +71,7 @@ _shapes: dict[tuple[str, str, DomainSettings], DomainShape] = {}
 
 def lookup(conn: libvirt.virConnect, vm_id: UUID) -> libvirt.virDomain | None:
     """The domain whose UUID is the VM's id, or None."""
-    try:
-        return conn.lookupByUUIDString(str(vm_id))
-    except libvirt.libvirtError as e:
-        if is_not_found(e):
-            return None
-        raise wrap(e, f"look up domain {vm_id}") from e
+    return found(lambda: conn.lookupByUUIDString(str(vm_id)), f"look up domain {vm_id}")
 
 
 def require(conn: libvirt.virConnect, vm_id: UUID) -> libvirt.virDomain:

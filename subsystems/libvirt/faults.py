@@ -9,7 +9,8 @@ kernel up to its policy's limit.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import libvirt
 
@@ -19,6 +20,7 @@ __all__ = [
     "NOT_FOUND",
     "UNSUPPORTED",
     "code_of",
+    "found",
     "is_not_found",
     "is_unsupported",
     "quiet",
@@ -29,6 +31,7 @@ __all__ = [
 NOT_FOUND = frozenset({libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_POOL,
                        libvirt.VIR_ERR_NO_STORAGE_VOL})
 UNSUPPORTED = frozenset({libvirt.VIR_ERR_NO_SUPPORT})
+T = TypeVar("T")
 _PERMANENT = frozenset({
     libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_ERR_XML_DETAIL, libvirt.VIR_ERR_INVALID_ARG,
     libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
@@ -44,6 +47,17 @@ def code_of(e: libvirt.libvirtError) -> int:
 def is_not_found(e: libvirt.libvirtError) -> bool:
     """The domain, pool or volume does not exist."""
     return code_of(e) in NOT_FOUND
+
+
+def found(lookup: Callable[[], T], what: str) -> T | None:
+    """What `lookup()` finds; None when the domain, pool or volume does not exist. Another
+    failure is a step failure about `what` (`wrap`)."""
+    try:
+        return lookup()
+    except libvirt.libvirtError as e:
+        if is_not_found(e):
+            return None
+        raise wrap(e, what) from e
 
 
 def is_unsupported(e: libvirt.libvirtError) -> bool:

@@ -34,7 +34,7 @@ import libvirt
 
 from aggregates.errors import StepFailedError
 from subsystems.libvirt import disk_images
-from subsystems.libvirt.faults import is_not_found, is_unsupported, translated, wrap
+from subsystems.libvirt.faults import found, is_not_found, is_unsupported, translated, wrap
 
 __all__ = [
     "PoolFacts",
@@ -90,12 +90,7 @@ def is_local_uri(uri: str) -> bool:
 
 def find_pool(conn: libvirt.virConnect, name: str) -> libvirt.virStoragePool | None:
     """The pool named `name`, or None."""
-    try:
-        return conn.storagePoolLookupByName(name)
-    except libvirt.libvirtError as e:
-        if is_not_found(e):
-            return None
-        raise wrap(e, f"look up pool {name}") from e
+    return found(lambda: conn.storagePoolLookupByName(name), f"look up pool {name}")
 
 
 def require_pool(conn: libvirt.virConnect, name: str) -> libvirt.virStoragePool:
@@ -167,12 +162,8 @@ def find_volume(conn: libvirt.virConnect, pool: str, name: str
 
 
 def _lookup(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
-    try:
-        return pool.storageVolLookupByName(name)
-    except libvirt.libvirtError as e:
-        if is_not_found(e):
-            return None
-        raise wrap(e, f"look up volume {pool.name()}/{name}") from e
+    return found(lambda: pool.storageVolLookupByName(name),
+                 f"look up volume {pool.name()}/{name}")
 
 
 @contextlib.contextmanager
