@@ -501,15 +501,13 @@ class OperationEngine:
         factory = self._factories[type(command)]
         uow.planning = op.id  # its own holds are not another operation's
         try:
-            return self._replan_as(uow, op, factory, command, now)
+            return self._replan_as(uow, op, factory, command, queued.actor, now)
         finally:
             uow.planning = None
 
     def _replan_as(self, uow: UnitOfWork, op: Operation, factory: Any, command: Command,
-                   now: datetime) -> bool:
-        queued = op.command
-        assert queued is not None
-        with audit_context(actor=queued.actor, correlation_id=op.id,
+                   actor: str, now: datetime) -> bool:
+        with audit_context(actor=actor, correlation_id=op.id,
                            causation_id=f"operation:{op.id}"):
             try:
                 trial, _ = factory(TrialUnitOfWork(uow), command, now)
