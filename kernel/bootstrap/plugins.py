@@ -21,8 +21,6 @@ from typing import Any
 from kernel.platform_log import platform_log
 from kernel.settings import Settings
 from subsystems.base import PlatformLog
-from subsystems.libvirt.connections import keep_simulated_hosts
-from subsystems.libvirt.simulation import FolderInUse
 
 __all__ = ["HOST_HOLDERS", "LOG_FOLLOWERS", "kept_hosts", "plugin_configs", "with_platform_log"]
 
@@ -66,6 +64,10 @@ def kept_hosts(name: str, config: Mapping[str, Any], settings: Settings) -> Iter
     if name not in HOST_HOLDERS or config.get("simulated_hosts_dir") is not None:
         yield None
         return
+    # here, not at the top: a planner's or a guru's worker never loads libvirt
+    from subsystems.libvirt.connections import keep_simulated_hosts
+    from subsystems.libvirt.simulation import FolderInUse
+
     folder = settings.data_dir / "simulated-hosts" / name
     with ExitStack() as stack:
         try:
