@@ -3,12 +3,10 @@ them: each accepts or advances operations with its own cache of aggregates. Befo
 kernel's cached entity queue did not know an owner the intake had given it, and ignored its
 release: the VM stayed held for good and every later operation on it waited forever."""
 
-from collections.abc import Iterator
 from uuid import UUID, uuid4
 
 import msgspec
 import pytest
-from support.sample import load_sample_with_ready_template
 
 from aggregates.entity_queue import EntityQueue
 from aggregates.errors import ValidationError
@@ -18,17 +16,8 @@ from kernel.bootstrap.catalog import CLOUD_COMMANDS, cloud_effects
 from kernel.cloud.vms import DeployVm, StartVm, StopVm
 from kernel.commands import CommandOutcome
 from kernel.operations import OperationEngine
-from kernel.store.testing import scratch_application
 
 from .test_vm_deploy import NOW, Cloud, deploy
-
-
-@pytest.fixture
-def cloud() -> Iterator[Cloud]:
-    app = scratch_application()
-    load_sample_with_ready_template(app)
-    yield Cloud(app)
-    app.close()
 
 
 def _intake(cloud: Cloud) -> OperationEngine:

@@ -5,14 +5,13 @@ checks its bound arguments and answers. A failure injected at each step of a dep
 no capacity claim, pool claim, volume or domain behind.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
 import msgspec
 import pytest
-from support.sample import load_sample_with_ready_template
 
 from aggregates.errors import ValidationError
 from aggregates.host import Host
@@ -48,7 +47,6 @@ from kernel.steps.storage import (
     VolumeInfo,
 )
 from kernel.store.application import KernelApplication
-from kernel.store.testing import scratch_application
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 GIB = 1024**3
@@ -154,14 +152,6 @@ class Cloud:
 
     def pool_claims(self) -> int:
         return sum(len(self.get(p).claims) for p in Directory(self.app).ids())
-
-
-@pytest.fixture
-def cloud() -> Iterator[Cloud]:
-    app = scratch_application()
-    load_sample_with_ready_template(app)
-    yield Cloud(app)
-    app.close()
 
 
 def deploy(cloud: Cloud, name: str = "web-1") -> dict[str, Any]:

@@ -3,28 +3,16 @@ entities as they are then (issue: two starts of one Stopped VM left it Running o
 claims, because the second start, planned on the Stopped VM, failed and released the claim the
 first one took)."""
 
-from collections.abc import Iterator
 from uuid import UUID
 
 import msgspec
-import pytest
-from support.sample import load_sample_with_ready_template
 
 from aggregates.host import Host
 from aggregates.operation import Operation, OperationState
 from aggregates.vm import VirtualMachine, VmState
 from kernel.cloud.vms import DestroyVm, StartVm, StopVm
-from kernel.store.testing import scratch_application
 
 from .test_vm_deploy import Cloud, deploy
-
-
-@pytest.fixture
-def cloud() -> Iterator[Cloud]:
-    app = scratch_application()
-    load_sample_with_ready_template(app)
-    yield Cloud(app)
-    app.close()
 
 
 def _stopped_vm(cloud: Cloud) -> UUID:
