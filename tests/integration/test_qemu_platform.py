@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import subprocess
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -66,6 +67,18 @@ def qemu_inventory(qemu_host: QemuHost, name: str, template: Path) -> tuple[Path
     folder.mkdir(mode=0o755)
     return write_inventory(folder, [qemu_host.uri], host_cores=2, host_memory_mib=4096,
                            vm_cores=1, vm_memory_mib=192, template_image=template), folder
+
+
+def run_scenario(scenario: Callable[[], Coroutine[Any, Any, None]], *hosts: QemuHost) -> None:
+    """Run a test's scenario, close this process's libvirt connections, then check that it
+    left no domain and no network on `hosts`."""
+    try:
+        asyncio.run(scenario())
+    finally:
+        close_all()
+    for host in hosts:
+        left = host.leftovers()
+        assert not left.domains and not left.networks, left
 
 
 async def succeeded(cloud: Cloud, accepted: dict[str, Any], timeout: float = 120) -> Operation:
@@ -209,12 +222,7 @@ def test_a_vm_and_its_volumes_through_every_operation_on_real_qemu(
             assert volume.path is not None and not Path(volume.path).exists()
         close_all()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        close_all()
-    left = qemu_host.leftovers()
-    assert not left.domains and not left.networks, left
+    run_scenario(scenario, qemu_host)
     del folder
 
 
@@ -261,10 +269,7 @@ def test_a_guest_that_ignores_acpi_is_stopped_by_force_and_keeps_its_disk(
             assert domain_state(qemu_host, vm.id) is None
             await succeeded(cloud, await cloud.command(DeleteVolumeCommand(volume_id=volume_id)))
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        close_all()
+    run_scenario(scenario)
 
 
 def test_a_deploy_that_fails_after_define_leaves_nothing_in_libvirt(
@@ -313,12 +318,7 @@ def test_a_deploy_that_fails_after_define_leaves_nothing_in_libvirt(
             await succeeded(cloud, await cloud.command(
                 ShutdownNetworkCommand(network_id=ids.network_id)))
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        close_all()
-    left = qemu_host.leftovers()
-    assert not left.domains and not left.networks, left
+    run_scenario(scenario, qemu_host)
 
 
 def test_a_volume_resized_while_attached_has_the_new_size_in_the_guest(
@@ -354,10 +354,7 @@ def test_a_volume_resized_while_attached_has_the_new_size_in_the_guest(
             await expunge_all(cloud, ids, vm)
             await succeeded(cloud, await cloud.command(DeleteVolumeCommand(volume_id=volume_id)))
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        close_all()
+    run_scenario(scenario)
 
 
 def test_a_running_vm_migrates_live_between_two_real_hosts(
@@ -394,10 +391,4 @@ def test_a_running_vm_migrates_live_between_two_real_hosts(
             assert after.ip == before.ip
             await expunge_all(cloud, ids, vm)
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        close_all()
-    for host in qemu_pair:
-        left = host.leftovers()
-        assert not left.domains and not left.networks, left
+    run_scenario(scenario, *qemu_pair)
