@@ -82,6 +82,7 @@ from support.invariants import (
     unfinished,
 )
 from support.split_platform import (
+    Part,
     Reply,
     Senders,
     SplitPlatform,
@@ -491,14 +492,7 @@ async def upset_kernels(platform: SplitPlatform, answered: Callable[[], int], co
     while answered() < commands * 11 // 20:
         await asyncio.sleep(0.1)
     names = ("relay", "projections", "intake", "api", "worker-planner", "worker-networkguru")
-    edges = [platform.part(name) for name in names]
-    for part in edges:
-        part.kill()
-    killed.append(f"killed {', '.join(names)} (SIGKILL)")
-    await asyncio.sleep(2)
-    for part in edges:
-        await asyncio.to_thread(part.restart, time.monotonic() + 60)
-    killed.append("they are back")
+    await kill_and_restart([platform.part(name) for name in names], killed)
     while answered() < commands * 13 // 20:
         await asyncio.sleep(0.1)
     if platform.pg_server is not None:  # its own server: crash it, as -m immediate does
@@ -511,14 +505,7 @@ async def upset_kernels(platform: SplitPlatform, answered: Callable[[], int], co
         await asyncio.sleep(0.1)
     # the workers that hold the test-driver hosts: what they reported is on disk (written
     # through before each outcome), what they had not reported comes to the next one again
-    holders = [platform.part(f"worker-{name}") for name in HOST_HOLDERS]
-    for part in holders:
-        part.kill()
-    killed.append(f"killed {', '.join(p.name for p in holders)} (SIGKILL)")
-    await asyncio.sleep(2)
-    for part in holders:
-        await asyncio.to_thread(part.restart, time.monotonic() + 60)
-    killed.append("they are back")
+    await kill_and_restart([platform.part(f"worker-{name}") for name in HOST_HOLDERS], killed)
     while answered() < commands * 3 // 4:
         await asyncio.sleep(0.1)
     second.pause()
@@ -526,6 +513,17 @@ async def upset_kernels(platform: SplitPlatform, answered: Callable[[], int], co
     await asyncio.sleep(10)
     second.resume()
     killed.append("kernel-2 resumed")
+
+
+async def kill_and_restart(parts: list[Part], killed: list[str]) -> None:
+    """SIGKILL these processes at once, and start them again 2 s later."""
+    for part in parts:
+        part.kill()
+    killed.append(f"killed {', '.join(p.name for p in parts)} (SIGKILL)")
+    await asyncio.sleep(2)
+    for part in parts:
+        await asyncio.to_thread(part.restart, time.monotonic() + 60)
+    killed.append("they are back")
 
 
 def deposed_findings(platform: SplitPlatform) -> list[str]:
