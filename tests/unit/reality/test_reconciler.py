@@ -19,8 +19,8 @@ from kernel.contracts.steps import StepMessage, StepOutcome
 from kernel.reality.reconciler import RealityPolicy, Reconciler
 from kernel.steps.hypervisor import DomainPower, FenceHost, HostFenced, PowerReport
 
+from ..operations.conftest import cloud as deploy_cloud  # noqa: F401
 from ..operations.test_vm_deploy import NOW, Cloud
-from ..operations.test_vm_deploy import cloud as deploy_cloud  # noqa: F401
 
 POLICY = RealityPolicy(interval=1.0, disconnected_after=2, down_after=4, missing_after=2)
 
