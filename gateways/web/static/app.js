@@ -50,8 +50,11 @@ async function api(method, path, body, extraHeaders = {}) {
   return data;
 }
 
+// The log position of the newest live event: a read waits until its read model has applied
+// it, or a refresh an event asked for could show what the event already changed.
+let seen = 0;
 const list = async (model, query = "") =>
-  (await api("GET", `/v1/${model}?limit=500${query}`)).items ?? [];
+  (await api("GET", `/v1/${model}?limit=500${query}${seen ? `&wait_for=${seen}` : ""}`)).items ?? [];
 
 function showError(e) {
   $("#error").textContent = e ? String(e.message || e) : "";
@@ -131,6 +134,7 @@ const RELEVANT = {
 
 function onEvent(e) {
   const kind = e.topic.split(".", 1)[0];
+  if (e.position) seen = Math.max(seen, e.position);
   $("#live").textContent = `live · #${e.position ?? ""} ${e.topic}`;
   if (current.name === "operation" || current.name === "history") {
     if (e.originator_id === current.arg) scheduleRefresh();
