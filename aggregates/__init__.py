@@ -3,6 +3,7 @@
 from aggregates.backup import Backup
 from aggregates.base import PlatformAggregate
 from aggregates.cluster import Cluster
+from aggregates.console_ticket import ConsoleTicket
 from aggregates.entity_queue import EntityQueue
 from aggregates.host import Host
 from aggregates.image_store import ImageStore
@@ -44,12 +45,14 @@ ALL_AGGREGATES: tuple[type[PlatformAggregate], ...] = (
     MacPool,
     UnmanagedDomain,
     ServiceRegistration,
+    ConsoleTicket,
 )
 
 __all__ = [
     "ALL_AGGREGATES",
     "Backup",
     "Cluster",
+    "ConsoleTicket",
     "DiskOffering",
     "EntityQueue",
     "Host",

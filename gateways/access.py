@@ -8,6 +8,7 @@ the public contract in `kernel.contracts.access`.
 
 import contextlib
 import fcntl
+import logging
 import math
 import os
 import re
@@ -44,6 +45,27 @@ from kernel.store.files import write_private_file
 _ACTOR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,99}$")
 _PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]-]{1,100}$")
 MAX_EXPIRY_DAYS = 36500
+log = logging.getLogger(__name__)
+
+
+# Commands whose refusal by the platform itself (not by access control) is audited in the
+# access control's denial log: a refused console redemption (replayed, expired or forged
+# link) writes nothing to the platform's log, yet must leave a trace.
+AUDITED_REFUSALS: frozenset[str] = frozenset({"console.redeem"})
+
+
+def audit_refused_command(access: AccessControl, principal: Principal, command_tag: str,
+                          reason: str) -> None:
+    """Record that the platform refused `principal`'s command, in the denial log of the
+    access control (when it keeps one); a failure to record is logged, never raised."""
+    audit = getattr(access, "audit_refusal", None)
+    if audit is None:
+        return
+    try:
+        audit(principal=principal.actor, key_id=principal.key_id, command=command_tag,
+              reason=reason[:500], credentials=False)
+    except Exception:  # the refusal stands: its audit is best effort
+        log.exception("could not audit the refused %s of %s", command_tag, principal.actor)
 
 
 # --------------------------------------------------------------------------- the keyring
@@ -287,6 +309,12 @@ class LayeredAccess:
         if audit is not None:
             audit(principal=actor, key_id=key_id, command=command, reason=reason,
                   credentials=credentials)
+
+    def audit_refusal(self, *, principal: str, key_id: str, command: str, reason: str,
+                      credentials: bool) -> None:
+        """Record a refusal decided elsewhere (a command its handler refused) where the
+        primary source audits its own."""
+        self._audit(principal, key_id, command, reason, credentials=credentials)
 
     def visible_accounts(self, principal: Principal) -> frozenset[str] | None:
         """As the source that authenticated the principal says."""

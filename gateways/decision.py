@@ -12,6 +12,7 @@ audits the refusal. Every refusal has one vocabulary of stable codes (`error_cod
 admin API answers them as HTTP statuses, the NATS intake in its reply.
 """
 
+import functools
 import logging
 import re
 import sqlite3
@@ -38,6 +39,7 @@ from aggregates.errors import (
     clipped,
     shown,
 )
+from gateways.access import AUDITED_REFUSALS, audit_refused_command
 from gateways.ownership import AccountLookup, names_target, owner_of
 from kernel.bootstrap import CommandRunner
 from kernel.commands import Command, CommandOutcome
@@ -123,6 +125,8 @@ class DecidedCommand:
     owner: str | None
     idempotency_key: str  # as the sender chose it
     runner: CommandRunner
+    # told the reason when the platform refuses the command (AUDITED_REFUSALS), else None
+    on_refused: Callable[[str], None] | None = None
 
     @property
     def scoped_key(self) -> str:
@@ -145,6 +149,8 @@ class DecidedCommand:
         except KernelError as e:
             if e.field is None:
                 e.field = field_named(str(e), type(self.command).__struct_fields__)
+            if self.on_refused is not None:
+                self.on_refused(str(e))
             raise
 
 
@@ -181,7 +187,10 @@ class CommandDecision:
         self.authorize(principal, tag, command, owner)
         if self.quota is not None:
             self.quota(tag, command, owner)
-        return DecidedCommand(principal, tag, command, owner, idempotency_key, runner)
+        on_refused = functools.partial(audit_refused_command, self.access, principal, tag) \
+            if tag in AUDITED_REFUSALS else None
+        return DecidedCommand(principal, tag, command, owner, idempotency_key, runner,
+                              on_refused)
 
     def authorize(self, principal: Principal, tag: str, command: Command,
                   owner: str | None) -> None:

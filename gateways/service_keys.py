@@ -1,7 +1,8 @@
 """Services' own keys, made in the platform's keyring and kept where the service reads them.
 
 The key's actor is `service:<name>` and its role `integrator`; it may send `service.register`
-(for its own name only: the handler checks it) and what the service's system VMs need. The
+(for its own name only: the handler checks it), what the service's system VMs need, and what
+that service alone needs (the console service redeems console tickets). The
 secret is kept in `<data_dir>/services/<name>.key` (mode 0600), so a restarted service signs
 with the same key. A key that was revoked or expired is replaced by a new one. `up` issues the
 key of each service it starts, before each start; `cloudkernel services key NAME --out FILE`
@@ -28,6 +29,13 @@ from kernel.settings import Settings
 from kernel.store.files import write_private_file
 
 SERVICE_ALLOW: tuple[str, ...] = ("service.register", "vm.deploy", "vm.start", "vm.stop")
+# What one service's key may send beyond SERVICE_ALLOW.
+SERVICE_EXTRA_ALLOW: dict[str, tuple[str, ...]] = {"console": ("console.redeem",)}
+
+
+def service_allow(name: str) -> tuple[str, ...]:
+    """The commands the key of service `name` may send."""
+    return SERVICE_ALLOW + SERVICE_EXTRA_ALLOW.get(name, ())
 
 
 def issue_service_key(settings: Settings, name: str) -> ServiceCredentials:
@@ -41,9 +49,11 @@ def issue_service_key(settings: Settings, name: str) -> ServiceCredentials:
         if kept is not None:
             key = keyring.get(kept.key_id)
             if key is not None and key.secret == kept.secret \
-                    and key.status(datetime.now(UTC)) == "active":
+                    and key.status(datetime.now(UTC)) == "active" \
+                    and key.allow == service_allow(name):
                 return kept
-        key = keyring.create(actor=service_actor(name), role="integrator", allow=SERVICE_ALLOW)
+        key = keyring.create(actor=service_actor(name), role="integrator",
+                             allow=service_allow(name))
         made = ServiceCredentials(key.id, key.secret)
         write_private_file(path, credentials_bytes(made))
         return made

@@ -3,7 +3,8 @@
 `POST /v1/commands/{tag}` takes the command's fields as a JSON object; the resource routes
 (`POST /v1/vms` = vm.deploy, `POST /v1/vms/{id}/stop` = vm.stop with vm_id from the path...)
 are the same commands with the resource's id taken from the path. A call that started an
-operation answers 202 with `Location: /v1/operations/<id>`; others answer 200.
+operation answers 202 with `Location: /v1/operations/<id>`; others answer 200, but
+`POST /v1/vms/{id}/console` (vm.console), which creates a console ticket, answers 201.
 
 Every call runs once per `Idempotency-Key` (a fresh random key when none is sent; the same
 key and body answer the first result again, another body is refused with
@@ -43,6 +44,7 @@ class ResourceRoute(NamedTuple):
     path: str
     tag: str
     id_field: str | None = None
+    status: int | None = None  # the success status, when not 202 (operation) or 200
 
 
 def _actions(collection: str, id_field: str, prefix: str, actions: str) -> list[ResourceRoute]:
@@ -53,6 +55,7 @@ def _actions(collection: str, id_field: str, prefix: str, actions: str) -> list[
 RESOURCE_ROUTES: tuple[ResourceRoute, ...] = (
     ResourceRoute("/v1/vms", "vm.deploy"),
     *_actions("vms", "vm_id", "vm", "start stop destroy reboot migrate backup"),
+    ResourceRoute("/v1/vms/{id}/console", "vm.console", "vm_id", 201),
     ResourceRoute("/v1/backups/{id}/restore", "vm.restore", "backup_id"),
     ResourceRoute("/v1/volumes", "volume.create"),
     *_actions("volumes", "volume_id", "volume", "attach detach resize snapshot delete migrate"),
@@ -137,8 +140,9 @@ def _check_content_type(request: web.Request, body: bytes) -> None:
 
 
 async def run_command(request: web.Request, tag: str, id_field: str | None = None,
-                      target: str | None = None) -> web.Response:
-    """Authenticate, decode, authorize and run command `tag`; the 202/200 answer."""
+                      target: str | None = None, status: int | None = None) -> web.Response:
+    """Authenticate, decode, authorize and run command `tag`; the 202/200 answer (or
+    `status`, a route's own, when no operation started)."""
     ctx = request.app[CONTEXT]
     body = await request.read()
     _check_content_type(request, body)
@@ -172,14 +176,14 @@ async def run_command(request: web.Request, tag: str, id_field: str | None = Non
                CORRELATION_HEADER: str(accepted.correlation_id)}
     if accepted.operation_url is not None:
         headers["Location"] = accepted.operation_url
-    return web.Response(status=202 if accepted.operation_url else 200, body=data,
+    return web.Response(status=202 if accepted.operation_url else status or 200, body=data,
                         content_type="application/json", headers=headers)
 
 
 def _resource_handler(route: ResourceRoute) -> Callable[[web.Request], Any]:
     async def handle(request: web.Request) -> web.Response:
         return await run_command(request, route.tag, route.id_field,
-                                 request.match_info.get("id"))
+                                 request.match_info.get("id"), route.status)
 
     return handle
 

@@ -179,7 +179,8 @@ def _body_schema(component: dict[str, Any], id_field: str | None) -> dict[str, A
 
 
 def _command_operation(tag: str, op_id: str, schema: dict[str, Any], summary: str,
-                       path_param: dict[str, Any] | None) -> dict[str, Any]:
+                       path_param: dict[str, Any] | None,
+                       status: int | None = None) -> dict[str, Any]:
     params = [_param(IDEMPOTENCY_KEY_HEADER, "header",
                      {"type": "string", "pattern": "^[!-~]{1,120}$"},
                      "the same key and body answer the first result again; another body "
@@ -189,11 +190,14 @@ def _command_operation(tag: str, op_id: str, schema: dict[str, Any], summary: st
         params.insert(0, path_param)
     # Without a body the command has only the path's id: required when it needs more.
     required = bool(schema.get("required"))
+    created = {} if status is None else {
+        str(status): _json("Accepted", "the command ran and created what `result` holds")}
     return {"operationId": op_id, "tags": [tag.split(".")[0]], "summary": summary,
             "parameters": params,
             "requestBody": {"required": required,
                             "content": {"application/json": {"schema": schema}}},
-            "responses": {"202": _json("Accepted", "the operation was accepted (Location "
+            "responses": {**created,
+                          "202": _json("Accepted", "the operation was accepted (Location "
                                                    "names it)"),
                           "200": _json("Accepted", "the command ran (no operation)"),
                           "400": _error(400, "malformed body or header"),
@@ -250,7 +254,7 @@ def openapi_document(catalog: Catalog, *, title: str = "cloudkernel admin API",
             "id", "path", {"type": "string", "format": "uuid"}, route.id_field, True)
         paths.setdefault(route.path, {})["post"] = _command_operation(
             route.tag, "resource_" + route.tag.replace(".", "_"), schema,
-            f"{route.tag}: {component.get('description', '')}", path_param)
+            f"{route.tag}: {component.get('description', '')}", path_param, route.status)
     paths["/healthz"] = {"get": {"operationId": "healthz", "summary": "component states",
                                  "responses": {"200": {"description": "healthy"},
                                                "503": {"description": "the store is down"}}}}

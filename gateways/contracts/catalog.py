@@ -28,7 +28,8 @@ COMMAND_MODULES: tuple[str, ...] = ("kernel.operation_commands", "kernel.invento
                                      "kernel.cloud.volume_moves",
                                      "kernel.cloud.repair",
                                      "kernel.cloud.hosts",
-                                     "kernel.cloud.services")
+                                     "kernel.cloud.services",
+                                     "kernel.cloud.consoles")
 # The stored JSON of an event omits these: they have their own columns and NATS headers.
 _ORIGINATOR_FIELDS = frozenset({"originator_id", "originator_version"})
 

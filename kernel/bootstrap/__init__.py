@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kernel.bootstrap.catalog import CLOUD_COMMANDS, cloud_effects
+from kernel.cloud.consoles import console_handlers
 from kernel.cloud.services import SERVICE_HANDLERS
 from kernel.commands import Command, CommandOutcome, CommandService, Handler
 from kernel.inventory.loader import LoadInventory, handle_load_inventory
@@ -21,6 +22,7 @@ SAMPLE_INVENTORY = Path(__file__).resolve().parents[2] / "examples" / "inventory
 PLATFORM_HANDLERS: dict[type, Handler] = {
     LoadInventory: handle_load_inventory,
     **SERVICE_HANDLERS,
+    **console_handlers(),
 }
 
 
@@ -33,7 +35,9 @@ class Platform:
     commands: CommandService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.commands = CommandService(self.app, PLATFORM_HANDLERS)
+        self.commands = CommandService(self.app, {
+            **PLATFORM_HANDLERS,
+            **console_handlers(ticket_seconds=self.settings.console_ticket_seconds)})
 
     def close(self) -> None:
         """Release the store's connections."""

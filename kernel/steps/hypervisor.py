@@ -7,14 +7,13 @@ migrate -> migrate with the hosts swapped. reboot, console and report_power chan
 that can be undone, or nothing at all.
 """
 
-import base64
-import hashlib
-import hmac
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
 import msgspec
+
+from kernel.contracts.console import console_password
 
 __all__ = [
     "AttachDisk",
@@ -90,22 +89,6 @@ class ConsoleSpec(msgspec.Struct, frozen=True, kw_only=True):
     listen: str = ""
     password: str | None = None
     serial: bool = True
-
-
-def console_password(secret: bytes, vm_id: UUID) -> str:
-    """The VM's console password: HMAC-SHA256 of its id under the console secret, as 8
-    base32 characters (VNC reads no more than 8).
-
-    Why derived, not recorded: step arguments and results are events in the platform's log
-    and on its NATS stream, which integrators and tenants' services read, so a password in
-    them would be readable by them. Derived, it is written only into the domain's definition
-    on its host (libvirt shows it to privileged clients only), and whoever holds the secret
-    (the hypervisor worker, and the console proxy that later opens the console) computes it
-    again from the VM's id; nothing else needs to store it. Rotating the secret changes the
-    passwords of domains defined after the change.
-    """
-    digest = hmac.new(secret, b"cloudkernel-console:" + vm_id.bytes, hashlib.sha256).digest()
-    return base64.b32encode(digest).decode("ascii")[:8].lower()
 
 
 class DefineDomain(_Args, frozen=True, kw_only=True, tag="hypervisor.define"):

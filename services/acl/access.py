@@ -47,7 +47,10 @@ TENANT_COMMANDS: tuple[str, ...] = ("vm.*", "volume.*", "network.*", "snapshot.*
 PLATFORM_READS: tuple[str, ...] = tuple(f"{model}.{verb}"
                                         for model in ("hosts", "operations", "audit")
                                         for verb in ("list", "get"))
-ROOT_ONLY: tuple[str, ...] = ("vm.migrate", "volume.migrate", *PLATFORM_READS)
+# console.redeem is the console service's (its keyring key) and a root admin's: a tenant
+# holding a console link must not spend it past the console service's own checks (Origin).
+ROOT_ONLY: tuple[str, ...] = ("vm.migrate", "volume.migrate", "console.redeem",
+                              *PLATFORM_READS)
 READ_VERBS = frozenset({"list", "get", "show", "read", "events", "watch"})
 TOKEN_KEY_PREFIX = "token:"
 

@@ -7,6 +7,8 @@ from uuid import UUID
 
 import msgspec
 
+from kernel.contracts.console import Kind
+
 IDEMPOTENCY_KEY = "Idempotency-Key"
 # As the admin API's: the platform scopes a key by the caller, within its 200 characters.
 MAX_KEY_LENGTH = 120
@@ -51,3 +53,9 @@ class AttachBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class NoBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """An action without fields (`{}` or nothing)."""
+
+
+class ConsoleBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /v1/vms/{id}/console`: which console (the screen by default)."""
+
+    kind: Kind = "graphics"

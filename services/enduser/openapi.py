@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from kernel.contracts.console import ConsoleTicketGrant
 from kernel.contracts.docs_page import PAGE
 from services.acl.client import AclPrincipal
 from services.enduser.bodies import (
@@ -17,6 +18,7 @@ from services.enduser.bodies import (
     KEY_PATTERN,
     MAX_BODY,
     AttachBody,
+    ConsoleBody,
     DeployBody,
     LoginBody,
     NoBody,
@@ -175,8 +177,9 @@ class Health(msgspec.Struct, kw_only=True):
     enabled: bool
 
 
-_STRUCTS = (LoginBody, DeployBody, VolumeBody, AttachBody, NoBody, ErrorDocument,
-            LoginAnswer, Vm, Volume, Operation, VmPage, VolumePage, Catalog, Accepted, Health)
+_STRUCTS = (LoginBody, DeployBody, VolumeBody, AttachBody, NoBody, ConsoleBody, ErrorDocument,
+            LoginAnswer, Vm, Volume, Operation, VmPage, VolumePage, Catalog, Accepted, Health,
+            ConsoleTicketGrant)
 
 
 def _ref(struct: type) -> dict[str, Any]:
@@ -258,6 +261,15 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
         **{f"/v1/vms/{{id}}/{action}": {"post": _post(f"{action}_vm", f"{action} the VM",
                                                       NoBody)}
            for action in ("start", "stop", "destroy")},
+        "/v1/vms/{id}/console": {"post": {
+            **_post("open_console", "A single-use link to the VM's console (a Running VM; "
+                    "`kind` graphics, serial, screenshot or output), valid about a minute",
+                    ConsoleBody),
+            "requestBody": {"required": False, "content": {"application/json": {
+                "schema": _ref(ConsoleBody)}}},
+            "responses": {"201": _answer("the link: open `url` before `expires_at`",
+                                         ConsoleTicketGrant),
+                          **_errors(*_CHANGE)}}},
         "/v1/volumes": {"get": _get("list_volumes", "The account's volumes", VolumePage,
                                     one=False),
                         "post": _post("create_volume", "Create a data volume (attached to "

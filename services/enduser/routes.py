@@ -28,6 +28,7 @@ from services.enduser.bodies import (
     MAX_BODY,
     MAX_KEY_LENGTH,
     AttachBody,
+    ConsoleBody,
     DeployBody,
     LoginBody,
     NoBody,
@@ -231,6 +232,26 @@ async def vm_action(request: web.Request) -> web.Response:
                           {"vm_id": "id"})
 
 
+async def open_console(request: web.Request) -> web.Response:
+    """`POST /v1/vms/{id}/console` {kind?}: 201 with a single-use link to the VM's console
+    (its URL carries the token, valid about a minute)."""
+    ctx, caller = request.app[ENDUSER], await _caller(request)
+    vm_id = _id(request, "VM")
+    key = _key(request, required=False)
+    body = await _body(request, ConsoleBody, "vm.console")
+    if await ctx.read(ctx.view.vm, vm_id, caller.account) is None:
+        raise not_found("VM", vm_id)
+    try:
+        result = await ctx.runtime.command("vm.console", {"vm_id": str(vm_id), "kind": body.kind},
+                                           idempotency_key=key, bearer_token=caller.token)
+    except CommandRefusedError as e:
+        if e.code == "not_found":  # gone from the platform meanwhile: as any unknown VM
+            raise not_found("VM", vm_id) from None
+        raise ApiError(COMMAND_STATUS.get(e.code, 502), e.code, e.message,
+                       field=_request_field(e.field, {"vm_id": "id", "kind": "kind"})) from None
+    return json_response(result.result, status=201)
+
+
 async def list_volumes(request: web.Request) -> web.Response:
     """`GET /v1/volumes`: the caller's account's volumes."""
     ctx, caller = request.app[ENDUSER], await _caller(request)
@@ -370,6 +391,7 @@ def make_app(ctx: EndUser) -> web.Application:
     r.add_post("/v1/vms", deploy_vm)
     r.add_get("/v1/vms/{id}", get_vm)
     r.add_post("/v1/vms/{id}/{action:start|stop|destroy}", vm_action)
+    r.add_post("/v1/vms/{id}/console", open_console)
     r.add_get("/v1/volumes", list_volumes)
     r.add_post("/v1/volumes", create_volume)
     r.add_get("/v1/volumes/{id}", get_volume)

@@ -11,7 +11,8 @@ from kernel.contracts.access import Principal, SignedRequest, sign
 from tests.unit.acl.conftest import Acl, denials
 
 TAGS = sorted({c.tag for c in public_commands()} | {"vm.list", "volume.get"})
-TENANT = {"vm.backup", "vm.deploy", "vm.destroy", "vm.reboot", "vm.restore", "vm.start",
+TENANT = {"vm.backup", "vm.console", "vm.deploy", "vm.destroy", "vm.reboot", "vm.restore",
+          "vm.start",
           "vm.stop", "volume.attach", "volume.create", "volume.delete", "volume.detach",
           "volume.resize", "volume.revert", "volume.snapshot", "network.create",
           "network.implement", "network.shutdown", "operation.cancel", "vm.list", "volume.get"}

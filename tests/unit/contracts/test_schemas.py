@@ -80,7 +80,8 @@ def test_commands_come_from_the_command_modules_only() -> None:
     cloud = sorted(str(t.__struct_config__.tag) for t in CLOUD_COMMANDS)
     assert tags == sorted(["inventory.load", "operation.cancel", "operation.start",
                            "operation.start_many", "service.deregister", "service.disable",
-                           "service.enable", "service.register", *cloud])
+                           "service.enable", "service.register", "vm.console",
+                           "console.redeem", *cloud])
     assert "vm.deploy" in tags and "network.create" in tags
     assert PrivateCommand.__struct_config__.tag not in tags
 
