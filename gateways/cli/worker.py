@@ -1,5 +1,6 @@
 """`cloudkernel worker`: serve one subsystem's steps from NATS (and, for a plugin that can
-observe its hosts, report their domains)."""
+observe its hosts, report their domains; for the hypervisor with a console secret, serve the
+console service's desk, `gateways.stream.console_desk`)."""
 
 import argparse
 import asyncio
@@ -45,7 +46,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Serve one subsystem until SIGTERM/SIGINT."""
     from gateways.stream.observer import reporter_for
     from gateways.stream.worker import Worker, run_until_signalled
-    from kernel.bootstrap.plugins import kept_hosts, plugin_configs
+    from kernel.bootstrap.plugins import console_desks, kept_hosts, plugin_configs
     from subsystems.registry import load_registry
 
     try:
@@ -72,6 +73,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
                 raise ConfigError(f"--observe: subsystem {args.subsystem} cannot observe hosts "
                                   "(only the hypervisor can)")
             companions.append(reporter.run)
+        # the hypervisor with a console secret: the console service's desk, beside the worker
+        companions += [desk.run for desk in console_desks([plugin.subsystem], servers)]
 
         def ready(w: Worker) -> None:
             print(f"worker {w.identity} serves {plugin.source} ({', '.join(plugin.kinds)}) "

@@ -13,16 +13,20 @@ as its last reported step left them. `up` keeps every plugin's in `<data_dir>/si
 """
 
 import logging
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kernel.platform_log import platform_log
 from kernel.settings import Settings
 from subsystems.base import PlatformLog
 
-__all__ = ["HOST_HOLDERS", "LOG_FOLLOWERS", "kept_hosts", "plugin_configs", "with_platform_log"]
+if TYPE_CHECKING:
+    from gateways.stream.console_desk import ConsoleDesk
+
+__all__ = ["HOST_HOLDERS", "LOG_FOLLOWERS", "console_desks", "kept_hosts", "plugin_configs",
+           "with_platform_log"]
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +81,13 @@ def kept_hosts(name: str, config: Mapping[str, Any], settings: Settings) -> Iter
             yield None
             return
         yield folder
+
+
+def console_desks(subsystems: Sequence[Any], servers: Sequence[str]) -> "list[ConsoleDesk]":
+    """The console desk to run beside each worker whose plugin offers one (the hypervisor,
+    when it has a console secret; `gateways.stream.console_desk`), for `up` and `cloudkernel
+    worker`."""
+    # here, not at the top: the desk's module is needed only where a plugin offers a desk
+    from gateways.stream.console_desk import desk_for
+
+    return [desk for s in subsystems if (desk := desk_for(s, servers)) is not None]

@@ -21,6 +21,15 @@ Configuration (the factory's dict, e.g. `cloudkernel worker --subsystem hypervis
   (`kernel.steps.hypervisor.console_password`), made (random, mode 0600) if missing;
   without it consoles have no password and stay on `console_listen`;
 - `qemu_user` (default "libvirt-qemu"): who qemu runs as, for the /dev/kvm check;
+- `console_log_dir` (default "/var/log/libvirt"; "" for none): the folder on the hosts where
+  virtlogd logs each domain's serial console (`<vm id>.serial.log`), which the console desk
+  reads for a VM's recent output; it must exist on every host (a start fails otherwise; see
+  `subsystems.libvirt.console_desk` for why the default is not qemu/);
+- `console_desk_listen` (default "127.0.0.1"), `console_desk_port` (0 to 65535, default 0:
+  any free port) and `console_desk_advertise` (default "": the listen address, or this
+  machine's name when it is a wildcard): where the worker's console desk (served beside the
+  worker when `console_secret_file` is set; `subsystems.libvirt.console_desk`) takes the
+  console service's connections, and the address its grants name;
 - `detach_wait_seconds` (float in [0, 600], default 10): how long a guest may take to
   release a detached disk before the detach fails as refused;
 - `simulated_hosts_dir` (a folder, default none): keep the state of simulated
@@ -31,8 +40,6 @@ Configuration (the factory's dict, e.g. `cloudkernel worker --subsystem hypervis
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -40,6 +47,7 @@ from typing import Any, cast
 import msgspec
 
 from aggregates.errors import ConfigError, StepFailedError
+from kernel.contracts.console import DeskListen, load_console_secret
 from kernel.steps.hypervisor import (
     AttachDisk,
     ConsoleInfo,
@@ -66,6 +74,7 @@ from kernel.steps.inventory import DomainInventory, InventoryDomains
 from subsystems.base import StepContext, SubsystemBase, action
 from subsystems.libvirt import disks, domains, inventory, migration
 from subsystems.libvirt.connections import connection, keep_simulated_hosts
+from subsystems.libvirt.console_desk import LibvirtDesk
 from subsystems.libvirt.faults import quiet
 from subsystems.libvirt.host_policy import DomainSettings, DomainTypeSetting
 
@@ -85,9 +94,11 @@ class Hypervisor(SubsystemBase):
     def __init__(self, *, poll_seconds: float = 0.2,
                  settings: DomainSettings | None = None,
                  detach_wait_seconds: float = 10.0,
-                 simulated_hosts_dir: Path | None = None) -> None:
+                 simulated_hosts_dir: Path | None = None,
+                 desk_listen: DeskListen | None = None) -> None:
         """Remember the settings; no host is contacted before a step needs it."""
         self.poll_seconds = poll_seconds
+        self.desk_listen = desk_listen or DeskListen()
         self.settings = settings or DomainSettings()
         self.detach_wait_seconds = detach_wait_seconds
         self.simulated_hosts_dir = simulated_hosts_dir
@@ -193,6 +204,14 @@ class Hypervisor(SubsystemBase):
         """The actual power state of every domain of a host."""
         return self.observe(args.host_uri)
 
+    def console_desk(self) -> LibvirtDesk | None:
+        """The driver of this worker's console desk; None without a console secret (then
+        the worker serves no desk)."""
+        secret = self.settings.console_secret
+        if secret is None:
+            return None
+        return LibvirtDesk(secret, log_dir=self.settings.console_log_dir)
+
     def observe(self, host_uri: str) -> PowerReport:
         """Every domain of a host and its power state (what the power reporter publishes)."""
         return domains.report_power(connection(host_uri), host_uri)
@@ -217,7 +236,8 @@ def _budget(ctx: StepContext, wanted: float) -> float:
 
 _KEYS = ("poll_seconds", "domain_type", "tcg_cpu_model", "machine", "hotplug_ports",
          "guest_agent", "console_listen", "console_secret_file", "qemu_user",
-         "detach_wait_seconds", "simulated_hosts_dir")
+         "detach_wait_seconds", "simulated_hosts_dir", "console_log_dir",
+         "console_desk_listen", "console_desk_port", "console_desk_advertise")
 
 
 def make_hypervisor(config: Mapping[str, Any]) -> Hypervisor:
@@ -240,8 +260,10 @@ def make_hypervisor(config: Mapping[str, Any]) -> Hypervisor:
                                   integer=True)),
         guest_agent=_flag(config, "guest_agent", defaults.guest_agent),
         console_listen=_text(config, "console_listen", defaults.console_listen, empty=False),
-        console_secret=None if secret_file is None else _console_secret(secret_file),
-        qemu_user=_text(config, "qemu_user", defaults.qemu_user, empty=False))
+        console_secret=None if secret_file is None else load_console_secret(
+            secret_file, owner="hypervisor"),
+        qemu_user=_text(config, "qemu_user", defaults.qemu_user, empty=False),
+        console_log_dir=_folder(config, "console_log_dir", defaults.console_log_dir))
     poll = _number(config, "poll_seconds", 0.2, 0, 10)
     if poll == 0:
         raise ConfigError("hypervisor: config 'poll_seconds' must be a number in (0, 10], "
@@ -250,9 +272,14 @@ def make_hypervisor(config: Mapping[str, Any]) -> Hypervisor:
     if kept is not None and (not isinstance(kept, str) or not kept.strip()):
         raise ConfigError(f"hypervisor: config 'simulated_hosts_dir' must be a folder path, "
                           f"got {kept!r}")
+    desk_listen = DeskListen(
+        host=_text(config, "console_desk_listen", "127.0.0.1", empty=False),
+        port=int(_number(config, "console_desk_port", 0, 0, 65535, integer=True)),
+        advertise=_text(config, "console_desk_advertise", "", empty=True))
     return Hypervisor(poll_seconds=poll, settings=settings,
                       detach_wait_seconds=_number(config, "detach_wait_seconds", 10.0, 0, 600),
-                      simulated_hosts_dir=Path(kept) if kept is not None else None)
+                      simulated_hosts_dir=Path(kept) if kept is not None else None,
+                      desk_listen=desk_listen)
 
 
 def _number(config: Mapping[str, Any], key: str, default: float, lo: float, hi: float, *,
@@ -274,31 +301,16 @@ def _text(config: Mapping[str, Any], key: str, default: str, *, empty: bool) -> 
     return value
 
 
+def _folder(config: Mapping[str, Any], key: str, default: str) -> str:
+    value = _text(config, key, default, empty=True)
+    if value and not value.startswith("/"):
+        raise ConfigError(f"hypervisor: config {key!r} must be an absolute path on the hosts "
+                          f"or empty, got {value!r}")
+    return value
+
+
 def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
     value = config.get(key, default)
     if not isinstance(value, bool):
         raise ConfigError(f"hypervisor: config {key!r} must be true or false, got {value!r}")
     return value
-
-
-def _console_secret(path: Any) -> bytes:
-    """The console secret in `path`, made (32 random bytes, hex, mode 0600) if missing."""
-    if not isinstance(path, str) or not path:
-        raise ConfigError(f"hypervisor: config 'console_secret_file' must be a path, "
-                          f"got {path!r}")
-    file = Path(path)
-    try:
-        if not file.exists():
-            file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_hex(32) + "\n")
-        secret = file.read_text().strip()
-    except FileExistsError:  # another worker made it meanwhile
-        secret = file.read_text().strip()
-    except OSError as e:
-        raise ConfigError(f"hypervisor: config 'console_secret_file' {path}: {e}") from e
-    if len(secret) < 16:
-        raise ConfigError(f"hypervisor: console secret in {path} is shorter than 16 "
-                          "characters")
-    return secret.encode()

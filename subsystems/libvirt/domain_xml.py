@@ -35,6 +35,7 @@ __all__ = [
     "find_disk_xml",
     "graphics_of",
     "nics_of",
+    "serial_log_file",
     "serial_pty_of",
     "set_domain_type",
     "target_name",
@@ -123,7 +124,7 @@ def build_domain_xml(args: DefineDomain, shape: DomainShape,
         ET.SubElement(devices, "controller", {"type": "pci", "index": "0", "model": "pcie-root"})
         for _ in range(taken + shape.hotplug_ports):
             ET.SubElement(devices, "controller", {"type": "pci", "model": "pcie-root-port"})
-    _add_console(devices, args.console)
+    _add_console(devices, args.console, serial_log_file(shape.serial_log_dir, args.vm_id))
     return ET.tostring(dom, encoding="unicode")
 
 
@@ -308,9 +309,16 @@ def _nic_element(nic: NicSpec) -> ET.Element:
     return elem
 
 
-def _add_console(devices: ET.Element, console: ConsoleSpec) -> None:
+def serial_log_file(log_dir: str, vm_id: UUID) -> str | None:
+    """Where the host logs the VM's serial console (None: `log_dir` is empty, no log)."""
+    return f"{log_dir.rstrip('/')}/{vm_id}.serial.log" if log_dir else None
+
+
+def _add_console(devices: ET.Element, console: ConsoleSpec, serial_log: str | None) -> None:
     if console.serial:
         serial = ET.SubElement(devices, "serial", {"type": "pty"})
+        if serial_log is not None:  # virtlogd keeps what it printed, for the console desk
+            ET.SubElement(serial, "log", {"file": serial_log, "append": "on"})
         ET.SubElement(serial, "target", {"port": "0"})
         cons = ET.SubElement(devices, "console", {"type": "pty"})
         ET.SubElement(cons, "target", {"type": "serial", "port": "0"})

@@ -73,6 +73,7 @@ class DomainSettings:
     console_listen: str = "127.0.0.1"
     console_secret: bytes | None = field(default=None, repr=False)  # never in a log line
     qemu_user: str = "libvirt-qemu"
+    console_log_dir: str = "/var/log/libvirt"  # serial logs on the hosts ("": none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,7 @@ class DomainShape:
     cpu: CpuChoice | None = None
     hotplug_ports: int = 0
     guest_agent: bool = False
+    serial_log_dir: str = ""  # where the host's virtlogd logs the serial console ("": not)
 
     @property
     def pcie(self) -> bool:
@@ -107,7 +109,9 @@ def decide_shape(domain_type: str, arch: str, settings: DomainSettings) -> Domai
     x86 = arch == "x86_64"
     return DomainShape(domain_type=domain_type, machine=settings.machine if x86 else "",
                        cpu=cpu_for(domain_type, settings.tcg_cpu_model) if x86 else None,
-                       hotplug_ports=settings.hotplug_ports, guest_agent=settings.guest_agent)
+                       hotplug_ports=settings.hotplug_ports, guest_agent=settings.guest_agent,
+                       # the test driver runs nothing, so logs nothing
+                       serial_log_dir=settings.console_log_dir if domain_type != "test" else "")
 
 
 def offered_types(capabilities_xml: str, arch: str) -> set[str]:

@@ -167,3 +167,15 @@ def test_consoles_follow_a_domain_to_its_new_hosts_address() -> None:
     assert domain_xml.arch_of(xml) == "x86_64"
     assert domain_xml.arch_of(domain_xml.build_domain_xml(args(arch="aarch64"), KVM)) == \
         "aarch64"
+
+
+def test_the_serial_console_is_logged_where_the_shape_says() -> None:
+    """virtlogd keeps what the serial console printed, for the console desk's output."""
+    a = args()
+    logged = domain_xml.build_domain_xml(a, DomainShape(domain_type="kvm",
+                                                        serial_log_dir="/var/log/libvirt/"))
+    log = ET.fromstring(logged).find("devices/serial/log")
+    assert log is not None
+    assert (log.get("file"), log.get("append")) == (f"/var/log/libvirt/{a.vm_id}.serial.log",
+                                                    "on")
+    assert ET.fromstring(domain_xml.build_domain_xml(a, KVM)).find("devices/serial/log") is None

@@ -102,6 +102,14 @@ def test_cpu_and_machine_by_domain_type_and_arch() -> None:
         machine="pc-q35-7.2")).pcie
 
 
+def test_serial_consoles_are_logged_on_real_hosts_only() -> None:
+    assert host_policy.decide_shape("qemu", "x86_64", DomainSettings()).serial_log_dir == \
+        "/var/log/libvirt"
+    assert host_policy.decide_shape("test", "x86_64", DomainSettings()).serial_log_dir == ""
+    assert host_policy.decide_shape("kvm", "x86_64", DomainSettings(
+        console_log_dir="")).serial_log_dir == ""
+
+
 def test_the_listen_address_is_the_hosts_management_address() -> None:
     assert host_policy.listen_address("qemu:///system", "10.1.1.1") == "10.1.1.1"
     assert host_policy.listen_address("test:///tmp/h.xml", "127.0.0.1") == "127.0.0.1"
