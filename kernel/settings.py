@@ -61,18 +61,36 @@ class Settings:
     acl_ldap_role: str = "user"  # their role: user or domain_admin
     acl_ldap_timeout_seconds: float = 3.0
     acl_token_hours: float = 8.0
+    console_ticket_seconds: float = 60.0  # how long a minted console link stays valid
     # services on the platform (issue 9): each one a separate process talking NATS only
-    services: tuple[str, ...] = ("enduser", "ec2")  # the ones `up` starts; () starts none
+    services: tuple[str, ...] = ("enduser", "ec2", "console")  # what `up` starts; () none
     service_heartbeat_seconds: float = 2.0  # liveness TTL is three heartbeats
     enduser_port: int = 8481
     ec2_port: int = 8482
     ec2_region: str = "cloudkernel-1"
+    # console proxy (services/console): VM screens and serial consoles through single-use links
+    console_port: int = 8483
+    console_public_url: str = ""  # the proxy's URL as browsers reach it (default: api_host:port)
+    console_allowed_origins: tuple[str, ...] = ()  # beside its own and the admin page's origin
+    console_sessions_per_user: int = 4
+    console_secret_file: str = ""  # shared with the hypervisor workers (default <data_dir>/...)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def embedded_nats(self) -> bool:
         """True when cloudkernel starts its own nats-server."""
         return not self.nats_urls
+
+    @property
+    def console_url(self) -> str:
+        """Where browsers reach the console proxy."""
+        return self.console_public_url or f"http://{self.api_host}:{self.console_port}"
+
+    @property
+    def console_secret_path(self) -> Path:
+        """The console secret's file, shared by the hypervisor workers and the proxy."""
+        return Path(self.console_secret_file) if self.console_secret_file \
+            else self.data_dir / "console.secret"
 
     @property
     def nats_servers(self) -> tuple[str, ...]:
@@ -158,7 +176,27 @@ def _nats_urls(v: Any) -> tuple[str, ...]:
     return urls
 
 
-KNOWN_SERVICES = ("enduser", "ec2")
+KNOWN_SERVICES = ("enduser", "ec2", "console")
+
+
+def _http_url(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError
+    if v and (urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).hostname):
+        raise ValueError
+    return v.rstrip("/")
+
+
+def _origins(v: Any) -> tuple[str, ...]:
+    items = [s.strip() for s in v.split(",")] if isinstance(v, str) else v
+    if not isinstance(items, list | tuple):
+        raise ValueError
+    origins = tuple(dict.fromkeys(str(i).rstrip("/") for i in items if i))
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+            raise ValueError
+    return origins
 
 
 def _services(v: Any) -> tuple[str, ...]:
@@ -204,12 +242,19 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "acl_ldap_role": _choice("user", "domain_admin"),
     "acl_ldap_timeout_seconds": _number_in(0.1, 60),
     "acl_token_hours": _number_in(0.01, 720),
-    "services": (_services, "a list of service names among enduser, ec2 (comma-separated "
+    "console_ticket_seconds": _number_in(0.5, 3600),
+    "services": (_services, "a list of service names among enduser, ec2, console (comma-sep. "
                             "in the env; empty starts none)"),
     "service_heartbeat_seconds": _number_in(0.05, 3600),
     "enduser_port": _int_in(1, 65535),
     "ec2_port": _int_in(1, 65535),
     "ec2_region": (_text, "an AWS-style region name"),
+    "console_port": _int_in(1, 65535),
+    "console_public_url": (_http_url, "an http(s) URL like https://console.example.org (or empty)"),
+    "console_allowed_origins": (_origins, "a list of origins like https://admin.example.org "
+                                          "(comma-separated in the env)"),
+    "console_sessions_per_user": _int_in(1, 1000),
+    "console_secret_file": (_text, "a path to the console secret the hypervisor workers share"),
 }
 
 

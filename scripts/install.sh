@@ -21,7 +21,7 @@ STAMP="$VENV/.cloudkernel-install.sha256"
 # (mtools, dosfstools).
 APT_PACKAGES=(libvirt-dev pkg-config python3-venv python3-dev gcc postgresql make slapd ldap-utils chromium
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base
-    iptables iproute2 util-linux syslinux syslinux-common mtools dosfstools)
+    iptables iproute2 util-linux syslinux syslinux-common mtools dosfstools novnc)
 
 log() { printf 'install.sh: %s\n' "$*" >&2; }
 

@@ -114,7 +114,8 @@ def _service_lines(settings: Settings) -> list[str]:
     """Where each service `up` starts will answer."""
     where = {"enduser": ("end-user API", settings.enduser_port, ""),
              "ec2": ("EC2 API", settings.ec2_port, f" (region {settings.ec2_region})")}
-    return [f"{where[n][0]} at http://{settings.api_host}:{where[n][1]}/{where[n][2]}"
+    return [f"console proxy at {settings.console_url}/" if n == "console" else
+            f"{where[n][0]} at http://{settings.api_host}:{where[n][1]}/{where[n][2]}"
             for n in settings.services]
 
 

@@ -24,7 +24,7 @@ from gateways.webhooks.service import WebhookService
 from gateways.webhooks.store import open_webhook_store
 from kernel.bootstrap import Platform, command_catalog
 from kernel.bootstrap.access import PlatformAcl, open_platform_acl
-from kernel.bootstrap.plugins import with_platform_log
+from kernel.bootstrap.plugins import console_desks, with_platform_log
 from kernel.bootstrap.processes import (
     admin_api,
     command_intake,
@@ -69,10 +69,12 @@ def assemble(settings: Settings, platform: Platform, engine: OperationEngine,
          # the embedded default's simulated hosts keep their VMs across restarts; consoles get
          # per-VM passwords derived from a secret kept with the platform's data
          "hypervisor": {"simulated_hosts_dir": str(settings.data_dir / "simulated-hosts"),
-                        "console_secret_file": str(settings.data_dir / "console.secret")}},
+                        "console_secret_file": str(settings.console_secret_path)}},
         ApplicationLog(platform.app)))
     workers = [Worker(p.subsystem, servers=servers, replicas=settings.nats_replicas)
                for p in registry.plugins]
+    # the console service reaches VMs' consoles through the hypervisor worker's desk
+    desks = console_desks([p.subsystem for p in registry.plugins], servers)
     runner, listener = kernel_loops(settings, engine, feed)
     # reality: the kernel listens to power reports; the hypervisor reports every host
     reporters = [reporter_for(p.subsystem, HostRoster(platform.app), settings, servers)
@@ -101,8 +103,9 @@ def assemble(settings: Settings, platform: Platform, engine: OperationEngine,
             yield Assembly(
                 settings, acl, api, [p.name for p in registry.plugins], projections,
                 loops=[runner, relay, acl.relay, sealing, acl.responder, directory, api,
-                       intake, webhooks, *workers, *observers],
+                       intake, webhooks, *workers, *desks, *observers],
                 ready=[intake.ready, webhooks.ready, api.ready, acl.responder.ready,
-                       directory.ready, *(w.ready for w in workers)])
+                       directory.ready, *(w.ready for w in workers),
+                       *(d.ready for d in desks)])
     finally:
         acl.close()

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from aggregates.errors import ForbiddenError, KernelError, UnauthenticatedError
 from services.acl.client import AclClient, AclUnavailableError
-from services.ec2 import catalog, instances, keypairs, tagging, volumes
+from services.ec2 import catalog, consoles, instances, keypairs, tagging, volumes
 from services.ec2.auth import Authenticator, Caller
 from services.ec2.context import Action, Outcome, Refused, Request, dry_run_operation
 from services.ec2.protocol import (
@@ -62,10 +62,12 @@ ACTIONS: dict[str, Action] = {
     "CreateTags": tagging.create_tags,
     "DeleteTags": tagging.delete_tags,
     "DescribeTags": tagging.describe_tags,
+    "GetConsoleOutput": consoles.get_console_output,
+    "GetConsoleScreenshot": consoles.get_console_screenshot,
 }
 # What only reads: a replay of one is served again. Every other action changes something, and
 # is served once per signed request (a replay gets its first answer).
-READS = frozenset(a for a in ACTIONS if a.startswith("Describe"))
+READS = frozenset(a for a in ACTIONS if a.startswith(("Describe", "GetConsole")))
 # A change whose answer holds a secret (the private key): a replay is refused, not answered.
 SECRET_ANSWERS = frozenset({"CreateKeyPair"})
 

@@ -40,7 +40,8 @@ def start_up(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
     full = {**os.environ, "CLOUDKERNEL_DATA_DIR": str(tmp_path / "data"),
             "CLOUDKERNEL_API_PORT": str(free_port()), "PYTHONPATH": str(ROOT),
             "CLOUDKERNEL_ENDUSER_PORT": str(free_port()),
-            "CLOUDKERNEL_EC2_PORT": str(free_port()), **env}
+            "CLOUDKERNEL_EC2_PORT": str(free_port()),
+            "CLOUDKERNEL_CONSOLE_PORT": str(free_port()), **env}
     return subprocess.Popen([*CLI, "up"], cwd=tmp_path, env=full, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -148,7 +149,7 @@ def projection_caught_up(tmp_path: Path, name: str, timeout: float = 15) -> bool
 
 def services_alive(tmp_path: Path, nats_port: int, timeout: float = 60,
                    without: str = "") -> dict[str, Any]:
-    """`cloudkernel services --json` by name, once each of the two services has exactly one
+    """`cloudkernel services --json` by name, once each of the three services has exactly one
     live instance (and none is instance `without`)."""
     env = {**os.environ, "CLOUDKERNEL_DATA_DIR": str(tmp_path / "data"),
            "CLOUDKERNEL_NATS_PORT": str(nats_port), "PYTHONPATH": str(ROOT)}
@@ -158,7 +159,7 @@ def services_alive(tmp_path: Path, nats_port: int, timeout: float = 60,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out
         found = json.loads(out.stdout)
-        if len(found) == 2 and all(s["live"] == 1 and s["instances"][0]["instance_id"] != without
+        if len(found) == 3 and all(s["live"] == 1 and s["instances"][0]["instance_id"] != without
                                    for s in found):
             return {s["name"]: s for s in found}
         time.sleep(0.5)
@@ -223,8 +224,8 @@ def test_up_on_the_embedded_default(tmp_path: Path) -> None:
         assert projection_caught_up(tmp_path, "operations")
         # The services run as their own processes, registered and alive in the directory.
         alive = services_alive(tmp_path, port)
-        assert {n: s["state"] for n, s in alive.items()} == {"ec2": "Enabled",
-                                                              "enduser": "Enabled"}
+        assert {n: s["state"] for n, s in alive.items()} == {
+            "ec2": "Enabled", "enduser": "Enabled", "console": "Enabled"}
         # Killing one leaves orchestration and the other service alone; up starts it again.
         ec2 = alive["ec2"]["instances"][0]
         os.kill(ec2["pid"], signal.SIGKILL)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from aggregates.operation import Operation
 from gateways.stream.kernel_runner import KernelRunner
 from gateways.stream.worker import Worker
 from kernel.bootstrap import open_engine
-from kernel.bootstrap.plugins import with_platform_log
+from kernel.bootstrap.plugins import console_desks, with_platform_log
 from kernel.leases import LeaseTable
 from kernel.platform_log import ApplicationLog
 from kernel.settings import Settings
@@ -155,30 +155,39 @@ class Cloud:
 
 @asynccontextmanager
 async def running_cloud(settings: Settings, *, worker_processes: bool = False,
-                        leases: bool = False) -> AsyncIterator[Cloud]:
+                        leases: bool = False,
+                        configs: Mapping[str, dict[str, Any]] | None = None
+                        ) -> AsyncIterator[Cloud]:
     """The kernel in this process; the workers too, or each in its own `cloudkernel worker`
     process (as in production: then each has its own interpreter and libvirt connections).
     `leases` (PostgreSQL): the kernel works the partitions it leases, as `cloudkernel kernel`
-    does, so that other kernels may share them."""
+    does, so that other kernels may share them. `configs`: plugin configs by name (the
+    hypervisor's `console_secret_file` also starts its console desk beside it)."""
+    configs = dict(configs or {})
     platform, engine, feed = await asyncio.to_thread(open_engine, settings)
     stop = asyncio.Event()
     workers: list[Worker] = []
+    desks: list[Any] = []
     processes: list[subprocess.Popen[str]] = []
     if worker_processes:  # each follows the store of the settings it is given (env)
-        processes = [_worker_process(name, {}, settings) for name in PLUGINS]
+        processes = [_worker_process(name, configs.get(name, {}), settings)
+                     for name in PLUGINS]
     else:  # as `up` does: the followers read the kernel's own platform application
-        registry = load_registry(PLUGINS, with_platform_log({}, ApplicationLog(platform.app)))
+        registry = load_registry(PLUGINS, with_platform_log(configs,
+                                                            ApplicationLog(platform.app)))
         workers = [Worker(registry.plugin(name).subsystem, servers=list(settings.nats_urls),
                           concurrency=4, fetch_timeout=0.25) for name in PLUGINS]
+        desks = console_desks([w.subsystem for w in workers], list(settings.nats_urls))
     table = LeaseTable(settings.postgres_dsn, settings.postgres_schema,
                        partitions=settings.kernel_partitions,
                        period=settings.lease_seconds) if leases else None
     runner = KernelRunner(engine, feed, list(settings.nats_urls), leases=table,
                           name=f"test-{uuid4().hex[:8]}")
-    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+    tasks = [asyncio.create_task(w.run(stop)) for w in [*workers, *desks]]
     tasks.append(asyncio.create_task(runner.run(stop)))
     try:
-        await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in workers)), 30)
+        await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in [*workers, *desks])),
+                               30)
         while table is not None and runner.ownership is not None \
                 and not runner.ownership.held():
             await asyncio.sleep(0.05)  # its first leases taken

@@ -34,7 +34,7 @@ async def platform_edges(settings: Settings, cloud: Cloud,
     """The relay, the intake (ACL users and keyring keys) and the ACL responder, running
     until the block ends; the ACL service is opened here unless given. The services' keys are
     issued first, as `up` does before it starts them."""
-    for name in ("enduser", "ec2"):
+    for name in ("enduser", "ec2", "console"):
         await cloud.call(issue_service_key, settings, name)
     platform = await cloud.call(open_platform, settings)
     own_acl = acl is None

@@ -203,6 +203,20 @@ async function command(path, body = {}) {
 
 let lastOperation = null;
 
+// A console opens in a new window through a single-use link the platform mints; the window
+// is opened at once (inside the click, so no popup blocker stops it) and sent to the link.
+async function openConsole(vm, kind) {
+  const win = window.open("about:blank", "_blank");
+  try {
+    const out = await api("POST", `/v1/vms/${vm.id}/console`, { kind });
+    const url = (out.result || out).url;
+    if (win) win.location = url; else window.location.assign(url);
+  } catch (e) {
+    if (win) win.close();
+    throw e;
+  }
+}
+
 async function vmsView() {
   const [vms, catalog, templates, networks] = await Promise.all([
     list("vms"), api("GET", "/v1/web/catalog"), list("templates", "&state=Ready"),
@@ -239,6 +253,8 @@ async function vmsView() {
     h("td", { class: "actions" },
       v.state === "Stopped" && actionButton("start", () => command(`/v1/vms/${v.id}/start`)),
       v.state === "Running" && actionButton("stop", () => command(`/v1/vms/${v.id}/stop`)),
+      v.state === "Running" && actionButton("console", () => openConsole(v, "graphics")),
+      v.state === "Running" && actionButton("serial", () => openConsole(v, "serial")),
       ["Running", "Stopped", "Error"].includes(v.state) &&
         actionButton("destroy", () => confirm(`destroy ${v.name}?`) && command(`/v1/vms/${v.id}/destroy`)),
       h("a", { href: `#/history/${v.id}` }, "history"))));

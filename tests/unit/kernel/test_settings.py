@@ -36,7 +36,7 @@ def test_env_list_is_comma_separated() -> None:
 
 
 def test_services_to_start_are_a_list_and_empty_starts_none(tmp_path: Path) -> None:
-    assert load_settings(env={}).services == ("enduser", "ec2")
+    assert load_settings(env={}).services == ("enduser", "ec2", "console")
     assert load_settings(env={"CLOUDKERNEL_SERVICES": "ec2, ec2"}).services == ("ec2",)
     assert load_settings(env={"CLOUDKERNEL_SERVICES": ""}).services == ()
     (tmp_path / "c.toml").write_text('services = ["enduser"]\n')

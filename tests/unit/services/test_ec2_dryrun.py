@@ -54,6 +54,10 @@ CALLS: dict[str, Call] = {
                                                  DryRun=True),
     "DeleteTags": lambda ec2, r: ec2.delete_tags(Resources=[r["iid"]], DryRun=True),
     "DescribeTags": lambda ec2, r: ec2.describe_tags(DryRun=True),
+    "GetConsoleOutput": lambda ec2, r: ec2.get_console_output(InstanceId=r["iid"],
+                                                              DryRun=True),
+    "GetConsoleScreenshot": lambda ec2, r: ec2.get_console_screenshot(InstanceId=r["iid"],
+                                                                      DryRun=True),
 }
 
 
