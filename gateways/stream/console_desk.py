@@ -9,9 +9,10 @@ loop:
   must be signed under the console secret and unexpired, and its nonce unseen here;
 - graphics and serial: the desk opens the console at once (through the driver,
   `subsystems.libvirt.console_desk`), so that a VM that is gone or a serial console that is
-  in use is answered as a `DeskError`, and answers a `DeskGrant`: its TCP address and a
-  random one-time session, good for `DESK_CONNECT_SECONDS`. The console service connects,
-  sends the session and a newline, and from then on the desk relays bytes both ways until
+  in use is answered as a `DeskError`, and answers a `DeskGrant`: its TCP address; the
+  session, good for `DESK_CONNECT_SECONDS`, is derived from the request's nonce under the
+  secret (`desk_session`), never sent. The console service connects, sends the session and a
+  newline, and from then on the desk relays bytes both ways until
   either side closes; closing one closes the other, which ends the libvirt stream or fd. An
   opened console that is not collected in time is closed;
 - screenshot and output: a `DeskData` (a PNG; the last `OUTPUT_BYTES` of serial output);
@@ -30,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import socket
 import time
 from collections import OrderedDict
@@ -60,6 +60,7 @@ from kernel.contracts.console import (
     DeskReply,
     DeskRequest,
     check_desk_request,
+    desk_session,
 )
 
 __all__ = ["ConsoleDesk", "DeskDriver", "NonceCache", "desk_for"]
@@ -224,7 +225,7 @@ class ConsoleDesk:
                 return DeskData(content_type="text/plain", data=text)
             opener = self.driver.graphics if request.kind == "graphics" else self.driver.serial
             sock = await self._call(opener, uri, vm_id)
-            return self._grant(sock)
+            return self._grant(sock, desk_session(self.secret, request))
         except DeskRefusedError as e:
             return DeskError(code=e.code, error=str(e))
         except TimeoutError:
@@ -244,12 +245,12 @@ class ConsoleDesk:
             future.add_done_callback(_close_late)
             raise
 
-    def _grant(self, sock: socket.socket) -> DeskGrant:
-        session = secrets.token_urlsafe(32)
+    def _grant(self, sock: socket.socket, session: str) -> DeskGrant:
+        self._drop(session)  # a replayed request (to this desk): the first one's is closed
         expires_at = time.time() + DESK_CONNECT_SECONDS
         timer = asyncio.get_running_loop().call_later(DESK_CONNECT_SECONDS, self._drop, session)
         self._pending[session] = _Pending(sock, expires_at, timer)
-        return DeskGrant(address=self.address, session=session, expires_at=expires_at)
+        return DeskGrant(address=self.address, expires_at=expires_at)
 
     def _drop(self, session: str) -> None:
         """Close an opened console nobody collected."""

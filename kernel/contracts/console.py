@@ -15,11 +15,13 @@ port. Each hypervisor worker that has the console secret answers requests on `DE
 and an expiry, and is signed (HMAC-SHA256) under the console secret that only the hypervisor
 workers and the console service hold. The answer is one of `DeskReply`:
 
-- graphics or serial: a `DeskGrant`, the address of the worker's desk (TCP) and a one-time
-  session; the console service connects there within `DESK_CONNECT_SECONDS`, sends the session
-  and a newline, and from then on the bytes are the VM's VNC server (RFB; the desk opened it
-  through libvirt, which authenticated it, so it offers the security type None) or its serial
-  console (a libvirt stream), until either side closes;
+- graphics or serial: a `DeskGrant`, the address of the worker's desk (TCP); the console
+  service connects there within `DESK_CONNECT_SECONDS`, sends the request's session
+  (`desk_session`: derived from its nonce under the secret, never sent on NATS, so that neither
+  a reader of the reply nor a replayed request can use the opened console) and a newline;
+  from then on the bytes are the VM's VNC server (RFB; the desk opened it through libvirt,
+  which authenticated it, so it offers the security type None) or its serial console (a
+  libvirt stream), until either side closes;
 - screenshot: a `DeskData` with a PNG of the screen (libvirt's screenshot call);
 - output: a `DeskData` with the serial console's recent output (up to `OUTPUT_BYTES`);
 - refused or failed: a `DeskError` saying why.
@@ -62,6 +64,7 @@ __all__ = [
     "Kind",
     "check_desk_request",
     "console_password",
+    "desk_session",
     "load_console_secret",
     "make_token",
     "read_token",
@@ -194,11 +197,12 @@ class DeskRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DeskGrant(msgspec.Struct, frozen=True, kw_only=True, tag="grant"):
-    """Connect to `address` (host:port) and send `session` and a newline."""
+    """Connect to `address` (host:port) and send the request's `desk_session` and a newline
+    (`session` stays empty: the session is never on the wire before the connection)."""
 
     address: str
-    session: str
     expires_at: float
+    session: str = ""
 
 
 class DeskData(msgspec.Struct, frozen=True, kw_only=True, tag="data"):
@@ -250,6 +254,12 @@ def sign_desk_request(secret: bytes, *, vm_id: UUID, host_uri: str, kind: Kind,
     request = DeskRequest(vm_id=vm_id, host_uri=host_uri, kind=kind,
                           nonce=secrets.token_hex(16), expires_at=now + DESK_REQUEST_SECONDS)
     return msgspec.structs.replace(request, signature=_mac(secret, request))
+
+
+def desk_session(secret: bytes, request: DeskRequest) -> str:
+    """The one-time session of a granted request: what only holders of the secret compute."""
+    return hmac.new(secret, b"cloudkernel-desk-session:" + request.nonce.encode(),
+                    hashlib.sha256).hexdigest()
 
 
 def check_desk_request(secret: bytes, request: DeskRequest, *, now: float | None = None) -> None:

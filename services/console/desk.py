@@ -1,7 +1,5 @@
 """Asking a hypervisor worker's desk for a VM's console (`kernel.contracts.console`)."""
 
-from uuid import UUID
-
 import msgspec
 import nats.errors
 from nats.aio.client import Client
@@ -10,17 +8,15 @@ from kernel.contracts.console import (
     DESK_SUBJECT,
     DeskError,
     DeskReply,
-    Kind,
-    sign_desk_request,
+    DeskRequest,
 )
 
 _reply = msgspec.json.Decoder(DeskReply)  # type: ignore[var-annotated]
 
 
-async def ask_desk(nc: Client, secret: bytes, *, vm_id: UUID, host_uri: str, kind: Kind,
-                   timeout: float = 15.0) -> DeskReply:
-    """The desk's answer for the VM's console of `kind`; a DeskError when none answers."""
-    request = sign_desk_request(secret, vm_id=vm_id, host_uri=host_uri, kind=kind)
+async def ask_desk(nc: Client, request: DeskRequest, *, timeout: float = 15.0) -> DeskReply:
+    """The desk's answer to a signed request (`sign_desk_request`); a DeskError when none
+    answers."""
     try:
         msg = await nc.request(DESK_SUBJECT, msgspec.json.encode(request), timeout=timeout)
     except nats.errors.NoRespondersError:

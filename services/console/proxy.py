@@ -26,8 +26,11 @@ from kernel.contracts.console import (
     DeskData,
     DeskError,
     DeskGrant,
+    DeskRequest,
     Kind,
+    desk_session,
     read_token,
+    sign_desk_request,
 )
 from kernel.settings import Settings
 from services.console.desk import ask_desk
@@ -109,7 +112,7 @@ class ConsoleProxy:
             self._check_origin(request)
             redemption = await self._redeem(request, kind)
             session = self.sessions.open(redemption.vm_id, redemption.user, kind)
-            grant = await self._desk(redemption, kind)
+            asked, grant = await self._desk(redemption, kind)
             if not isinstance(grant, DeskGrant):
                 raise Refusal("unavailable", "the desk answered with no session")
             host, _, port = grant.address.rpartition(":")
@@ -119,7 +122,7 @@ class ConsoleProxy:
             except (OSError, TimeoutError) as e:
                 raise Refusal("unavailable",
                               f"the console's desk could not be reached ({e})") from None
-            writer.write(grant.session.encode() + b"\n")
+            writer.write(desk_session(self.secret, asked).encode() + b"\n")
             log.info("console %s of VM %s opened for %s", kind, redemption.vm_id,
                      redemption.user)
             reason = await self._relay(ws, reader, writer, session)
@@ -141,7 +144,7 @@ class ConsoleProxy:
         try:
             self._check_origin(request)
             redemption = await self._redeem(request, kind)
-            reply = await self._desk(redemption, kind)
+            _request, reply = await self._desk(redemption, kind)
             if not isinstance(reply, DeskData):
                 raise Refusal("unavailable", "the desk answered with no data")
         except Refusal as r:
@@ -194,12 +197,14 @@ class ConsoleProxy:
                                      f"{kind}; it is used now, open a new one", field="token")
         return redemption
 
-    async def _desk(self, redemption: ConsoleRedemption, kind: Kind) -> DeskGrant | DeskData:
-        reply = await ask_desk(self.runtime.nc, self.secret, vm_id=redemption.vm_id,
-                               host_uri=redemption.host_uri, kind=kind)
+    async def _desk(self, redemption: ConsoleRedemption,
+                    kind: Kind) -> tuple[DeskRequest, DeskGrant | DeskData]:
+        request = sign_desk_request(self.secret, vm_id=redemption.vm_id,
+                                    host_uri=redemption.host_uri, kind=kind)
+        reply = await ask_desk(self.runtime.nc, request)
         if isinstance(reply, DeskError):
             raise Refusal(_DESK_CODES.get(reply.code, "unavailable"), reply.error)
-        return reply
+        return request, reply
 
     async def _relay(self, ws: web.WebSocketResponse, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, session: Session) -> str:

@@ -297,6 +297,14 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
                              "summary": "A page rendering this document (offline)",
                              "responses": {"200": {"description": "HTML", "content": {
                                  "text/html": {"schema": {"type": "string"}}}}}}},
+        "/": {"get": {**public, "operationId": "page",
+                      "summary": "A tenant's page: log in, your VMs, their consoles",
+                      "responses": {"200": {"description": "HTML", "content": {
+                          "text/html": {"schema": {"type": "string"}}}}}}},
+        "/v1/page.js": {"get": {**public, "operationId": "page_script",
+                                "summary": "The tenant page's script",
+                                "responses": {"200": {"description": "JavaScript", "content": {
+                                    "text/javascript": {"schema": {"type": "string"}}}}}}},
         "/healthz": {"get": {**public, "operationId": "healthz",
                              "summary": "Whether the service answers and is enabled",
                              "responses": {
@@ -322,7 +330,8 @@ _DESCRIPTION = (
     "account's ids answer 404). Changes answer 202 with the operation to follow "
     "(`operation_url`); creating needs an `Idempotency-Key` header. Errors are "
     "`{\"error\": {\"code\", \"message\", \"field\"}}`. While the admin disabled the service "
-    "every call but this document, /v1/docs and /healthz answers 503 service_disabled.")
+    "every call but this document, /v1/docs, the page (/ and /v1/page.js) and /healthz answers "
+    "503 service_disabled.")
 
 
 async def openapi_json(request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
@@ -363,7 +364,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 # What a disabled service still serves: its health and its contract.
-ALWAYS_SERVED = frozenset({"/healthz", "/v1/openapi.json", "/v1/docs"})
+ALWAYS_SERVED = frozenset({"/healthz", "/v1/openapi.json", "/v1/docs", "/", "/v1/page.js"})
+STATIC = Path(__file__).parent / "static"
+
+
+async def page(request: web.Request) -> web.FileResponse:
+    """`GET /`: a tenant's page (log in, your VMs, their consoles), on this API."""
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+
+async def page_script(request: web.Request) -> web.FileResponse:
+    """`GET /v1/page.js`: the tenant page's script."""
+    return web.FileResponse(STATIC / "page.js", headers={"Cache-Control": "no-store",
+                                                          "Content-Type": "text/javascript"})
 
 
 @web.middleware
@@ -399,5 +412,7 @@ def make_app(ctx: EndUser) -> web.Application:
     r.add_post("/v1/volumes/{id}/{action:attach|detach}", volume_action)
     r.add_get("/v1/operations/{id}", get_operation)
     r.add_get("/healthz", healthz)
+    r.add_get("/", page)
+    r.add_get("/v1/page.js", page_script)
     openapi.add_routes(app)
     return app

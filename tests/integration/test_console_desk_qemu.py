@@ -43,6 +43,7 @@ from kernel.contracts.console import (
     DeskRequest,
     Kind,
     console_password,
+    desk_session,
     sign_desk_request,
 )
 from kernel.steps.hypervisor import DefineDomain, DiskSpec, DomainDefined
@@ -123,9 +124,13 @@ class Desk:
         return _reply(asyncio.run(go()))
 
     def grant(self, kind: Kind) -> DeskGrant:
-        reply = self.ask(self.request(kind))
+        """A granted session, its `session` filled in as the console service computes it
+        (the desk never sends it)."""
+        request = self.request(kind)
+        reply = self.ask(request)
         assert isinstance(reply, DeskGrant), reply
-        return reply
+        assert reply.session == ""
+        return msgspec.structs.replace(reply, session=desk_session(self.secret, request))
 
 
 @pytest.fixture(scope="module")

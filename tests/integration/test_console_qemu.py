@@ -283,6 +283,26 @@ async def browser_opens_the_console_from_the_admin_page(stack: ConsoleStack,
                            return seen.size > 1; }""", timeout=30_000)
             png = await canvas.screenshot()
             assert png_size(png)[0] > 0
+            await popup.close()
+
+            # a tenant, from the End User API's page: her VM's serial console
+            tenant = await browser.new_page()
+            await tenant.goto(f"http://127.0.0.1:{stack.settings.enduser_port}/")
+            await tenant.fill("#login-form input[name=username]", "alice")
+            await tenant.fill("#login-form input[name=password]",
+                              stack.tenants["alice"].password)
+            await tenant.click("#login-form button")
+            mine = tenant.locator(f"tr[data-id='{stack.vm_id}']")
+            await playwright.expect(mine).to_contain_text("Running", timeout=30_000)
+            async with tenant.expect_popup() as popup_info:
+                await mine.locator("button[data-action=serial]").click()
+            serial = await popup_info.value
+            await playwright.expect(serial.locator("#status")).to_have_text(
+                "Connected", timeout=30_000)
+            await serial.locator("#term").press("Enter")
+            await playwright.expect(serial.locator("#term")).to_contain_text(
+                "login:", timeout=30_000)
+            await serial.close()
             # a link used already, opened in a tab: refused, and the page says why in words
             again = await browser.new_page()
             await again.goto(await _fresh_used_link(stack, admin))

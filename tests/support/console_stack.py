@@ -116,6 +116,7 @@ class ConsoleStack:
                   "nats_urls": [self.nats_url], "data_dir": str(data),
                   "api_port": free_port(), "console_port": free_port(),
                   "ec2_port": free_port(), "ec2_region": "ck-test-1",
+                  "enduser_port": free_port(),
                   "service_heartbeat_seconds": 0.5,
                   "console_ticket_seconds": self.ticket_seconds, "log_level": "info",
                   **self.extra}
@@ -216,7 +217,8 @@ class ConsoleStack:
                             self.admin_url = f"http://{settings.api_host}:{settings.api_port}"
                             try:
                                 for name, text in (("console", "console serving"),
-                                                   ("ec2", "ec2 serving")):
+                                                   ("ec2", "ec2 serving"),
+                                                   ("enduser", "enduser serving")):
                                     self.services[name] = ServiceProcess(name, self.config,
                                                                          text)
                                     await asyncio.to_thread(self.services[name].start)

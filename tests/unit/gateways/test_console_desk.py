@@ -24,6 +24,7 @@ from kernel.contracts.console import (
     DeskReply,
     DeskRequest,
     Kind,
+    desk_session,
     sign_desk_request,
 )
 
@@ -110,11 +111,13 @@ def test_a_session_relays_both_ways_once() -> None:
         driver = FakeDriver()
         desk = ConsoleDesk(driver, SECRET, [])
         server = await desk.open_listener()
-        grant = await desk.answer(request("serial"))
-        assert isinstance(grant, DeskGrant)
+        asked = request("serial")
+        grant = await desk.answer(asked)
+        assert isinstance(grant, DeskGrant) and grant.session == ""  # never on the wire
+        session = desk_session(SECRET, msgspec.json.decode(asked, type=DeskRequest))
         host, _, port = grant.address.rpartition(":")
         reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(grant.session.encode() + b"\nhello")
+        writer.write(session.encode() + b"\nhello")
         await writer.drain()
         [console] = driver.opened
         loop = asyncio.get_running_loop()
@@ -126,7 +129,7 @@ def test_a_session_relays_both_ways_once() -> None:
         writer.close()
         # the session is used up
         reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(grant.session.encode() + b"\n")
+        writer.write(session.encode() + b"\n")
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
         server.close()

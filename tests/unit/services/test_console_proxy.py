@@ -25,6 +25,7 @@ from kernel.contracts.console import (
     DeskGrant,
     DeskRequest,
     check_desk_request,
+    desk_session,
     make_token,
 )
 from kernel.settings import Settings
@@ -108,7 +109,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], FakeR
                                                      ConsoleProxy, list[str]]]:
     sessions: list[str] = []
     server, address = await echo_desk(sessions)
-    nc = FakeNats(DeskGrant(address=address, session="sess-1", expires_at=0))
+    nc = FakeNats(DeskGrant(address=address, expires_at=0))
     runtime = FakeRuntime(nc)
     settings = Settings(data_dir=tmp_path, console_sessions_per_user=2,
                         console_allowed_origins=("https://admin.example.org",))
@@ -156,8 +157,9 @@ async def test_a_link_relays_once_and_its_replay_is_refused_in_words(proxy: Any)
         assert got.data == b"ECHO HI\r"
         await ws.send_str("typed")
         assert (await ws.receive(timeout=5)).data == b"TYPED"
-    assert sessions == ["sess-1"]
+    # the session the proxy sent is the one only holders of the secret derive from the nonce
     assert [r.kind for r in runtime.nc.requests] == ["serial"]
+    assert sessions == [desk_session(SECRET, runtime.nc.requests[0])]
     async with client.ws_connect(f"/serial/ws?token={token}", origin=OWN) as ws:
         body, code, reason = await refusal(ws)
     assert body == {"error": "this console link was already used; open a new one",
