@@ -68,6 +68,10 @@ class RedeemConsole(Command, frozen=True, kw_only=True, tag="console.redeem"):
     token: str
     origin: str | None = None
     remote: str | None = None
+    # The console service refused the request itself (a foreign Origin, too many sessions,
+    # a link of another kind...) and says why: refused here in those words, so that the
+    # refusal is audited as every refused redemption is; the ticket is not touched.
+    refused: str | None = None
 
 
 def _get(app: KernelApplication, aggregate_id: UUID) -> Any:
@@ -129,12 +133,20 @@ def _redeemer() -> str:
     return actor
 
 
+def _reason(text: str) -> str:
+    """A reason the console service gave, printable and at most 200 characters."""
+    printable = "".join(c if c.isprintable() else "?" for c in text[:200])
+    return printable or "refused by the console service"
+
+
 def redeem_handler(clock: Clock = utcnow) -> Any:
     """The handler of `console.redeem`, with its clock."""
 
     def handle(app: KernelApplication,
                command: RedeemConsole) -> tuple[Sequence[Aggregate], ConsoleRedemption]:
         actor = _redeemer()
+        if command.refused:
+            raise ConsoleTicketRefusedError(_reason(command.refused))
         ticket_id, digest = read_token(command.token)
         ticket = _get(app, ticket_id)
         if not isinstance(ticket, ConsoleTicket):

@@ -15,6 +15,7 @@ import json
 import logging
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -62,6 +63,7 @@ class ConsoleProxy:
             origin_of(settings.console_url), f"http://{settings.api_host}:{settings.api_port}",
             *settings.console_allowed_origins})
         self.novnc = next((d for d in NOVNC_DIRS if (d / "core" / "rfb.js").is_file()), None)
+        self._reports: set[asyncio.Future[None]] = set()
 
     # ------------------------------------------------------------------ the app
 
@@ -130,6 +132,7 @@ class ConsoleProxy:
                 await ws.send_str(json.dumps({"closed": reason}))
                 await ws.close(code=4000, message=reason[:120].encode())
         except Refusal as r:
+            self._audit(request, r)
             if not ws.closed:
                 await ws.send_str(json.dumps(r.body()))
                 await ws.close(code=r.close_code, message=r.message[:120].encode())
@@ -148,6 +151,7 @@ class ConsoleProxy:
             if not isinstance(reply, DeskData):
                 raise Refusal("unavailable", "the desk answered with no data")
         except Refusal as r:
+            self._audit(request, r)
             return web.json_response(r.body(), status=r.status)
         return web.Response(body=reply.data, content_type=reply.content_type,
                             headers={"Cache-Control": "no-store"})
@@ -159,6 +163,28 @@ class ConsoleProxy:
             log.info("console sessions of VM %s ended: %s", vm_id, reason)
 
     # ------------------------------------------------------------------ steps
+
+    def _audit(self, request: web.Request, refusal: Refusal) -> None:
+        """Have the platform record a refusal this proxy decided (the platform's own are
+        recorded already; one for want of an answer cannot be): a `console.redeem` that says
+        why it is refused, which leaves the ticket as it is. In the background: the user
+        reads the refusal at once."""
+        if refusal.by_platform or refusal.code == "unavailable":
+            return
+        body = {"token": request.query.get("token", "")[:200],
+                "origin": request.headers.get("Origin"), "remote": request.remote,
+                "refused": refusal.message}
+        task = asyncio.ensure_future(self._report(body))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _report(self, body: dict[str, Any]) -> None:
+        try:
+            await self.runtime.command("console.redeem", body, timeout=10,
+                                       idempotency_key=f"console-refused-{uuid.uuid4().hex}")
+        except CommandRefusedError as e:
+            if e.code not in ("invalid", "gone"):  # refused as asked: recorded
+                log.warning("console: a refusal could not be recorded: %s", e)
 
     def _check_origin(self, request: web.Request) -> None:
         # Browsers always send Origin on a WebSocket; other clients (a VNC library) may not.

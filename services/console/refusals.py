@@ -10,9 +10,11 @@ _STATUS = {"invalid": 400, "unauthenticated": 401, "forbidden": 403, "not_found"
 class Refusal(Exception):
     """A console request refused: `message` is what the user reads."""
 
-    def __init__(self, code: str, message: str, *, field: str | None = None) -> None:
+    def __init__(self, code: str, message: str, *, field: str | None = None,
+                 by_platform: bool = False) -> None:
         super().__init__(message)
         self.code, self.message, self.field = code, message, field
+        self.by_platform = by_platform  # then the platform has audited it already
 
     @property
     def status(self) -> int:
@@ -37,5 +39,5 @@ class Refusal(Exception):
         if e.code == "unavailable":
             return cls("unavailable", "the platform did not answer; try again in a moment")
         if e.code == "invalid":  # the platform's rule: this link opens nothing any more
-            return cls("gone", e.message, field=e.field)
-        return cls(e.code, e.message, field=e.field)
+            return cls("gone", e.message, field=e.field, by_platform=True)
+        return cls(e.code, e.message, field=e.field, by_platform=True)

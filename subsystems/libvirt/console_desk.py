@@ -38,7 +38,6 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Iterator
 from urllib.parse import urlsplit
 from uuid import UUID
 from xml.sax.saxutils import quoteattr
@@ -51,13 +50,13 @@ from subsystems.libvirt import domain_xml, rfb
 from subsystems.libvirt.connections import connection
 from subsystems.libvirt.faults import is_not_found, is_unsupported
 from subsystems.libvirt.screen_images import ImageError, to_png
+from subsystems.libvirt.serial_logs import log_pool
 
-__all__ = ["DEFAULT_LOG_DIR", "LOG_POOL", "LibvirtDesk", "serial_log_name"]
+__all__ = ["DEFAULT_LOG_DIR", "LibvirtDesk", "serial_log_name"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOG_DIR = "/var/log/libvirt"  # DomainSettings.console_log_dir's default
-LOG_POOL = "cloudkernel-console-logs"
 _MAX_SCREENSHOT = 64 * 1024 * 1024
 _CONNECT_SECONDS = 5.0
 _SEND_SECONDS = 2.0  # how long the libvirt event loop may wait for the desk to take output
@@ -78,7 +77,6 @@ class LibvirtDesk:
         domains' serial logs are written on their hosts."""
         self.secret = secret
         self.log_dir = log_dir.rstrip("/")
-        self._pool_lock = threading.Lock()
 
     # ----------------------------------------------------------------- checks
 
@@ -149,7 +147,7 @@ class LibvirtDesk:
             raise DeskRefusedError(f"{what}: serial consoles are not logged (the hypervisor's "
                                    "console_log_dir is empty)", code="unavailable")
         try:
-            with self._log_pool(conn) as pool:
+            with log_pool(conn, self.log_dir) as pool:
                 try:
                     vol = pool.storageVolLookupByName(serial_log_name(vm_id))
                 except libvirt.libvirtError as e:
@@ -220,32 +218,6 @@ class LibvirtDesk:
         threading.Thread(target=_present_and_splice, args=(ours, server),
                          name=f"desk-vnc-{vm_id}", daemon=True).start()
         return theirs
-
-    @contextlib.contextmanager
-    def _log_pool(self, conn: libvirt.virConnect) -> Iterator[libvirt.virStoragePool]:
-        """An active directory pool over the log folder, refreshed: one that is there
-        already, else a transient one of ours, gone again after the read (a pool over the
-        host's log folder would show its logs as volumes to anyone listing pools)."""
-        with self._pool_lock:
-            pool, ours = None, False
-            with contextlib.suppress(libvirt.libvirtError):
-                pool = conn.storagePoolLookupByTargetPath(self.log_dir)
-            if pool is None:
-                xml = (f"<pool type='dir'><name>{LOG_POOL}</name><target><path>"
-                       f"{_text(self.log_dir)}</path></target></pool>")
-                try:
-                    pool, ours = conn.storagePoolCreateXML(xml, 0), True
-                except libvirt.libvirtError:  # another worker made it meanwhile
-                    pool = conn.storagePoolLookupByName(LOG_POOL)
-            try:
-                if not pool.isActive():
-                    pool.create(0)
-                pool.refresh(0)
-                yield pool
-            finally:
-                if ours:
-                    with contextlib.suppress(libvirt.libvirtError):
-                        pool.destroy()  # transient: destroying it removes it
 
 
 class _SerialBridge:

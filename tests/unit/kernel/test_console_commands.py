@@ -3,6 +3,7 @@ console service registered, redeeming once, and every refusal writing nothing; t
 intake, refused redemptions audited in the access control's denial log."""
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,13 @@ from uuid import UUID, uuid4
 import msgspec
 import pytest
 
-from aggregates.console_ticket import ALREADY_USED, EXPIRED, NOT_VALID, ConsoleTicket
+from aggregates.console_ticket import (
+    ALREADY_USED,
+    EXPIRED,
+    NOT_VALID,
+    ConsoleTicket,
+    ConsoleTicketRefusedError,
+)
 from aggregates.errors import DomainRuleError, ForbiddenError, NotFoundError, ValidationError
 from aggregates.host import Host
 from aggregates.vm import VirtualMachine, VmState
@@ -333,3 +340,17 @@ def test_through_the_intake_refused_redemptions_are_audited_not_logged(
         ("service:console", "console.redeem", NOT_VALID, False)]
     for r in denials.refusals:
         assert token not in json.dumps(r)
+
+
+def test_a_refusal_the_console_service_decided_is_refused_in_its_words_and_spends_nothing(
+        world: World) -> None:
+    grant = world.mint()
+    head = world.head()
+    for token in (grant.token, "junk"):
+        with pytest.raises(ConsoleTicketRefusedError, match=re.escape("origin may not? open")):
+            world.redeem(token, origin="https://evil.example",
+                         refused="this page's origin may not\x07 open consoles here")
+    assert world.head() == head  # nothing written
+    with pytest.raises(ForbiddenError):  # only the console service reports its refusals
+        world.redeem(grant.token, actor="service:ec2", refused="nope")
+    assert world.redeem(grant.token).vm_id == world.vm_id  # the link is still good

@@ -69,6 +69,7 @@ class FakeRuntime:
     kinds: dict[str, str] = field(default_factory=dict)
     redeemed: set[str] = field(default_factory=set)
     users: dict[str, str] = field(default_factory=dict)
+    reports: list[str] = field(default_factory=list)  # refusals the proxy had recorded
 
     def mint(self, kind: str, user: str = "alice") -> str:
         token, _ = make_token(uuid4())
@@ -78,6 +79,9 @@ class FakeRuntime:
     async def command(self, tag: str, body: dict[str, Any], *, idempotency_key: str,
                       timeout: float = 30) -> Result:
         assert tag == "console.redeem"
+        if body.get("refused"):  # the platform refuses it in those words, and audits it
+            self.reports.append(body["refused"])
+            raise CommandRefusedError("invalid", body["refused"])
         token = body["token"]
         if token not in self.kinds:
             raise CommandRefusedError("invalid", "this console link is not valid")
@@ -164,6 +168,8 @@ async def test_a_link_relays_once_and_its_replay_is_refused_in_words(proxy: Any)
         body, code, reason = await refusal(ws)
     assert body == {"error": "this console link was already used; open a new one",
                     "code": "gone"}
+    await asyncio.sleep(0.05)
+    assert runtime.reports == []  # the platform refused it: audited there already
     assert code == 4410 and reason.startswith("this console link was already used")
 
 
@@ -188,6 +194,8 @@ async def test_a_foreign_origin_is_refused_and_the_token_stays_unspent(proxy: An
         body, code, _ = await refusal(ws)
     assert (body["code"], body["field"], code) == ("forbidden", "Origin", 4403)
     assert not runtime.redeemed
+    await asyncio.sleep(0.05)  # the proxy has the platform record its refusal
+    assert runtime.reports == [body["error"]]
     for origin in ("https://admin.example.org", "http://127.0.0.1:8480"):  # configured, admin
         token = runtime.mint("graphics")
         async with client.ws_connect(f"/graphics/ws?token={token}", origin=origin) as ws:
