@@ -302,3 +302,20 @@ async def test_pages_are_served_without_caching_and_with_novnc(proxy: Any) -> No
         assert (await client.get("/novnc/core/rfb.js")).status == 200
         assert "graphics.js" in await (await client.get("/graphics")).text()
     assert (await client.get("/static/console.js")).status == 200
+
+
+@pytest.mark.parametrize("topic", ["vm.Stopped", "vm.StoppedOutOfBand", "vm.Migrated",
+                                   "vm.Destroyed", "vm.Expunged", "vm.Failed"])
+def test_the_events_that_end_a_vms_console_end_only_its_sessions(topic: str) -> None:
+    from services.console.sessions import ENDING_EVENTS, Sessions
+
+    sessions = Sessions(per_user=4)
+    mine, other = sessions.open(VM, "alice", "serial"), sessions.open(uuid4(), "alice", "serial")
+    assert sessions.end_vm(VM, ENDING_EVENTS[topic]) == 1
+    assert mine.ended.is_set() and mine.reason == ENDING_EVENTS[topic]
+    assert not other.ended.is_set()
+    mine.end("later reason")  # the first reason stays
+    assert mine.reason == ENDING_EVENTS[topic]
+    sessions.close(mine)
+    sessions.close(mine)  # twice is harmless
+    assert len(sessions) == 1
