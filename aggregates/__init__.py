@@ -13,6 +13,8 @@ from aggregates.nic import Nic
 from aggregates.offering import DiskOffering, ServiceOffering
 from aggregates.operation import Operation
 from aggregates.pod import Pod
+from aggregates.public_address import PublicAddress
+from aggregates.public_address_pool import PublicAddressPool
 from aggregates.service import ServiceRegistration
 from aggregates.snapshot import Snapshot
 from aggregates.storage_pool import PrimaryStoragePool
@@ -46,6 +48,8 @@ ALL_AGGREGATES: tuple[type[PlatformAggregate], ...] = (
     UnmanagedDomain,
     ServiceRegistration,
     ConsoleTicket,
+    PublicAddressPool,
+    PublicAddress,
 )
 
 __all__ = [
@@ -64,6 +68,8 @@ __all__ = [
     "PlatformAggregate",
     "Pod",
     "PrimaryStoragePool",
+    "PublicAddress",
+    "PublicAddressPool",
     "ServiceOffering",
     "ServiceRegistration",
     "Snapshot",

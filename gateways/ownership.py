@@ -1,9 +1,9 @@
 """Whose resource a command acts on: what every gateway passes to `AccessControl.authorize`.
 
 A command that creates a resource names its account; one that acts on an existing resource
-names it by id (`vm_id`, `volume_id`, `snapshot_id`, `backup_id`), and the resource's account
-owns it. Gateways differ only in where they look the account up (the admin API in its read
-models, the NATS intake in the store), so they pass that lookup in.
+names it by id (`vm_id`, `volume_id`, `snapshot_id`, `backup_id`, `address_id`), and the
+resource's account owns it. Gateways differ only in where they look the account up (the admin
+API in its read models, the NATS intake in the store), so they pass that lookup in.
 """
 
 from collections.abc import Callable, Mapping
@@ -14,9 +14,10 @@ from eventsourcing.application import AggregateNotFoundError
 
 from aggregates.errors import NotFoundError
 
-OWNED_BY_ID = ("vm_id", "volume_id", "snapshot_id", "backup_id")
+OWNED_BY_ID = ("vm_id", "volume_id", "snapshot_id", "backup_id", "address_id")
 # The read model that names the owning account of a command's target, by id field.
-OWNER_MODELS = {"vm_id": "vms", "volume_id": "volumes", "snapshot_id": "snapshots"}
+OWNER_MODELS = {"vm_id": "vms", "volume_id": "volumes", "snapshot_id": "snapshots",
+                "address_id": "addresses"}
 
 # (field, id) -> the owning account, or None when not found
 AccountLookup = Callable[[str, UUID], str | None]

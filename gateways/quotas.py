@@ -4,7 +4,8 @@ or of a domain above it (counting every account of that domain's subtree), is re
 it runs (and writes nothing).
 
 Usage counts what still holds resources: VMs not Destroyed/Expunging/Expunged (their cpu and
-memory from their offerings), volumes not Expunged (their GiB, rounded up).
+memory from their offerings), volumes not Expunged (their GiB, rounded up), public addresses
+not released.
 """
 
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ from aggregates.offering import ServiceOffering
 GIB = 1024**3
 _GONE_VMS = frozenset({"Destroyed", "Expunging", "Expunged"})
 _GONE_VOLUMES = frozenset({"Expunged"})
+_LIMITED = ("vm.deploy", "volume.create", "address.allocate")
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,12 @@ def quota_check(access: Any, app: Any,
 
 
 def check_quota(ctx: Any, tag: str, command: Any, owner: str | None) -> None:
-    """Refuse (ForbiddenError naming the limit) a vm.deploy or volume.create that would pass
-    a limit of its account or of a domain above it; other commands pass. `ctx` has `access`,
-    `app` and `view(name)` (the admin API's context, or a QuotaContext)."""
+    """Refuse (ForbiddenError naming the limit) a vm.deploy, volume.create or address.allocate
+    that would pass a limit of its account or of a domain above it; other commands pass.
+    `ctx` has `access`, `app` and `view(name)` (the admin API's context, or a QuotaContext)."""
     check = getattr(ctx.access, "check_limits", None)
     governs = getattr(ctx.access, "governs", None)
-    if owner is None or check is None or tag not in ("vm.deploy", "volume.create"):
+    if owner is None or check is None or tag not in _LIMITED:
         return
     if governs is not None and not governs(owner):
         return  # no limit applies to this account (or the ACL does not know it)
@@ -58,6 +60,8 @@ def check_quota(ctx: Any, tag: str, command: Any, owner: str | None) -> None:
             return  # the command itself refuses an unknown offering
         delta = {"vms": 1, "cpu_cores": offering.cpu_cores,
                  "memory_mib": offering.memory_mib}
+    elif tag == "address.allocate":
+        delta = {"public_addresses": 1}
     else:
         size = getattr(command, "size_bytes", None) or 0
         delta = {"volumes": 1, "volume_gib": -(-size // GIB)}
@@ -77,7 +81,8 @@ def check_quota(ctx: Any, tag: str, command: Any, owner: str | None) -> None:
 
 def usage(ctx: Any, account: str) -> dict[str, int]:
     """What the account holds now, by counter."""
-    used = {"vms": 0, "cpu_cores": 0, "memory_mib": 0, "volumes": 0, "volume_gib": 0}
+    used = {"vms": 0, "cpu_cores": 0, "memory_mib": 0, "volumes": 0, "volume_gib": 0,
+            "public_addresses": 0}
     offerings: dict[UUID, ServiceOffering | None] = {}
     for row in _rows(ctx, "vms", account):
         if row["state"] in _GONE_VMS:
@@ -94,6 +99,8 @@ def usage(ctx: Any, account: str) -> dict[str, int]:
         if row["state"] not in _GONE_VOLUMES:
             used["volumes"] += 1
             used["volume_gib"] += -(-int(row["size_bytes"]) // GIB)
+    used["public_addresses"] = sum(1 for row in _rows(ctx, "addresses", account)
+                                   if row["state"] == "Allocated")
     return used
 
 

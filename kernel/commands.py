@@ -30,6 +30,10 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="command"):
     # planned when it gets them (`kernel.operations`). A command that intervenes in that
     # operation (cancel a host's maintenance) acts at once instead.
     waits_for_busy_entities: ClassVar[bool] = True
+    # How many times a command that lost the race on an aggregate's version runs again. A
+    # command on a shared, hot aggregate (a zone's address pool) may race every other one
+    # the gateways run at once, so it may ask for more.
+    conflict_retries: ClassVar[int | None] = None  # None: CONFLICT_RETRIES
 
 
 class CommandOutcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,7 +80,8 @@ class CommandService:
         earlier = self._replay(idempotency_key, payload_fp, tag)
         if earlier is not None:
             return earlier
-        for _attempt in range(CONFLICT_RETRIES):
+        retries = type(command).conflict_retries or CONFLICT_RETRIES
+        for _attempt in range(retries):
             with audit_context(
                 actor=actor,
                 correlation_id=natural_id("command", idempotency_key),
@@ -102,7 +107,7 @@ class CommandService:
                 positions=tuple(r.notification.id for r in recordings),
             )
         raise ConflictError(
-            f"command {tag} lost {CONFLICT_RETRIES} races for the same entities; retry it"
+            f"command {tag} lost {retries} races for the same entities; retry it"
         )
 
     def execute_many(self, items: Sequence[tuple[Command, str, str]]) -> list[CommandOutcome]:

@@ -65,6 +65,9 @@ RESOURCE_ROUTES: tuple[ResourceRoute, ...] = (
     *_actions("hosts", "host_id", "host", "enable disable prepare_maintenance "
                                           "cancel_maintenance"),
     ResourceRoute("/v1/templates/{id}/download", "template.download", "template_id"),
+    ResourceRoute("/v1/addresses", "address.allocate"),
+    ResourceRoute("/v1/addresses/{id}/release", "address.release", "address_id"),
+    ResourceRoute("/v1/zones/{id}/public_ranges", "publicrange.create", "zone_id"),
     ResourceRoute("/v1/operations/{id}/cancel", "operation.cancel", "operation_id"),
 )
 

@@ -33,7 +33,8 @@ PLATFORM_MODELS = frozenset({"hosts", "operations", "audit"})
 SINGULAR = {"vms": "vm", "volumes": "volume", "hosts": "host", "networks": "network",
             "snapshots": "snapshot", "templates": "template", "operations": "operation",
             "audit": "audit entry", "inventory": "inventory entry",
-            "services": "service"}
+            "services": "service", "addresses": "public address",
+            "address_pools": "public address pool"}
 
 _encode = msgspec.json.Encoder().encode
 

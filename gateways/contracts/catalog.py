@@ -29,7 +29,8 @@ COMMAND_MODULES: tuple[str, ...] = ("kernel.operation_commands", "kernel.invento
                                      "kernel.cloud.repair",
                                      "kernel.cloud.hosts",
                                      "kernel.cloud.services",
-                                     "kernel.cloud.consoles")
+                                     "kernel.cloud.consoles",
+                                     "kernel.cloud.addresses")
 # The stored JSON of an event omits these: they have their own columns and NATS headers.
 _ORIGINATOR_FIELDS = frozenset({"originator_id", "originator_version"})
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kernel.bootstrap.catalog import CLOUD_COMMANDS, cloud_effects
+from kernel.cloud.addresses import ADDRESS_HANDLERS
 from kernel.cloud.consoles import console_handlers
 from kernel.cloud.services import SERVICE_HANDLERS
 from kernel.commands import Command, CommandOutcome, CommandService, Handler
@@ -22,6 +23,7 @@ SAMPLE_INVENTORY = Path(__file__).resolve().parents[2] / "examples" / "inventory
 PLATFORM_HANDLERS: dict[type, Handler] = {
     LoadInventory: handle_load_inventory,
     **SERVICE_HANDLERS,
+    **ADDRESS_HANDLERS,
     **console_handlers(),
 }
 

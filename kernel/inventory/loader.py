@@ -13,14 +13,16 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
+from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 
 from aggregates.cluster import Cluster
-from aggregates.errors import ValidationError
+from aggregates.errors import DomainRuleError, ValidationError
 from aggregates.host import Host
 from aggregates.image_store import ImageStore, ImageStoreProtocol
 from aggregates.offering import DiskOffering, ServiceOffering
 from aggregates.pod import Pod
+from aggregates.public_address_pool import PublicAddressPool, check_range
 from aggregates.storage_pool import PrimaryStoragePool, StorageScope
 from aggregates.template import Template, TemplateFormat
 from aggregates.zone import NetworkType, Zone
@@ -33,6 +35,7 @@ from kernel.inventory.spec import (
     InventoryFile,
     Located,
     PodSpec,
+    PublicRangeSpec,
     ServiceOfferingSpec,
     StoragePoolSpec,
     TemplateSpec,
@@ -80,6 +83,7 @@ class _Resolver:
         self.ids: dict[tuple[str, str], UUID] = {}
         self.parents: dict[tuple[str, str], dict[str, UUID]] = {}
         self.new: list[Aggregate] = []
+        self.pools: dict[UUID, PublicAddressPool] = {}  # by zone id
         self.result = InventoryResult(
             registered={s: [] for s in InventoryFile.__struct_fields__},
             unchanged={s: [] for s in InventoryFile.__struct_fields__},
@@ -94,6 +98,9 @@ class _Resolver:
         }
         for section, index, spec in sections(self.inventory):
             self.section, self.index, self.spec = section, index, spec
+            if isinstance(spec, PublicRangeSpec):
+                self._public_range(spec)
+                continue
             try:
                 candidate = builders[section](spec)
             except ValidationError as e:
@@ -196,6 +203,40 @@ class _Resolver:
     def _disk_offering(self, s: DiskOfferingSpec) -> Aggregate:
         return DiskOffering.create(name=s.name, size_bytes=s.size_gib * GIB or None,
                                    customizable=s.customizable, tags=s.tags)
+
+
+    def _public_range(self, s: PublicRangeSpec) -> None:
+        """A range goes into its zone's pool (created with the zone's first range); a range
+        of that name registered already must be the same range."""
+        zone_id = self._ref("zones", "zone", s.zone)
+        pool = self.pools.get(zone_id)
+        if pool is None:
+            found: PublicAddressPool
+            try:
+                found = self.app.repository.get(PublicAddressPool.create_id(zone_id))
+            except AggregateNotFoundError:
+                found = PublicAddressPool.create(zone_id=zone_id)
+            pool = self.pools[zone_id] = found
+        fields = dict(name=s.name, cidr=s.cidr, gateway=s.gateway, first=s.first, last=s.last)
+        try:
+            registered = pool.range_named(s.name)
+            if registered is not None:
+                wanted = check_range(pool.label, **fields)
+                if registered != wanted:
+                    raise ValidationError(
+                        f"{s.name!r} is already registered as {registered.cidr} "
+                        f"{registered.first}-{registered.last} via {registered.gateway}, the "
+                        f"file gives {wanted.cidr} {wanted.first}-{wanted.last} via "
+                        f"{wanted.gateway}; loading an inventory never changes registered "
+                        "entities")
+                self.result.unchanged[self.section].append(s.name)
+                return
+            pool.add_range(**fields)
+        except (ValidationError, DomainRuleError) as e:
+            raise self._error(str(e), e.field or "") from None
+        if all(pool is not other for other in self.new):
+            self.new.append(pool)
+        self.result.registered[self.section].append(s.name)
 
 
 def _show(value: object) -> str:

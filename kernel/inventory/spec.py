@@ -112,6 +112,16 @@ class DiskOfferingSpec(_Spec, frozen=True, kw_only=True):
     tags: tuple[str, ...] = ()
 
 
+class PublicRangeSpec(_Spec, frozen=True, kw_only=True):
+    """A range of a zone's public addresses: `first`..`last` inside `cidr`, via `gateway`."""
+
+    zone: str
+    cidr: str
+    gateway: str
+    first: str
+    last: str
+
+
 class InventoryFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A whole inventory file; every section is an array of tables."""
 
@@ -124,6 +134,7 @@ class InventoryFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     templates: tuple[TemplateSpec, ...] = ()
     service_offerings: tuple[ServiceOfferingSpec, ...] = ()
     disk_offerings: tuple[DiskOfferingSpec, ...] = ()
+    public_ranges: tuple[PublicRangeSpec, ...] = ()
 
 
 class InventoryError(ValidationError):

@@ -42,6 +42,7 @@ from services.acl.secrets import TokenClaims, read_token
 from services.acl.service import AclService
 
 TENANT_COMMANDS: tuple[str, ...] = ("vm.*", "volume.*", "network.*", "snapshot.*", "backup.*",
+                                    "address.allocate", "address.release",
                                     "operation.cancel")
 # Reads of the platform's own read models (the admin API names them `<model>.list|get`).
 PLATFORM_READS: tuple[str, ...] = tuple(f"{model}.{verb}"
@@ -309,8 +310,9 @@ class AclAccess:
         """Raise ForbiddenError naming the first limit that `usage + delta` would pass.
 
         `usage` is the account's current usage by counter (vms, cpu_cores, memory_mib,
-        volumes, volume_gib); `domain_usage` the usage of each domain's subtree by domain path
-        (a domain missing there is checked against the account's usage, a lower bound).
+        volumes, volume_gib, public_addresses); `domain_usage` the usage of each domain's
+        subtree by domain path (a domain missing there is checked against the account's
+        usage, a lower bound).
         """
         name = subject.account if isinstance(subject, Principal) else subject
         if not name:

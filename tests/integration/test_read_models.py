@@ -27,6 +27,7 @@ from projections.views import RowView, open_view
 from tests.unit.projections.scenario import bulk_vms, scripted_run
 from tests.unit.projections.story import (
     Story,
+    address_activity,
     expectations,
     expected_host,
     expected_template,
@@ -104,6 +105,7 @@ def test_every_model_on_both_stores_matches_the_aggregates_and_a_rebuild(
     for runner in runners.values():
         runner.run_once()
     storage_activity(app, story, zone_id, pools, image_store)
+    address_activity(app, story, zone_id)
     scripted_run(app)
     bulk_vms(app, 40)
     services = service_activity(platform)

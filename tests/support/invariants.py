@@ -5,8 +5,8 @@ check returns its findings (empty when it holds) so that a test reports them all
   left in a transition (`platform_findings`); and, all along, no operation ran a step on an
   entity it did not hold (`exclusive_findings`);
 * 2: each host's claims are exactly the resources of the VMs running there, nothing
-  negative; no pool claims a volume twice, one that is gone, or at another size
-  (`platform_findings`);
+  negative; no pool claims a volume twice, one that is gone, or at another size; each public
+  address held has one live allocation and the reverse (`platform_findings`);
 * 3: each Running VM's domain runs once, on its host, and no other domain exists, as the
   hypervisor worker reports its hosts (`domain_findings`: the test driver's state lives in
   that process); and no domain, volume, file, libvirt network or DHCP entry belongs to no
@@ -38,6 +38,8 @@ from psycopg import sql
 from aggregates.entity_queue import EntityQueue
 from aggregates.host import Host
 from aggregates.operation import Operation
+from aggregates.public_address import AddressState, PublicAddress
+from aggregates.public_address_pool import PublicAddressPool
 from aggregates.snapshot import Snapshot, SnapshotState
 from aggregates.storage_pool import PrimaryStoragePool
 from aggregates.vm import VirtualMachine, VmState
@@ -165,6 +167,32 @@ def platform_findings(app: KernelApplication) -> list[str]:
                 found.append(f"pool {pool.name} claims {size} bytes for volume {volume_id}: "
                              f"{volume and (volume.name, volume.state.value, volume.size_bytes)}")
     found += [f"volume {v} claimed {n} times" for v, n in pool_claims.items() if n > 1]
+    return found + address_findings(app)
+
+
+def address_findings(app: KernelApplication) -> list[str]:
+    """PROOF.md 2 for public addresses: each address a zone's pool holds has one live
+    allocation that names it, and each live allocation's address is held by it."""
+    get = app.repository.get
+    found = []
+    live: dict[uuid.UUID, PublicAddress] = {}
+    for address_id in ids_of(app, PublicAddress.Allocated.TOPIC):
+        allocation: PublicAddress = get(address_id)
+        if allocation.state is AddressState.ALLOCATED:
+            live[address_id] = allocation
+    held: set[uuid.UUID] = set()
+    for pool_id in ids_of(app, PublicAddressPool.Created.TOPIC):
+        address_pool: PublicAddressPool = get(pool_id)
+        for address_id in address_pool.addresses:
+            held.add(address_id)
+            owner = live.get(address_id)
+            if owner is None or owner.pool_id != pool_id or \
+                    owner.address != address_pool.address_of(address_id):
+                found.append(f"zone {address_pool.zone_id} holds "
+                             f"{address_pool.address_of(address_id)} for {address_id}, "
+                             f"which is {owner and owner.address}")
+    found += [f"public address {a.address} ({a.id}) of {a.account} is held by no pool"
+              for a in live.values() if a.id not in held]
     return found
 
 

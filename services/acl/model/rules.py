@@ -11,7 +11,7 @@ ROLE_DOMAIN_ADMIN = "domain_admin"
 ROLE_USER = "user"
 ACL_ROLES: tuple[str, ...] = (ROLE_ROOT_ADMIN, ROLE_DOMAIN_ADMIN, ROLE_USER)
 LIMIT_NAMES: tuple[str, ...] = ("max_vms", "max_cpu_cores", "max_memory_mib", "max_volumes",
-                                "max_volume_gib")
+                                "max_volume_gib", "max_public_addresses")
 # A limit names the usage counter it bounds: max_vms bounds usage["vms"].
 USAGE_OF_LIMIT: dict[str, str] = {name: name.removeprefix("max_") for name in LIMIT_NAMES}
 MAX_LIMIT = 10**12

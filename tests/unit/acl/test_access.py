@@ -15,7 +15,8 @@ TENANT = {"vm.backup", "vm.console", "vm.deploy", "vm.destroy", "vm.reboot", "vm
           "vm.start",
           "vm.stop", "volume.attach", "volume.create", "volume.delete", "volume.detach",
           "volume.resize", "volume.revert", "volume.snapshot", "network.create",
-          "network.implement", "network.shutdown", "operation.cancel", "vm.list", "volume.get"}
+          "network.implement", "network.shutdown", "operation.cancel", "vm.list", "volume.get",
+          "address.allocate", "address.release"}
 OWNERS = ("mine_acct", "sub_acct", "sib_acct", "par_acct", "ops")
 
 

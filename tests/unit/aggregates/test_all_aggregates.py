@@ -37,7 +37,7 @@ def _decodable(tp: object) -> bool:
 
 
 def test_every_aggregate_is_listed_once() -> None:
-    assert len(set(ALL_AGGREGATES)) == len(ALL_AGGREGATES) == 22
+    assert len(set(ALL_AGGREGATES)) == len(ALL_AGGREGATES) == 24
     for agg in ALL_AGGREGATES:
         assert issubclass(agg, PlatformAggregate)
         assert resolve_topic(agg.TOPIC) is agg

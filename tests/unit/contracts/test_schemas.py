@@ -81,7 +81,8 @@ def test_commands_come_from_the_command_modules_only() -> None:
     assert tags == sorted(["inventory.load", "operation.cancel", "operation.start",
                            "operation.start_many", "service.deregister", "service.disable",
                            "service.enable", "service.register", "vm.console",
-                           "console.redeem", *cloud])
+                           "console.redeem", "address.allocate", "address.release",
+                           "publicrange.create", *cloud])
     assert "vm.deploy" in tags and "network.create" in tags
     assert PrivateCommand.__struct_config__.tag not in tags
 

@@ -63,7 +63,7 @@ def test_the_sample_inventory_loads_and_a_second_load_changes_nothing(
     counts = {k: len(v) for k, v in result.registered.items()}
     assert counts == {"zones": 1, "pods": 2, "clusters": 2, "hosts": 8, "storage_pools": 2,
                       "image_stores": 1, "templates": 2, "service_offerings": 2,
-                      "disk_offerings": 2}
+                      "disk_offerings": 2, "public_ranges": 0}
     written = head(service)
     assert written == 22 and len(outcome.positions) == 22
     again, result2 = load_inventory_file(service, SAMPLE_INVENTORY)

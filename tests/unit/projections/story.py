@@ -1,5 +1,6 @@
-"""A story over hosts, networks, NICs, volumes, snapshots and templates, driven through the
-aggregates' own methods, and the rows each read model must hold for an aggregate as it ends.
+"""A story over hosts, networks, NICs, volumes, snapshots, templates and public addresses,
+driven through the aggregates' own methods, and the rows each read model must hold for an
+aggregate as it ends.
 
 Shared by the SQLite unit tests and the PostgreSQL integration test. The expected rows are
 computed from the aggregates' own state (properties such as `free_cpu_cores` and
@@ -15,6 +16,8 @@ from aggregates.base import audit_context
 from aggregates.host import Host, HostResourceState, HostStatus
 from aggregates.network import GuestNetworkType, Network
 from aggregates.nic import Nic
+from aggregates.public_address import PublicAddress
+from aggregates.public_address_pool import PublicAddressPool
 from aggregates.snapshot import Snapshot
 from aggregates.template import Template, TemplateFormat
 from aggregates.volume import Volume, VolumeType
@@ -35,12 +38,14 @@ class Story:
     volumes: list[Volume] = field(default_factory=list)
     snapshots: list[Snapshot] = field(default_factory=list)
     templates: list[Template] = field(default_factory=list)
+    addresses: list[PublicAddress] = field(default_factory=list)
+    pools: list[PublicAddressPool] = field(default_factory=list)
     correlation_id: UUID = field(default_factory=uuid4)
 
     def all(self) -> Iterator[Any]:
         """Every aggregate of the story."""
         yield from (*self.hosts, *self.networks, *self.nics, *self.volumes,
-                    *self.snapshots, *self.templates)
+                    *self.snapshots, *self.templates, *self.addresses, *self.pools)
 
 
 def new_hosts(zone_id: UUID) -> list[Host]:
@@ -231,7 +236,37 @@ def full_story(app: KernelApplication, zone_id: UUID | None = None) -> Story:
     host_activity(app, story, new_hosts(zone_id))
     network_activity(app, story, zone_id)
     storage_activity(app, story, zone_id, (uuid4(), uuid4()), uuid4())
+    address_activity(app, story, zone_id)
     return story
+
+
+def address_activity(app: KernelApplication, story: Story, zone_id: UUID) -> None:
+    """Public address pools in four zones; allocations, two released, one taken again."""
+    pools = [PublicAddressPool.create(zone_id=z) for z in (zone_id, uuid4(), uuid4(), uuid4())]
+    for i, pool in enumerate(pools):
+        pool.add_range(name="a", cidr="203.0.113.0/24", gateway="203.0.113.1",
+                       first="203.0.113.10", last=f"203.0.113.{10 + i}")
+    pools[0].add_range(name="b", cidr="198.51.100.0/24", gateway="198.51.100.1",
+                       first="198.51.100.2", last="198.51.100.100")
+    app.save(*pools)
+    main = pools[0]
+    for i, account in enumerate(("acme", "acme", "globex", "initech", "acme")):
+        address_id = uuid4()
+        held = main.allocate(address_id, account)
+        story.addresses.append(PublicAddress.allocate(
+            id=address_id, zone_id=main.zone_id, pool_id=main.id, address=held,
+            account=account, purpose="web" if i % 2 else None))
+    app.save(main, *story.addresses)
+    for gone in story.addresses[1:3]:
+        gone.release()
+        main.release(gone.id)
+    app.save(main, *story.addresses)
+    address_id = uuid4()
+    story.addresses.append(PublicAddress.allocate(
+        id=address_id, zone_id=main.zone_id, pool_id=main.id,
+        address=main.allocate(address_id, "globex"), account="globex"))
+    app.save(main, story.addresses[-1])
+    story.pools.extend(pools)
 
 
 # --------------------------------------------------------------------------- expected rows
@@ -304,9 +339,29 @@ def expected_template(t: Template) -> Row:
     }
 
 
+def expected_address(a: PublicAddress) -> Row:
+    """The addresses row of this allocation."""
+    return {
+        "id": a.id, "zone_id": a.zone_id, "pool_id": a.pool_id, "address": a.address,
+        "account": a.account, "purpose": a.purpose, "state": a.state.value, **_stamp(a),
+    }
+
+
+def expected_pool(p: PublicAddressPool) -> Row:
+    """The address_pools row of this pool."""
+    return {
+        "id": p.id, "zone_id": p.zone_id,
+        "ranges": [{"name": r.name, "cidr": r.cidr, "gateway": r.gateway, "first": r.first,
+                    "last": r.last} for r in p.ranges],
+        "address_count": p.size, "allocated_count": p.allocated_count,
+        "free_count": p.free_count, **_stamp(p),
+    }
+
+
 EXPECTED: dict[str, Callable[[Any], Row]] = {
     "hosts": expected_host, "networks": expected_network, "volumes": expected_volume,
     "snapshots": expected_snapshot, "templates": expected_template,
+    "addresses": expected_address, "address_pools": expected_pool,
 }
 
 
@@ -315,5 +370,6 @@ def expectations(story: Story) -> dict[str, list[tuple[UUID, Row]]]:
     groups: dict[str, list[Any]] = {
         "hosts": story.hosts, "networks": story.networks, "volumes": story.volumes,
         "snapshots": story.snapshots, "templates": story.templates,
+        "addresses": story.addresses, "address_pools": story.pools,
     }
     return {name: [(a.id, EXPECTED[name](a)) for a in aggs] for name, aggs in groups.items()}

@@ -299,7 +299,8 @@ def test_models_read_their_own_topics_and_the_audit_index_reads_all() -> None:
         topics = model.topics()
         assert topics and {t.split(".")[0] for t in topics} == {prefix}
     assert set(MODELS) == {"vms", "operations", "hosts", "networks", "volumes", "snapshots",
-                           "templates", "audit", "inventory", "services"}
+                           "templates", "audit", "inventory", "services", "addresses",
+                           "address_pools"}
     assert all(issubclass(m, RowModel) and m.name == n for n, m in MODELS.items())
 
 
