@@ -35,6 +35,7 @@ from services.ec2.ids import (
     reservation_of,
     to_ec2,
 )
+from services.ec2.interfaces import instance_network
 from services.ec2.pages import page_of, paginate
 from services.ec2.protocol import Ec2Error, timestamp
 from services.ec2.store import InstanceNote
@@ -254,6 +255,7 @@ def render_instance(req: Request, vm: VmRow, note: InstanceNote | None,
                           tags_of(req, {to_ec2(INSTANCE, vm.id): vm.name})[
                               to_ec2(INSTANCE, vm.id)]),
     }
+    out.update(instance_network(vm, view.vm_nics([vm.id]).get(vm.id, [])))
     if no_capacity(vm):  # as EC2 shows a launch that failed once accepted
         out["stateReason"] = {"code": "Server.InsufficientInstanceCapacity",
                               "message": f"Server.InsufficientInstanceCapacity: "
@@ -275,6 +277,15 @@ _INSTANCE_FILTERS = {
     **tag_filters(lambda r: r[1]["tagSet"]),
     "block-device-mapping.volume-id": lambda r: [d["ebs"]["volumeId"]
                                                  for d in r[1]["blockDeviceMapping"]],
+    "private-ip-address": lambda r: [r[1]["privateIpAddress"]],
+    "private-dns-name": lambda r: [r[1]["privateDnsName"]],
+    "subnet-id": lambda r: [n["subnetId"] for n in r[1]["networkInterfaceSet"]],
+    "network-interface.network-interface-id": lambda r: [
+        n["networkInterfaceId"] for n in r[1]["networkInterfaceSet"]],
+    "network-interface.mac-address": lambda r: [n["macAddress"]
+                                                for n in r[1]["networkInterfaceSet"]],
+    "network-interface.addresses.private-ip-address": lambda r: [
+        n["privateIpAddress"] for n in r[1]["networkInterfaceSet"]],
 }
 
 

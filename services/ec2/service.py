@@ -22,7 +22,16 @@ from aiohttp import web
 
 from aggregates.errors import ForbiddenError, KernelError, UnauthenticatedError
 from services.acl.client import AclClient, AclUnavailableError
-from services.ec2 import catalog, consoles, instances, keypairs, tagging, volumes
+from services.ec2 import (
+    catalog,
+    consoles,
+    instance_status,
+    instance_types,
+    instances,
+    keypairs,
+    tagging,
+    volumes,
+)
 from services.ec2.auth import Authenticator, Caller
 from services.ec2.context import Action, Outcome, Refused, Request, dry_run_operation
 from services.ec2.protocol import (
@@ -46,6 +55,10 @@ ACTIONS: dict[str, Action] = {
     "StartInstances": instances.start_instances,
     "StopInstances": instances.stop_instances,
     "TerminateInstances": instances.terminate_instances,
+    "DescribeInstanceStatus": instance_status.describe_instance_status,
+    "DescribeInstanceAttribute": instance_status.describe_instance_attribute,
+    "DescribeInstanceTypes": instance_types.describe_instance_types,
+    "DescribeAccountAttributes": instance_types.describe_account_attributes,
     "DescribeImages": catalog.describe_images,
     "DescribeAvailabilityZones": catalog.describe_availability_zones,
     "DescribeRegions": catalog.describe_regions,

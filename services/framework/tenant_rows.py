@@ -9,6 +9,14 @@ from uuid import UUID
 
 FINISHED = ("Succeeded", "Failed", "Compensated", "Cancelled")
 
+# The schema's version, kept in the file (`PRAGMA user_version`). A file of another version is
+# emptied and made anew when opened (`TenantView`): it gets a new view id, hence a new durable
+# consumer, which rebuilds it from the first event. Raise it whenever the tables change or the
+# view starts following events it did not follow before (a file made before would lack them).
+# 1: the first view (no version kept); 2: NICs (`nic.*`, `vm.NicPlugged`/`NicUnplugged`) and
+# the service offerings' `ha_enabled`.
+SCHEMA_VERSION = 2
+
 # The view's tables: one row per entity, with the log position of its last event.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS view_position (id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -35,9 +43,13 @@ CREATE TABLE IF NOT EXISTS templates (id TEXT PRIMARY KEY, name TEXT, zone_id TE
     updated_at TEXT, position INTEGER);
 CREATE TABLE IF NOT EXISTS offerings (id TEXT PRIMARY KEY, kind TEXT, name TEXT,
     cpu_cores INTEGER, cpu_mhz INTEGER, memory_mib INTEGER, size_bytes INTEGER,
-    active INTEGER, created_at TEXT, position INTEGER);
+    ha_enabled INTEGER, active INTEGER, created_at TEXT, position INTEGER);
 CREATE TABLE IF NOT EXISTS zones (id TEXT PRIMARY KEY, name TEXT, network_type TEXT,
     allocation_state TEXT, created_at TEXT, position INTEGER);
+CREATE TABLE IF NOT EXISTS nics (id TEXT PRIMARY KEY, vm_id TEXT, network_id TEXT,
+    mac TEXT, device_id INTEGER, is_default INTEGER, ip TEXT, state TEXT, plugged INTEGER,
+    created_at TEXT, position INTEGER);
+CREATE INDEX IF NOT EXISTS nics_vm ON nics (vm_id);
 CREATE TABLE IF NOT EXISTS operations (id TEXT PRIMARY KEY, kind TEXT, status TEXT,
     entity_ids TEXT, error_code TEXT, message TEXT, accepted_at TEXT, finished_at TEXT,
     position INTEGER);
@@ -131,6 +143,7 @@ class OfferingRow:
     cpu_mhz: int | None
     memory_mib: int | None
     size_bytes: int | None
+    ha_enabled: bool
     active: bool
     created_at: str
     position: int
@@ -145,6 +158,23 @@ class ZoneRow:
     network_type: str
     allocation_state: str
     created_at: str
+    position: int
+
+
+@dataclass(frozen=True)
+class NicRow:
+    """A VM's network interface on one network: its MAC, its device slot, and its address
+    while it holds one (`ip` None once released)."""
+
+    id: UUID
+    vm_id: str
+    network_id: str | None
+    mac: str | None
+    device_id: int | None
+    is_default: bool
+    ip: str | None
+    state: str | None
+    created_at: str | None
     position: int
 
 
@@ -175,8 +205,9 @@ def row(row_type: Any, found: sqlite3.Row) -> Any:
     values["id"] = UUID(values["id"])
     if "entity_ids" in values:
         values["entity_ids"] = tuple(json.loads(values["entity_ids"] or "[]"))
-    if "active" in values:
-        values["active"] = bool(values["active"])
+    for flag in ("active", "is_default", "ha_enabled"):
+        if flag in values:
+            values[flag] = bool(values[flag])
     for text in ("last_error",):
         if text in values and values[text] is None:
             values[text] = ""

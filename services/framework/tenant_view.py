@@ -6,7 +6,12 @@ and the shared templates, offerings and zones, plus the operations' outcomes. Ea
 applied in one transaction that also stores its log position, so a redelivered event (a
 position at or below the stored one) changes nothing: the view is exactly-once over an
 at-least-once stream. It never reads the platform's database: only the events' payloads
-(the public contract in `docs/contracts/events`).
+(the public contract in `docs/contracts/events`). The VMs' NICs (MAC, device, address) come
+from the `nic.*` events and the VM's `NicPlugged`/`NicUnplugged`.
+
+The file keeps its schema version (`tenant_rows.SCHEMA_VERSION`); a file of another version
+(one made before the view followed some events) is emptied when opened, under a new view id,
+so its service's next durable consumer rebuilds it from the first event.
 """
 
 import json
@@ -19,6 +24,8 @@ from uuid import UUID
 
 from services.framework.tenant_rows import (
     SCHEMA,
+    SCHEMA_VERSION,
+    NicRow,
     OfferingRow,
     OperationRow,
     SnapshotRow,
@@ -33,7 +40,7 @@ EVENTS_PREFIX = "cloudkernel.events."
 OPERATION_TOPICS = ("operation.Accepted", "operation.Succeeded", "operation.Failed",
                     "operation.RolledBack", "operation.Cancelled")
 ENTITY_AGGREGATES = ("vm", "volume", "snapshot", "template", "service_offering",
-                     "disk_offering", "zone")
+                     "disk_offering", "zone", "nic")
 
 
 class ViewEvent(Protocol):
@@ -85,7 +92,26 @@ class TenantView:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Make the tables; a file of another schema version is emptied first (and gets a new
+        view id, so it is rebuilt from the first event rather than resumed)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            if version != SCHEMA_VERSION:
+                tables = [r[0] for r in self._db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite_%'")]
+                for table in tables:
+                    self._db.execute(f'DROP TABLE "{table}"')
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.executescript(SCHEMA)  # commits: each statement is IF NOT EXISTS / IGNORE
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         """Close the database."""
@@ -181,6 +207,8 @@ class TenantView:
                 changes["host_id"] = None
         elif name == "DiskAttached" and d["device_id"] == 0:
             changes["root_volume_id"] = d["volume_id"]
+        elif name in ("NicPlugged", "NicUnplugged"):
+            self._plugged(vm_id, d, name == "NicPlugged", pos)
         if name in ("Failed", "StartFailed", "StopFailed", "MigrationFailed"):
             changes["last_error"] = d.get("reason", "")
         elif name in ("Started", "Stopped", "Migrated"):
@@ -255,6 +283,30 @@ class TenantView:
         if name == "Downloaded":
             changes["size_bytes"] = d["size_bytes"]
         self._update("templates", template_id, changes)
+
+    def _nic(self, name: str, nic_id: str, d: dict[str, Any], pos: int) -> None:
+        if name == "Allocated":  # the VM's NicPlugged may have come first (same save)
+            self._db.execute(
+                "INSERT INTO nics (id, vm_id, network_id, mac, device_id, is_default, state, "
+                "created_at, position) VALUES (?, ?, ?, ?, ?, ?, 'Allocated', ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET vm_id = excluded.vm_id, network_id = "
+                "excluded.network_id, mac = excluded.mac, device_id = excluded.device_id, "
+                "is_default = excluded.is_default, state = COALESCE(nics.state, "
+                "excluded.state), created_at = excluded.created_at, position = "
+                "excluded.position",
+                (nic_id, d["vm_id"], d["network_id"], d["mac"], d["device_id"],
+                 int(bool(d["is_default"])), d.get("timestamp", ""), pos))
+        elif name == "Reserved":
+            self._update("nics", nic_id, {"ip": d["ip"], "state": "Reserved", "position": pos})
+        elif name == "Released":
+            self._update("nics", nic_id, {"ip": None, "state": "Released", "position": pos})
+
+    def _plugged(self, vm_id: str, d: dict[str, Any], plugged: bool, pos: int) -> None:
+        self._db.execute(
+            "INSERT INTO nics (id, vm_id, device_id, plugged, position) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET plugged = excluded.plugged, position = "
+            "MAX(nics.position, excluded.position)",
+            (str(d["nic_id"]), vm_id, d.get("device_id"), int(plugged), pos))
 
     def _zone(self, name: str, zone_id: str, d: dict[str, Any], pos: int) -> None:
         if name == "Created":
@@ -363,6 +415,22 @@ class TenantView:
         """Every zone, oldest first."""
         return [row(ZoneRow, r) for r in self._rows("SELECT * FROM zones ORDER BY position")]
 
+    def vm_nics(self, vm_ids: Iterable[UUID]) -> dict[UUID, list[NicRow]]:
+        """The NICs plugged into each of these VMs (those not released), by device; a VM
+        without one is absent."""
+        wanted = [str(i) for i in vm_ids]
+        out: dict[UUID, list[NicRow]] = {}
+        for start in range(0, len(wanted), 500):  # SQLite's bound parameters are limited
+            chunk = wanted[start:start + 500]
+            rows = self._rows(
+                "SELECT * FROM nics WHERE vm_id IN (" + ", ".join("?" for _ in chunk) + ") "
+                "AND COALESCE(plugged, 1) = 1 AND mac IS NOT NULL "
+                "AND state != 'Released' ORDER BY device_id, id", chunk)
+            for r in rows:
+                nic: NicRow = row(NicRow, r)
+                out.setdefault(UUID(nic.vm_id), []).append(nic)
+        return out
+
     def operation(self, operation_id: UUID) -> OperationRow | None:
         """An operation's outcome so far (None: not seen yet)."""
         rows = self._rows("SELECT * FROM operations WHERE id = ?", (str(operation_id),))
@@ -377,7 +445,8 @@ def _offering(kind: str) -> Callable[[TenantView, str, str, dict[str, Any], int]
                 "id": offering_id, "kind": kind, "name": d["name"],
                 "cpu_cores": d.get("cpu_cores"), "cpu_mhz": d.get("cpu_mhz"),
                 "memory_mib": d.get("memory_mib"), "size_bytes": d.get("size_bytes"),
-                "active": 1, "created_at": d.get("timestamp", ""), "position": pos})
+                "ha_enabled": int(bool(d.get("ha_enabled"))), "active": 1,
+                "created_at": d.get("timestamp", ""), "position": pos})
         elif name == "Retired":
             view._update("offerings", offering_id, {"active": 0, "position": pos})
     return apply
@@ -385,7 +454,7 @@ def _offering(kind: str) -> Callable[[TenantView, str, str, dict[str, Any], int]
 
 _HANDLERS: dict[str, Callable[[TenantView, str, str, dict[str, Any], int], None]] = {
     "vm": TenantView._vm, "volume": TenantView._volume, "snapshot": TenantView._snapshot,
-    "template": TenantView._template, "zone": TenantView._zone,
+    "template": TenantView._template, "zone": TenantView._zone, "nic": TenantView._nic,
     "operation": TenantView._operation,
     "service_offering": _offering("service"), "disk_offering": _offering("disk"),
 }

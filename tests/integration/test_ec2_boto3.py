@@ -5,7 +5,10 @@ on libvirt's test driver, the relay, the command intake and the ACL responder ru
 process; the EC2 service runs as its own process (`python -m services.ec2`), talking
 to them only over NATS. boto3 signs with an ACL user's key.
 
-The lifecycle test checks the platform's own store at each step; the restart test kills the
+The lifecycle test checks the platform's own store at each step (its instance is launched into
+the implemented guest network, so it has a NIC, whose address and MAC boto3 sees, and it asks
+the calls tools make first: DescribeInstanceTypes, DescribeAccountAttributes,
+DescribeInstanceStatus, DescribeInstanceAttribute); the restart test kills the
 service (SIGKILL), changes things through the intake meanwhile, and restarts it: its durable
 consumer resumes and its view shows every change, while orchestration never stopped, and the
 tags (the service's own data) are still there.
@@ -189,8 +192,11 @@ async def lifecycle(settings: Settings, cloud: Cloud, ids: Prepared, users: User
     ec2 = client(settings, users.alice)
     [image] = (await call(ec2.describe_images, ImageIds=["ami-" + ids.template_id.hex]))["Images"]
     assert image["State"] == "available" and image["Name"] == "tiny"
+    assert ids.network_id is not None
+    subnet = "subnet-" + ids.network_id.hex  # the guest network, as RunInstances takes it
     run = await call(ec2.run_instances, ImageId=image["ImageId"], InstanceType="small",
                      MinCount=1, MaxCount=1, Placement={"AvailabilityZone": "z1"},
+                     SubnetId=subnet,
                      TagSpecifications=[tag_spec("instance", Name="web", env="test"),
                                         tag_spec("volume", backup="daily")])
     [instance] = run["Instances"]
@@ -204,6 +210,8 @@ async def lifecycle(settings: Settings, cloud: Cloud, ids: Prepared, users: User
     running = await call(ec2.describe_instances, Filters=[
         {"Name": "instance-state-name", "Values": ["running"]}])
     assert [i["InstanceId"] for r in running["Reservations"] for i in r["Instances"]] == [iid]
+    await check_private_address(ec2, cloud, iid, subnet)
+    await check_first_calls(ec2, cloud, ids, iid)
     await check_tags(ec2, iid)
 
     stopped = await call(ec2.stop_instances, InstanceIds=[iid])
@@ -279,6 +287,52 @@ async def lifecycle(settings: Settings, cloud: Cloud, ids: Prepared, users: User
     assert (await cloud.get(vm_id)).state.value in ("Destroyed", "Expunging", "Expunged")
 
 
+async def check_private_address(ec2: Any, cloud: Cloud, iid: str, subnet: str) -> None:
+    """The instance shows the address and MAC its NIC has in the platform's store."""
+    vm = await cloud.get(platform_id(iid))
+    [nic_id] = vm.nics.values()
+    nic = await cloud.get(nic_id)
+    assert nic.ip is not None and nic.state.value == "Reserved"
+    [shown] = (await call(ec2.describe_instances, InstanceIds=[iid]))["Reservations"][0][
+        "Instances"]
+    assert shown["PrivateIpAddress"] == nic.ip and shown["SubnetId"] == subnet
+    assert shown["PrivateDnsName"] == vm.name  # the name the network's DNS answers
+    [eni] = shown["NetworkInterfaces"]
+    assert (eni["NetworkInterfaceId"], eni["MacAddress"], eni["PrivateIpAddress"]) == (
+        "eni-" + nic_id.hex, nic.mac, nic.ip)
+    assert eni["Attachment"]["DeviceIndex"] == 0
+    found = await call(ec2.describe_instances, Filters=[
+        {"Name": "private-ip-address", "Values": [nic.ip]}])
+    assert ids_of(found) == [iid]
+
+
+async def check_first_calls(ec2: Any, cloud: Cloud, ids: Prepared, iid: str) -> None:
+    """DescribeInstanceTypes, DescribeAccountAttributes, DescribeInstanceStatus and
+    DescribeInstanceAttribute answer as EC2 does, from what the platform knows."""
+    offering = await cloud.get(ids.offering_id)
+    [kind] = (await call(ec2.describe_instance_types, InstanceTypes=[offering.name]))[
+        "InstanceTypes"]
+    assert kind["VCpuInfo"]["DefaultVCpus"] == offering.cpu_cores
+    assert kind["MemoryInfo"]["SizeInMiB"] == offering.memory_mib
+    attributes = {a["AttributeName"]: [v["AttributeValue"] for v in a["AttributeValues"]]
+                  for a in (await call(ec2.describe_account_attributes))["AccountAttributes"]}
+    assert attributes["supported-platforms"] == ["VPC"]
+    assert attributes["default-vpc"] == ["none"] and attributes["max-instances"]
+    [status] = (await call(ec2.describe_instance_status, InstanceIds=[iid]))[
+        "InstanceStatuses"]
+    assert (status["InstanceState"]["Name"], status["SystemStatus"]["Status"],
+            status["InstanceStatus"]["Status"]) == ("running", "ok", "ok")
+    assert status["AvailabilityZone"] == "z1"
+    attribute = await call(ec2.describe_instance_attribute, InstanceId=iid,
+                           Attribute="instanceType")
+    assert attribute["InstanceType"] == {"Value": offering.name}
+    assert (await call(ec2.describe_instance_attribute, InstanceId=iid,
+                       Attribute="userData"))["UserData"] == {}
+    with pytest.raises(ClientError) as e:
+        await call(ec2.describe_instance_attribute, InstanceId=iid, Attribute="colour")
+    assert code_of(e) == "InvalidParameterValue"
+
+
 def tag_spec(kind: str, **tags: str) -> dict[str, Any]:
     return {"ResourceType": kind, "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
 
@@ -348,7 +402,7 @@ def test_boto3_drives_a_whole_lifecycle_through_the_ec2_service(
 
     async def scenario() -> None:
         async with running_cloud(settings) as cloud:
-            ids = await prepare(cloud, inventory, network=False)
+            ids = await prepare(cloud, inventory)  # a guest network: the instance gets a NIC
             async with platform_edges(settings, cloud):
                 await asyncio.to_thread(service.start)
                 try:

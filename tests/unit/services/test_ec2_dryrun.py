@@ -34,6 +34,11 @@ CALLS: dict[str, Call] = {
     "StopInstances": lambda ec2, r: ec2.stop_instances(InstanceIds=[r["iid"]], DryRun=True),
     "TerminateInstances": lambda ec2, r: ec2.terminate_instances(InstanceIds=[r["iid"]],
                                                                  DryRun=True),
+    "DescribeInstanceStatus": lambda ec2, r: ec2.describe_instance_status(DryRun=True),
+    "DescribeInstanceAttribute": lambda ec2, r: ec2.describe_instance_attribute(
+        InstanceId=r["iid"], Attribute="instanceType", DryRun=True),
+    "DescribeInstanceTypes": lambda ec2, r: ec2.describe_instance_types(DryRun=True),
+    "DescribeAccountAttributes": lambda ec2, r: ec2.describe_account_attributes(DryRun=True),
     "DescribeImages": lambda ec2, r: ec2.describe_images(DryRun=True),
     "DescribeAvailabilityZones": lambda ec2, r: ec2.describe_availability_zones(DryRun=True),
     "DescribeRegions": lambda ec2, r: ec2.describe_regions(DryRun=True),
