@@ -393,7 +393,6 @@ def audited_and_secret(stack: ConsoleStack, admin: Admin) -> None:
     """Minting and redeeming are events; refused redemptions are in the ACL's denial log,
     in the words the user read; no stored event holds a link's secret."""
     from services.acl.model import AccessDenial
-    from services.acl.service import AclService
 
     assert stack.cloud is not None
     app = stack.cloud.app
@@ -402,14 +401,10 @@ def audited_and_secret(stack: ConsoleStack, admin: Admin) -> None:
     redeemed = [t for t in tickets if t.redeemed]
     assert len(tickets) >= 12 and 8 <= len(redeemed) < len(tickets), (len(tickets),
                                                                        len(redeemed))
-    acl = AclService.open(stack.settings)
-    try:
-        reasons = [acl.app.mapper.to_domain_event(n).reason  # type: ignore[attr-defined]
-                   for n in acl.app.recorder.select_notifications(start=1, limit=100_000)
-                   if n.topic == AccessDenial.AccessDenied.TOPIC
-                   and b"console.redeem" in n.state]
-    finally:
-        acl.close()
+    acl = stack.acl  # the stack's own: a stack of processes holds many connections already
+    reasons = [acl.app.mapper.to_domain_event(n).reason
+               for n in acl.app.recorder.select_notifications(start=1, limit=100_000)
+               if n.topic == AccessDenial.AccessDenied.TOPIC and b"console.redeem" in n.state]
     for words in ("this console link was already used; open a new one",
                   "this console link has expired; open a new one",
                   "this console link is not valid", "the VM is no longer running",

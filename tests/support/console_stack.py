@@ -106,6 +106,7 @@ class ConsoleStack:
     ids: Prepared | None = field(init=False, default=None)
     vm_id: UUID | None = field(init=False, default=None)
     services: dict[str, ServiceProcess] = field(init=False, default_factory=dict)
+    acl: Any = field(init=False, default=None)  # the stack's AclService, while it runs
     error: BaseException | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -176,6 +177,7 @@ class ConsoleStack:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         settings = self.settings
         acl = await asyncio.to_thread(AclService.open, settings, create_table=True)
+        self.acl = acl
         try:
             password: str | None = await asyncio.to_thread(ensure_admin_user, acl)
             self.admin_password = password or ""
