@@ -13,6 +13,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from services.ec2.protocol import Ec2Error
 
 INSTANCE, VOLUME, SNAPSHOT, IMAGE = "i-", "vol-", "snap-", "ami-"
+VPC, SUBNET = "vpc-", "subnet-"
 RESERVATION = "r-"
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _AWS_SHAPED = re.compile(r"^(?:[0-9a-f]{8}|[0-9a-f]{17})$")
@@ -23,6 +24,8 @@ KINDS = {
     VOLUME: ("volume", "InvalidVolumeID.Malformed", "InvalidVolume.NotFound"),
     SNAPSHOT: ("snapshot", "InvalidSnapshotID.Malformed", "InvalidSnapshot.NotFound"),
     IMAGE: ("image", "InvalidAMIID.Malformed", "InvalidAMIID.NotFound"),
+    VPC: ("vpc", "InvalidVpcID.Malformed", "InvalidVpcID.NotFound"),
+    SUBNET: ("subnet", "InvalidSubnetID.Malformed", "InvalidSubnetID.NotFound"),
 }
 
 # platform VM state -> (EC2 state code, name)

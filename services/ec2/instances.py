@@ -12,7 +12,6 @@ named it. DescribeInstances pages with MaxResults/NextToken (`services.ec2.pages
 """
 
 import logging
-import re
 from collections import defaultdict
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -39,6 +38,7 @@ from services.ec2.interfaces import instance_network
 from services.ec2.pages import page_of, paginate
 from services.ec2.protocol import Ec2Error, timestamp
 from services.ec2.store import InstanceNote
+from services.ec2.subnets import launch_network
 from services.ec2.tags import tag_filters, tag_new, tag_set, tag_specifications, tags_of
 from services.framework.tenant_rows import VmRow, ZoneRow
 
@@ -92,7 +92,13 @@ async def run_instances(req: Request) -> dict[str, Any]:
     if offering is None:
         raise Ec2Error("InvalidParameterValue", f"Invalid value '{kind[:60]}' for InstanceType"
                        f" (one of: {', '.join(o.name for o in offerings)})")
-    zone = _zone(req, p.get("Placement.AvailabilityZone"), template.zone_id)
+    subnet = p.get("SubnetId")
+    network = launch_network(req, subnet) if subnet else None
+    zone = _zone(req, p.get("Placement.AvailabilityZone"),
+                 network.zone_id if network else template.zone_id)
+    if network is not None and network.zone_id != str(zone.id):
+        raise Ec2Error("InvalidParameterValue", f"subnet {subnet} is not in availability zone "
+                       f"{zone.name}")
     if str(zone.id) != template.zone_id:
         raise Ec2Error("InvalidParameterValue", f"image {image} is not in availability zone "
                        f"{zone.name}")
@@ -101,8 +107,7 @@ async def run_instances(req: Request) -> dict[str, Any]:
         raise Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{key_name[:80]}' does not "
                        "exist")
     specs = tag_specifications(p, ("instance", "volume"))
-    subnet = p.get("SubnetId")
-    networks = [str(from_subnet(subnet))] if subnet else []
+    networks = [str(network.id)] if network else []
     reservation = reservation_of(f"{account}/{req.token()}")
     await req.check_dry_run(("vm.deploy", account))
     client_token = p.get("ClientToken")
@@ -196,19 +201,6 @@ async def _undo(req: Request, vm_ids: list[UUID]) -> None:
                         row.state if row else "unknown", e.message)
             continue
         req.platform.store.mark_terminating(vm_id)
-
-
-def from_subnet(subnet: str) -> UUID:
-    """The network of a `subnet-` id (one of AWS's shape names no network here)."""
-    text = subnet.strip()
-    digits = text.removeprefix("subnet-") if text.startswith("subnet-") else ""
-    if re.fullmatch(r"[0-9a-f]{8}|[0-9a-f]{17}", digits):
-        raise Ec2Error("InvalidSubnetID.NotFound", f"The subnet ID '{subnet[:80]}' does not "
-                       "exist")
-    try:
-        return UUID(hex=digits)
-    except ValueError:
-        raise Ec2Error("InvalidSubnetID.Malformed", f"Invalid id: \"{subnet[:80]}\"") from None
 
 
 def _pending(req: Request, vm_id: UUID, index: int, template_id: UUID, kind: str,

@@ -36,18 +36,21 @@ STATUS = {
 # reference's "Error codes": the common client errors, those of the actions served here, and
 # the server errors).
 CODES = frozenset({
-    "AuthFailure", "DryRunOperation", "IdempotentParameterMismatch", "IncompleteSignature",
+    "AuthFailure", "DependencyViolation", "DryRunOperation", "IdempotentParameterMismatch",
+    "IncompleteSignature",
     "IncorrectInstanceState", "IncorrectState", "InsufficientInstanceCapacity",
     "InternalError", "InvalidAMIID.Malformed", "InvalidAMIID.NotFound",
     "InvalidAMIID.Unavailable", "InvalidAction", "InvalidAttachment.NotFound", "InvalidID",
     "InvalidInstanceID.Malformed", "InvalidInstanceID.NotFound", "InvalidInstanceType",
-    "InvalidKeyPair.Duplicate",
+    "InvalidKey.Format", "InvalidKeyPair.Duplicate",
     "InvalidKeyPair.NotFound", "InvalidParameterCombination", "InvalidParameterValue",
     "InvalidSnapshot.NotFound", "InvalidSnapshotID.Malformed", "InvalidSubnetID.Malformed",
-    "InvalidSubnetID.NotFound", "InvalidVolume.NotFound", "InvalidVolumeID.Malformed",
-    "MissingAction", "MissingAuthenticationToken", "MissingParameter", "RequestExpired",
+    "InvalidSubnetID.NotFound", "InvalidSubnet.Conflict", "InvalidSubnet.Range",
+    "InvalidVolume.NotFound", "InvalidVolumeID.Malformed", "InvalidVpc.Range",
+    "InvalidVpcID.Malformed", "InvalidVpcID.NotFound", "MissingAction",
+    "MissingAuthenticationToken", "MissingParameter", "OperationNotPermitted", "RequestExpired",
     "SignatureDoesNotMatch", "TagLimitExceeded", "UnauthorizedOperation", "Unavailable",
-    "UnsupportedOperation", "VolumeInUse",
+    "UnsupportedOperation", "VolumeInUse", "VpcLimitExceeded",
 })
 
 

@@ -29,8 +29,10 @@ from services.ec2 import (
     instance_types,
     instances,
     keypairs,
+    subnets,
     tagging,
     volumes,
+    vpcs,
 )
 from services.ec2.auth import Authenticator, Caller
 from services.ec2.context import Action, Outcome, Refused, Request, dry_run_operation
@@ -72,6 +74,13 @@ ACTIONS: dict[str, Action] = {
     "CreateKeyPair": keypairs.create_key_pair,
     "DescribeKeyPairs": keypairs.describe_key_pairs,
     "DeleteKeyPair": keypairs.delete_key_pair,
+    "ImportKeyPair": keypairs.import_key_pair,
+    "DescribeVpcs": vpcs.describe_vpcs,
+    "CreateVpc": vpcs.create_vpc,
+    "DeleteVpc": vpcs.delete_vpc,
+    "DescribeSubnets": subnets.describe_subnets,
+    "CreateSubnet": subnets.create_subnet,
+    "DeleteSubnet": subnets.delete_subnet,
     "CreateTags": tagging.create_tags,
     "DeleteTags": tagging.delete_tags,
     "DescribeTags": tagging.describe_tags,

@@ -10,6 +10,11 @@ it once deleted. Tag changes of one request go in one transaction, the limit che
 Key pairs are generated here with `cryptography`; the private key is answered once and never
 kept, only the public key and its fingerprint (EC2's forms: for an RSA key made by EC2, the
 SHA-1 of the private key's PKCS#8 DER; for ed25519, the base64 SHA-256 of the public key).
+An imported key pair (`services.ec2.public_keys`) is kept the same way, with its own
+fingerprint.
+
+VPCs made by CreateVpc are kept here per account (the platform has none), and which VPC each
+network made by CreateSubnet belongs to (`services.ec2.vpcs`).
 """
 
 import base64
@@ -44,6 +49,10 @@ CREATE TABLE IF NOT EXISTS attachments (volume_id TEXT PRIMARY KEY, vm_id TEXT N
 CREATE TABLE IF NOT EXISTS tags (resource_id TEXT NOT NULL, account TEXT NOT NULL,
     key TEXT NOT NULL, value TEXT, PRIMARY KEY (resource_id, key));
 CREATE INDEX IF NOT EXISTS tags_by_account ON tags (account, resource_id);
+CREATE TABLE IF NOT EXISTS vpcs (vpc_id TEXT PRIMARY KEY, account TEXT NOT NULL,
+    cidr TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS subnet_vpcs (network_id TEXT PRIMARY KEY, vpc_id TEXT NOT NULL,
+    account TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (fingerprint TEXT PRIMARY KEY, at REAL NOT NULL,
     status INTEGER, request_id TEXT NOT NULL, body BLOB);
 CREATE INDEX IF NOT EXISTS answers_by_age ON answers (at);
@@ -81,6 +90,16 @@ class KeyPair:
 
 
 @dataclass(frozen=True)
+class VpcNote:
+    """A VPC made by CreateVpc."""
+
+    vpc_id: str
+    account: str
+    cidr: str
+    created_at: str
+
+
+@dataclass(frozen=True)
 class InstanceNote:
     """What EC2 remembers of an instance."""
 
@@ -101,11 +120,16 @@ class KeptAnswer:
     body: bytes
 
 
-def check_key_pair(name: str, key_type: str) -> None:
-    """Raise InvalidParameterValue unless the name and key type are EC2's."""
+def check_key_name(name: str) -> None:
+    """Raise InvalidParameterValue unless the key pair's name is EC2's."""
     if not _KEY_NAME.match(name):
         raise Ec2Error("InvalidParameterValue", "KeyName must be 1 to 255 printable "
                        "ASCII characters")
+
+
+def check_key_pair(name: str, key_type: str) -> None:
+    """Raise InvalidParameterValue unless the name and key type are EC2's."""
+    check_key_name(name)
     if key_type not in KEY_TYPES:
         raise Ec2Error("InvalidParameterValue", f"Value ({key_type[:20]}) for parameter "
                        "KeyType is invalid. Expected rsa or ed25519.")
@@ -172,6 +196,23 @@ class Ec2Store:
                                f"The keypair '{name}' already exists.") from None
         return pair, private
 
+    def import_key_pair(self, account: str, name: str, key_type: str, public: str,
+                        fingerprint: str) -> KeyPair:
+        """Keep an imported public key as a key pair of the account."""
+        check_key_name(name)
+        pair = KeyPair(account=account, name=name, key_pair_id="key-" + uuid4().hex[:17],
+                       key_type=key_type, fingerprint=fingerprint, public_key=public,
+                       created_at=datetime.now(UTC).isoformat())
+        with self._lock:
+            try:
+                self._db.execute("INSERT INTO key_pairs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 (pair.account, pair.name, pair.key_pair_id, pair.key_type,
+                                  pair.fingerprint, pair.public_key, pair.created_at))
+            except sqlite3.IntegrityError:
+                raise Ec2Error("InvalidKeyPair.Duplicate",
+                               f"The keypair '{name}' already exists.") from None
+        return pair
+
     def key_pairs(self, account: str | None) -> list[KeyPair]:
         """The account's key pairs (None: every account's), by name."""
         with self._lock:
@@ -193,6 +234,39 @@ class Ec2Store:
                 self._db.execute("DELETE FROM key_pairs WHERE key_pair_id = ?",
                                  (pair.key_pair_id,))
         return bool(pairs)
+
+    # ------------------------------------------------------------------ VPCs
+
+    def create_vpc(self, vpc_id: str, account: str, cidr: str) -> VpcNote:
+        """Keep a VPC (the same id again keeps the first)."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO vpcs VALUES (?, ?, ?, ?)",
+                             (vpc_id, account, cidr, datetime.now(UTC).isoformat()))
+        return next(v for v in self.vpcs(None) if v.vpc_id == vpc_id)
+
+    def vpcs(self, account: str | None) -> list[VpcNote]:
+        """The account's VPCs (None: every account's), oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM vpcs WHERE ? IS NULL OR account = ? "
+                                    "ORDER BY created_at, vpc_id", (account, account))
+            return [VpcNote(*r) for r in rows.fetchall()]
+
+    def delete_vpc(self, vpc_id: str) -> None:
+        """Forget a VPC."""
+        with self._lock:
+            self._db.execute("DELETE FROM vpcs WHERE vpc_id = ?", (vpc_id,))
+
+    def place_subnet(self, network_id: UUID, vpc_id: str, account: str) -> None:
+        """Remember that a network made by CreateSubnet belongs to this VPC."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO subnet_vpcs VALUES (?, ?, ?)",
+                             (str(network_id), vpc_id, account))
+
+    def subnet_vpcs(self) -> dict[UUID, tuple[str, str]]:
+        """Every network placed in a VPC: network id -> (VPC id, account)."""
+        with self._lock:
+            rows = self._db.execute("SELECT network_id, vpc_id, account FROM subnet_vpcs")
+            return {UUID(r[0]): (r[1], r[2]) for r in rows.fetchall()}
 
     # ------------------------------------------------------------------ instances
 

@@ -1,8 +1,8 @@
 """Tag actions: CreateTags, DeleteTags, DescribeTags.
 
-Tags are the EC2 service's own data, in its store, for the instances, volumes and snapshots
-of the caller's account (a root admin: of any account). Every resource id is checked first (a
-malformed one gets its `...Malformed` code, another account's or an unknown one its
+Tags are the EC2 service's own data, in its store, for the instances, volumes, snapshots,
+VPCs and subnets the caller sees (a root admin: every account's). Every resource id is
+checked first (a malformed one gets its `...Malformed` code, another account's or an unknown one its
 `...NotFound` code), then the change is one transaction: nothing is half-applied.
 """
 
@@ -10,7 +10,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.ec2.context import Request, matches
-from services.ec2.ids import INSTANCE, SNAPSHOT, VOLUME, from_ec2, not_found, to_ec2
+from services.ec2.ids import (
+    INSTANCE,
+    SNAPSHOT,
+    SUBNET,
+    VOLUME,
+    VPC,
+    from_ec2,
+    not_found,
+    to_ec2,
+)
 from services.ec2.instances import visible
 from services.ec2.pages import page_of, paginate
 from services.ec2.protocol import Ec2Error
@@ -21,6 +30,7 @@ from services.ec2.tags import (
     read_tags,
     tags_of,
 )
+from services.ec2.vpcs import visible_subnets, visible_vpcs
 
 Resources = dict[str, tuple[str, dict[str, str]]]  # EC2 id -> (account, default tags)
 
@@ -30,9 +40,22 @@ def _resource(req: Request, ec2_id: str) -> tuple[str, str]:
     prefix = next((p for p in RESOURCE_TYPES if ec2_id.startswith(p)), None)
     if prefix is None:
         raise Ec2Error("InvalidID", f"The ID '{ec2_id[:80]}' is not valid: only instances "
-                       "(i-), volumes (vol-) and snapshots (snap-) are tagged here")
+                       "(i-), volumes (vol-), snapshots (snap-), VPCs (vpc-) and subnets "
+                       "(subnet-) are tagged here")
     uid, view = from_ec2(prefix, ec2_id), req.platform.view
-    if prefix == INSTANCE:
+    if prefix == VPC:
+        vpc = next((v for v in visible_vpcs(req) if v.vpc_id == to_ec2(VPC, uid)), None)
+        if vpc is not None:
+            return vpc.owner, ""
+    elif prefix == SUBNET:
+        subnet = next((s for s in visible_subnets(req) if s.network.id == uid), None)
+        if subnet is not None and subnet.shared and req.account is not None:
+            # one subnet every account sees, its tags with it: not one account's to change
+            raise Ec2Error("UnauthorizedOperation", f"The subnet '{ec2_id[:80]}' is shared "
+                           "by every account: only a root admin may tag it")
+        if subnet is not None:
+            return subnet.owner, subnet.network.name
+    elif prefix == INSTANCE:
         vm = view.vm(uid, req.account)
         if vm is not None and visible(vm, datetime.now(UTC)):
             return vm.account, vm.name
@@ -94,6 +117,8 @@ def _visible_names(req: Request) -> dict[str, tuple[str, str]]:
     out.update({to_ec2(VOLUME, v.id): ("volume", v.name) for v in view.volumes(req.account)})
     out.update({to_ec2(SNAPSHOT, s.id): ("snapshot", "") for s in view.snapshots(req.account)
                 if s.state != "Destroyed"})
+    out.update({v.vpc_id: ("vpc", "") for v in visible_vpcs(req)})
+    out.update({s.subnet_id: ("subnet", s.network.name) for s in visible_subnets(req)})
     return out
 
 

@@ -3,7 +3,8 @@ with EC2's limits, a resource's tags (its stored ones over its defaults), `tagSe
 `tag:<key>`, `tag-key`, `tag-value` filters.
 
 A resource made outside EC2 (through the platform's API) has its platform name as a default
-`Name` tag; names EC2 made itself (an instance's id, `ROOT-` and it) are no tags.
+`Name` tag; names EC2 made itself (an instance's id, `ROOT-` and it, a subnet's network name) are no
+tags.
 """
 
 import re
@@ -11,14 +12,15 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from services.ec2.context import TAG_FILTER, Request
-from services.ec2.ids import INSTANCE, SNAPSHOT, VOLUME
+from services.ec2.ids import INSTANCE, SNAPSHOT, SUBNET, VOLUME, VPC
 from services.ec2.protocol import Ec2Error, Params
 from services.ec2.store import MAX_TAGS, effective_tags
 
-RESOURCE_TYPES = {INSTANCE: "instance", VOLUME: "volume", SNAPSHOT: "snapshot"}
+RESOURCE_TYPES = {INSTANCE: "instance", VOLUME: "volume", SNAPSHOT: "snapshot", VPC: "vpc",
+                  SUBNET: "subnet"}
 MAX_KEY, MAX_VALUE = 128, 256
 RESERVED = "aws:"
-_GENERATED = re.compile(r"^(ROOT-)?(i|vol|snap)-[0-9a-f]{32}$")
+_GENERATED = re.compile(r"^(ROOT-)?(i|vol|snap)-[0-9a-f]{32}$|^ec2-subnet-[0-9a-f]{32}$")
 
 
 def default_tags(platform_name: str) -> dict[str, str]:

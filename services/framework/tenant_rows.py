@@ -14,8 +14,8 @@ FINISHED = ("Succeeded", "Failed", "Compensated", "Cancelled")
 # consumer, which rebuilds it from the first event. Raise it whenever the tables change or the
 # view starts following events it did not follow before (a file made before would lack them).
 # 1: the first view (no version kept); 2: NICs (`nic.*`, `vm.NicPlugged`/`NicUnplugged`) and
-# the service offerings' `ha_enabled`.
-SCHEMA_VERSION = 2
+# the service offerings' `ha_enabled`; 3: networks (`network.*`) and the zones' guest CIDR.
+SCHEMA_VERSION = 3
 
 # The view's tables: one row per entity, with the log position of its last event.
 SCHEMA = """
@@ -45,7 +45,11 @@ CREATE TABLE IF NOT EXISTS offerings (id TEXT PRIMARY KEY, kind TEXT, name TEXT,
     cpu_cores INTEGER, cpu_mhz INTEGER, memory_mib INTEGER, size_bytes INTEGER,
     ha_enabled INTEGER, active INTEGER, created_at TEXT, position INTEGER);
 CREATE TABLE IF NOT EXISTS zones (id TEXT PRIMARY KEY, name TEXT, network_type TEXT,
-    allocation_state TEXT, created_at TEXT, position INTEGER);
+    allocation_state TEXT, guest_cidr TEXT, created_at TEXT, position INTEGER);
+CREATE TABLE IF NOT EXISTS networks (id TEXT PRIMARY KEY, name TEXT, zone_id TEXT,
+    network_type TEXT, cidr TEXT, gateway TEXT, reserved_ranges TEXT, state TEXT,
+    allocated_ips INTEGER NOT NULL DEFAULT 0, last_error TEXT DEFAULT '', created_at TEXT,
+    updated_at TEXT, position INTEGER);
 CREATE TABLE IF NOT EXISTS nics (id TEXT PRIMARY KEY, vm_id TEXT, network_id TEXT,
     mac TEXT, device_id INTEGER, is_default INTEGER, ip TEXT, state TEXT, plugged INTEGER,
     created_at TEXT, position INTEGER);
@@ -157,7 +161,29 @@ class ZoneRow:
     name: str
     network_type: str
     allocation_state: str
+    guest_cidr: str | None
     created_at: str
+    position: int
+
+
+@dataclass(frozen=True)
+class NetworkRow:
+    """A guest network of a zone (networks belong to no account: any tenant may deploy on an
+    Implemented one): its CIDR, gateway, reserved ranges and how many addresses it handed
+    out."""
+
+    id: UUID
+    name: str
+    zone_id: str
+    network_type: str
+    cidr: str
+    gateway: str
+    reserved_ranges: tuple[tuple[str, str], ...]
+    state: str
+    allocated_ips: int
+    last_error: str
+    created_at: str
+    updated_at: str
     position: int
 
 
@@ -205,6 +231,9 @@ def row(row_type: Any, found: sqlite3.Row) -> Any:
     values["id"] = UUID(values["id"])
     if "entity_ids" in values:
         values["entity_ids"] = tuple(json.loads(values["entity_ids"] or "[]"))
+    if "reserved_ranges" in values:
+        values["reserved_ranges"] = tuple((str(a), str(b)) for a, b in
+                                          json.loads(values["reserved_ranges"] or "[]"))
     for flag in ("active", "is_default", "ha_enabled"):
         if flag in values:
             values[flag] = bool(values[flag])

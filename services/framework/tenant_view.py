@@ -7,7 +7,8 @@ applied in one transaction that also stores its log position, so a redelivered e
 position at or below the stored one) changes nothing: the view is exactly-once over an
 at-least-once stream. It never reads the platform's database: only the events' payloads
 (the public contract in `docs/contracts/events`). The VMs' NICs (MAC, device, address) come
-from the `nic.*` events and the VM's `NicPlugged`/`NicUnplugged`.
+from the `nic.*` events and the VM's `NicPlugged`/`NicUnplugged`; the zones' guest networks
+(which belong to no account) from the `network.*` events.
 
 The file keeps its schema version (`tenant_rows.SCHEMA_VERSION`); a file of another version
 (one made before the view followed some events) is emptied when opened, under a new view id,
@@ -25,6 +26,7 @@ from uuid import UUID
 from services.framework.tenant_rows import (
     SCHEMA,
     SCHEMA_VERSION,
+    NetworkRow,
     NicRow,
     OfferingRow,
     OperationRow,
@@ -40,7 +42,7 @@ EVENTS_PREFIX = "cloudkernel.events."
 OPERATION_TOPICS = ("operation.Accepted", "operation.Succeeded", "operation.Failed",
                     "operation.RolledBack", "operation.Cancelled")
 ENTITY_AGGREGATES = ("vm", "volume", "snapshot", "template", "service_offering",
-                     "disk_offering", "zone", "nic")
+                     "disk_offering", "zone", "nic", "network")
 
 
 class ViewEvent(Protocol):
@@ -77,6 +79,9 @@ _SNAPSHOT_STATES = {"CreationRequested": "Creating", "CreatedOnPrimary": "Create
                     "Destroyed": "Destroyed", "Failed": "Error"}
 _TEMPLATE_STATES = {"DownloadStarted": "Downloading", "Downloaded": "Ready",
                     "DownloadFailed": "Error", "Removed": "Removed"}
+_NETWORK_STATES = {"ImplementationStarted": "Implementing", "Implemented": "Implemented",
+                   "ImplementationFailed": "Allocated", "ShutDown": "Shutdown",
+                   "Destroyed": "Destroyed"}
 _OPERATION_STATUS = {"Succeeded": "Succeeded", "Failed": "Failed",
                      "RolledBack": "Compensated", "Cancelled": "Cancelled"}
 
@@ -313,9 +318,33 @@ class TenantView:
             self._insert("zones", {"id": zone_id, "name": d["name"],
                                    "network_type": d["network_type"],
                                    "allocation_state": "Enabled",
+                                   "guest_cidr": d.get("guest_cidr"),
                                    "created_at": d.get("timestamp", ""), "position": pos})
         elif name == "AllocationStateChanged":
             self._update("zones", zone_id, {"allocation_state": d["state"], "position": pos})
+
+    def _network(self, name: str, network_id: str, d: dict[str, Any], pos: int) -> None:
+        at = d.get("timestamp", "")
+        if name == "Created":
+            self._insert("networks", {
+                "id": network_id, "name": d["name"], "zone_id": d["zone_id"],
+                "network_type": d["network_type"], "cidr": d["cidr"], "gateway": d["gateway"],
+                "reserved_ranges": json.dumps(d.get("reserved_ranges", [])),
+                "state": "Allocated", "allocated_ips": 0, "created_at": at, "updated_at": at,
+                "position": pos})
+            return
+        changes: dict[str, Any] = {"updated_at": at, "position": pos}
+        if name in _NETWORK_STATES:
+            changes["state"] = _NETWORK_STATES[name]
+        if name == "ImplementationFailed":
+            changes["last_error"] = d.get("reason", "")
+        elif name == "Implemented":
+            changes["last_error"] = ""
+        elif name in ("IpAllocated", "IpReleased"):
+            step = 1 if name == "IpAllocated" else -1
+            self._db.execute("UPDATE networks SET allocated_ips = MAX(0, allocated_ips + ?) "
+                             "WHERE id = ?", (step, network_id))
+        self._update("networks", network_id, changes)
 
     def _operation(self, name: str, operation_id: str, d: dict[str, Any], pos: int) -> None:
         if name == "Accepted":
@@ -415,6 +444,17 @@ class TenantView:
         """Every zone, oldest first."""
         return [row(ZoneRow, r) for r in self._rows("SELECT * FROM zones ORDER BY position")]
 
+    def networks(self, ids: Iterable[UUID] | None = None, *,
+                 include_destroyed: bool = False) -> list[NetworkRow]:
+        """The zones' guest networks (not destroyed, unless asked), oldest first."""
+        where = "" if include_destroyed else "state != 'Destroyed'"
+        return self._select("networks", NetworkRow, account=None, ids=ids, where=where)
+
+    def network(self, network_id: UUID) -> NetworkRow | None:
+        """One network, destroyed or not."""
+        found = self.networks([network_id], include_destroyed=True)
+        return found[0] if found else None
+
     def vm_nics(self, vm_ids: Iterable[UUID]) -> dict[UUID, list[NicRow]]:
         """The NICs plugged into each of these VMs (those not released), by device; a VM
         without one is absent."""
@@ -455,6 +495,7 @@ def _offering(kind: str) -> Callable[[TenantView, str, str, dict[str, Any], int]
 _HANDLERS: dict[str, Callable[[TenantView, str, str, dict[str, Any], int], None]] = {
     "vm": TenantView._vm, "volume": TenantView._volume, "snapshot": TenantView._snapshot,
     "template": TenantView._template, "zone": TenantView._zone, "nic": TenantView._nic,
+    "network": TenantView._network,
     "operation": TenantView._operation,
     "service_offering": _offering("service"), "disk_offering": _offering("disk"),
 }

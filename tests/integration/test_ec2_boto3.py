@@ -8,7 +8,8 @@ to them only over NATS. boto3 signs with an ACL user's key.
 The lifecycle test checks the platform's own store at each step (its instance is launched into
 the implemented guest network, so it has a NIC, whose address and MAC boto3 sees, and it asks
 the calls tools make first: DescribeInstanceTypes, DescribeAccountAttributes,
-DescribeInstanceStatus, DescribeInstanceAttribute); the restart test kills the
+DescribeInstanceStatus, DescribeInstanceAttribute; its network is a subnet, CreateVpc,
+CreateSubnet refused to a tenant by the ACL, ImportKeyPair); the restart test kills the
 service (SIGKILL), changes things through the intake meanwhile, and restarts it: its durable
 consumer resumes and its view shows every change, while orchestration never stopped, and the
 tags (the service's own data) are still there.
@@ -213,6 +214,7 @@ async def lifecycle(settings: Settings, cloud: Cloud, ids: Prepared, users: User
     await check_private_address(ec2, cloud, iid, subnet)
     await check_first_calls(ec2, cloud, ids, iid)
     await check_tags(ec2, iid)
+    await check_vpcs_and_keys(ec2, cloud, subnet)
 
     stopped = await call(ec2.stop_instances, InstanceIds=[iid])
     assert stopped["StoppingInstances"][0]["PreviousState"]["Name"] == "running"
@@ -258,10 +260,11 @@ async def lifecycle(settings: Settings, cloud: Cloud, ids: Prepared, users: User
     with pytest.raises(ClientError) as e:
         await call(bob.create_tags, Resources=[iid], Tags=[{"Key": "Name", "Value": "his"}])
     assert code_of(e) == "InvalidInstanceID.NotFound"
-    assert (await call(bob.describe_tags))["Tags"] == []
+    # (the guest network belongs to no account: bob sees it, with its Name, as alice does)
+    assert [t["ResourceType"] for t in (await call(bob.describe_tags))["Tags"]] == ["subnet"]
     assert (await call(bob.describe_volumes))["Volumes"] == []
     with pytest.raises(ClientError) as e:
-        await call(ec2.describe_vpcs)
+        await call(ec2.describe_vpn_gateways)
     assert code_of(e) == "InvalidAction"
     with pytest.raises(ClientError) as e:
         await call(client(settings, users.alice, secret="0" * 40).describe_instances)
@@ -333,6 +336,30 @@ async def check_first_calls(ec2: Any, cloud: Cloud, ids: Prepared, iid: str) -> 
     assert code_of(e) == "InvalidParameterValue"
 
 
+async def check_vpcs_and_keys(ec2: Any, cloud: Cloud, subnet: str) -> None:
+    """The network the instance runs in is a subnet of the account's VPC of the zone; a VPC
+    CreateVpc made is the service's; a tenant may not create a network (the real ACL says
+    so); ImportKeyPair keeps a public key DescribeKeyPairs shows."""
+    network = await cloud.get(platform_id(subnet))
+    [shown] = (await call(ec2.describe_subnets, SubnetIds=[subnet]))["Subnets"]
+    assert (shown["CidrBlock"], shown["State"], shown["AvailabilityZone"]) == (
+        network.cidr, "available", "z1")
+    assert shown["AvailableIpAddressCount"] == network.free_ip_count
+    assert shown["Tags"] == [{"Key": "Name", "Value": network.name}]
+    vpc = (await call(ec2.create_vpc, CidrBlock="10.1.0.0/16"))["Vpc"]
+    vpcs = {v["VpcId"]: v for v in (await call(ec2.describe_vpcs))["Vpcs"]}
+    assert shown["VpcId"] in vpcs and vpc["VpcId"] in vpcs
+    with pytest.raises(ClientError) as e:
+        await call(ec2.create_subnet, VpcId=vpc["VpcId"], CidrBlock="10.1.200.0/24")
+    assert code_of(e) == "UnauthorizedOperation"
+    await call(ec2.delete_vpc, VpcId=vpc["VpcId"])
+    key = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOgyx4FZYFx6MSnv+ak1JzelWKDdBnCdVREXnWs/6e6t "
+           "me@laptop")
+    imported = await call(ec2.import_key_pair, KeyName="laptop", PublicKeyMaterial=key.encode())
+    [pair] = (await call(ec2.describe_key_pairs, KeyNames=["laptop"]))["KeyPairs"]
+    assert (pair["KeyType"], pair["KeyFingerprint"]) == ("ed25519", imported["KeyFingerprint"])
+
+
 def tag_spec(kind: str, **tags: str) -> dict[str, Any]:
     return {"ResourceType": kind, "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
 
@@ -371,7 +398,8 @@ async def check_tags(ec2: Any, iid: str) -> None:
                                                        {"Key": "tier", "Value": "web"}])
     pages = await asyncio.to_thread(lambda: list(ec2.get_paginator("describe_tags").paginate(
         PaginationConfig={"PageSize": 5})))
-    assert [len(p["Tags"]) for p in pages] == [5, 1]
+    # six on the instance and its volume, and the subnet's Name (its network's name)
+    assert [len(p["Tags"]) for p in pages] == [5, 2]
 
 
 async def _is(check: Callable[[], Any], expected: str) -> bool:

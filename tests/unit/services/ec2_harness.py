@@ -31,7 +31,12 @@ from aggregates.errors import (
     UnauthenticatedError,
     ValidationError,
 )
-from gateways.ownership import owner_of, store_lookup
+from gateways.ownership import names_target, owner_of, store_lookup
+from kernel.cloud.networks import (
+    CreateNetworkCommand,
+    ImplementNetworkCommand,
+    ShutdownNetworkCommand,
+)
 from kernel.cloud.vms import DeployVm, DestroyVm, StartVm, StopVm
 from kernel.cloud.volume_copies import SnapshotVolumeCommand
 from kernel.cloud.volume_moves import DeleteVolumeCommand
@@ -52,8 +57,11 @@ COMMANDS: dict[str, type[Any]] = {
     "vm.deploy": DeployVm, "vm.start": StartVm, "vm.stop": StopVm, "vm.destroy": DestroyVm,
     "volume.create": CreateVolumeCommand, "volume.attach": AttachVolumeCommand,
     "volume.detach": DetachVolumeCommand, "volume.snapshot": SnapshotVolumeCommand,
-    "volume.delete": DeleteVolumeCommand}
-KEYS = {"ak_alice": ("alice-secret", "alice"), "ak_bob": ("bob-secret", "bob")}
+    "volume.delete": DeleteVolumeCommand, "network.create": CreateNetworkCommand,
+    "network.implement": ImplementNetworkCommand, "network.shutdown": ShutdownNetworkCommand}
+KEYS = {"ak_alice": ("alice-secret", "alice"), "ak_bob": ("bob-secret", "bob"),
+        "ak_root": ("root-secret", "root")}
+ROOT_ADMINS = {"root"}  # a root admin belongs to no account
 
 
 class FakeAcl:
@@ -78,8 +86,10 @@ class FakeAcl:
             raise UnauthenticatedError(f"key {access_key_id} was revoked")
         replayed = signature in self.seen
         self.seen.add(signature)
+        root = user in ROOT_ADMINS
         return SigV4Check(token=f"token-{user}", replayed=replayed, principal=AclPrincipal(
-            actor=user, account=user, role="user", domain="ROOT", key_id=access_key_id))
+            actor=user, account=None if root else user, role="root_admin" if root else "user",
+            domain="ROOT", key_id=access_key_id))
 
     async def verify_sigv4(self, *, access_key_id: str, date: str, region: str, service: str,
                            string_to_sign: str, signature: str) -> tuple[str, AclPrincipal]:
@@ -125,8 +135,12 @@ class EnginePlatform:
             owner = owner_of(command, store_lookup(self.cloud.app.repository))
             if tag in self.denied:
                 raise Refused("forbidden", f"{caller.principal.actor} may not send {tag}")
-            if owner is not None and owner != caller.account:
+            root = caller.account is None
+            if owner is not None and owner != caller.account and not root:
                 raise Refused("forbidden", f"{caller.principal.actor} may not touch {owner}'s")
+            if owner is None and not names_target(command) and not root:  # as the ACL does
+                raise Refused("forbidden", f"{caller.principal.actor} may not send {tag} "
+                              "without naming the owning account: only a root admin may")
             out = self.cloud.engine.execute(command, actor=caller.principal.actor,
                                             idempotency_key=f"{caller.principal.actor}/"
                                                             f"{idempotency_key}")
@@ -150,7 +164,7 @@ class EnginePlatform:
     async def authorize(self, caller: Caller, tag: str, owner: str | None) -> None:
         if tag in self.denied:
             raise Refused("forbidden", f"{caller.principal.actor} may not send {tag}: denied")
-        if owner != caller.account:
+        if owner != caller.account and caller.account is not None:
             raise Refused("forbidden", f"{caller.principal.actor} may not send {tag} for {owner}")
 
 

@@ -111,7 +111,7 @@ def test_errors_have_ec2s_codes(stack: Stack) -> None:
         ec2.attach_volume(VolumeId="vol-" + "1" * 32, InstanceId=missing, Device="/dev/sdf")
     assert code_of(e) == "InvalidVolume.NotFound"
     with pytest.raises(ClientError) as e:
-        ec2.describe_vpcs()
+        ec2.describe_vpn_gateways()
     assert code_of(e) == "InvalidAction"
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     with pytest.raises(ClientError) as e:

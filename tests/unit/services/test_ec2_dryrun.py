@@ -9,12 +9,15 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from aggregates.network import Network
 from services.ec2.service import ACTIONS
+from services.ec2.vpcs import zone_vpc_id
 from tests.unit.services.ec2_harness import Stack, code_of, image_id
 
 
-def resources(stack: Stack) -> dict[str, str]:
-    """A running instance, an available volume, a key pair and a tag."""
+def resources(stack: Stack) -> dict[str, Any]:
+    """A running instance, an available volume, a key pair, a tag, a VPC and a network; a
+    root admin's client (only one may change networks) and the VPC of its zone."""
     ec2 = stack.client()
     iid = ec2.run_instances(ImageId=image_id(ec2), MinCount=1, MaxCount=1)["Instances"][0][
         "InstanceId"]
@@ -22,10 +25,22 @@ def resources(stack: Stack) -> dict[str, str]:
     stack.progress()
     ec2.create_key_pair(KeyName="k")
     ec2.create_tags(Resources=[iid], Tags=[{"Key": "env", "Value": "test"}])
-    return {"iid": iid, "vol": vol, "ami": image_id(ec2)}
+    vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
+    zone_id = stack.platform.view.zones()[0].id
+    network = Network.create(name="guests", zone_id=zone_id, cidr="10.1.9.0/24",
+                             gateway="10.1.9.1")
+    network.implement()
+    network.implemented(vlan=100)
+    stack.cloud.app.save(network)
+    stack.platform.feed()
+    root = stack.client("ak_root")
+    return {"iid": iid, "vol": vol, "ami": image_id(ec2), "vpc": vpc,
+            "subnet": "subnet-" + network.id.hex, "root": root,
+            "root_vpc": zone_vpc_id(None, zone_id)}
 
 
-Call = Callable[[Any, dict[str, str]], Any]
+KEY = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOgyx4FZYFx6MSnv+ak1JzelWKDdBnCdVREXnWs/6e6t"
+Call = Callable[[Any, dict[str, Any]], Any]
 CALLS: dict[str, Call] = {
     "RunInstances": lambda ec2, r: ec2.run_instances(ImageId=r["ami"], MinCount=1,
                                                      MaxCount=1, DryRun=True),
@@ -54,6 +69,17 @@ CALLS: dict[str, Call] = {
     "CreateKeyPair": lambda ec2, r: ec2.create_key_pair(KeyName="other", DryRun=True),
     "DescribeKeyPairs": lambda ec2, r: ec2.describe_key_pairs(DryRun=True),
     "DeleteKeyPair": lambda ec2, r: ec2.delete_key_pair(KeyName="k", DryRun=True),
+    "ImportKeyPair": lambda ec2, r: ec2.import_key_pair(KeyName="imported",
+                                                        PublicKeyMaterial=KEY, DryRun=True),
+    "DescribeVpcs": lambda ec2, r: ec2.describe_vpcs(DryRun=True),
+    "CreateVpc": lambda ec2, r: ec2.create_vpc(CidrBlock="10.2.0.0/16", DryRun=True),
+    "DeleteVpc": lambda ec2, r: ec2.delete_vpc(VpcId=r["vpc"], DryRun=True),
+    "DescribeSubnets": lambda ec2, r: ec2.describe_subnets(DryRun=True),
+    # only a root admin may change the platform's networks
+    "CreateSubnet": lambda ec2, r: r["root"].create_subnet(VpcId=r["root_vpc"],
+                                                           CidrBlock="10.1.8.0/24",
+                                                           DryRun=True),
+    "DeleteSubnet": lambda ec2, r: r["root"].delete_subnet(SubnetId=r["subnet"], DryRun=True),
     "CreateTags": lambda ec2, r: ec2.create_tags(Resources=[r["iid"]],
                                                  Tags=[{"Key": "env", "Value": "prod"}],
                                                  DryRun=True),

@@ -39,7 +39,9 @@ def seeded(stack: Stack) -> dict[str, list[str]]:
     stack.progress()
     ec2.create_key_pair(KeyName="k1")
     ec2.create_tags(Resources=[iid], Tags=[{"Key": "env", "Value": "test"}])
-    return {"i-": [iid], "vol-": [vol], "snap-": [snap], "ami-": [image_id(ec2)]}
+    vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
+    return {"i-": [iid], "vol-": [vol], "snap-": [snap], "ami-": [image_id(ec2)],
+            "vpc-": [vpc]}
 
 
 def weighted(*choices: tuple[int, st.SearchStrategy[str]]) -> st.SearchStrategy[str]:
@@ -87,6 +89,14 @@ def values(known: dict[str, list[str]]) -> dict[str, st.SearchStrategy[str]]:
         "ClientToken": text, "NextToken": text, "Description": text,
         "SubnetId": st.sampled_from(["subnet-0123456789abcdef0", "subnet-" + "0" * 32,
                                      "subnet-x"]),
+        "SubnetId.1": st.sampled_from(["subnet-0123456789abcdef0", "subnet-x"]),
+        "VpcId": st.sampled_from([*known.get("vpc-", []), "vpc-0123456789abcdef0", "vpc-x"]),
+        "VpcId.1": st.sampled_from([*known.get("vpc-", []), "vpc-x"]),
+        "CidrBlock": st.sampled_from(["10.1.0.0/16", "10.1.3.0/24", "10.0.0.0/8", "nope"])
+        | text,
+        "PublicKeyMaterial": st.sampled_from([
+            "c3NoLWVkMjU1MTkgQUFBQUMzTnphQzFsWkRJMU5URTVBQUFBSU9neXg0RlpZRng2TVNu"
+            "dithazFKemVsV0tEZEJuQ2RWUkVYbldzLzZlNnQ=", "aGVsbG8=", ""]) | text,
         "Tag.1.Key": weighted((4, st.sampled_from(["env", "Name"])),
                               (1, st.sampled_from(["aws:x", ""])), (1, text)),
         "Tag.1.Value": text,
@@ -110,7 +120,8 @@ TAGGED = ("TagSpecification.1.ResourceType", "TagSpecification.1.Tag.1.Key",
 NEEDED = {"RunInstances": 3, "StartInstances": 1, "StopInstances": 1, "TerminateInstances": 1,
           "CreateVolume": 2, "AttachVolume": 3, "DetachVolume": 1, "DeleteVolume": 1,
           "CreateSnapshot": 1, "CreateKeyPair": 1, "DeleteKeyPair": 1, "CreateTags": 1,
-          "DeleteTags": 1}
+          "DeleteTags": 1, "ImportKeyPair": 2, "DeleteVpc": 1, "CreateVpc": 1,
+          "CreateSubnet": 2, "DeleteSubnet": 1}
 RELEVANT: dict[str, tuple[str, ...]] = {
     "RunInstances": ("ImageId", "MinCount", "MaxCount", "InstanceType", "KeyName",
                      "Placement.AvailabilityZone", "ClientToken", *TAGGED),
@@ -134,8 +145,15 @@ RELEVANT: dict[str, tuple[str, ...]] = {
     "CreateTags": ("ResourceId.1", "Tag.1.Key", "Tag.1.Value", "ResourceId.2"),
     "DeleteTags": ("ResourceId.1", "Tag.1.Key", "Tag.1.Value"),
     "DescribeTags": PAGED,
+    "ImportKeyPair": ("KeyName", "PublicKeyMaterial", *TAGGED),
+    "DescribeVpcs": ("VpcId.1", *PAGED),
+    "CreateVpc": ("CidrBlock", *TAGGED),
+    "DeleteVpc": ("VpcId",),
+    "DescribeSubnets": ("SubnetId.1", *PAGED),
+    "CreateSubnet": ("VpcId", "CidrBlock", "AvailabilityZone", *TAGGED),
+    "DeleteSubnet": ("SubnetId",),
 }
-ACTION = st.sampled_from(sorted(ACTIONS) * 8 + ["DescribeVpcs", "", "runinstances"])
+ACTION = st.sampled_from(sorted(ACTIONS) * 8 + ["DescribeVpnGateways", "", "runinstances"])
 WHO = st.sampled_from([("ak_alice", None)] * 8 + [("ak_bob", None), ("ak_alice", "wrong"),
                                                   ("ak_nobody", "x")])
 
