@@ -64,9 +64,7 @@ def postgres_server() -> Iterator[PostgresServer | ExternalPostgres]:
     if external:
         yield ExternalPostgres(external)
         return
-    # whole-platform stacks (every worker and service a process, each with its pools) hold
-    # more than the default 100 connections at once
-    server = PostgresServer(settings={"max_connections": "300"})
+    server = PostgresServer()
     try:
         server.start()
         yield server

@@ -216,7 +216,8 @@ def _worker_process(name: str, config: dict[str, Any],
                     settings: Settings) -> "subprocess.Popen[str]":
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CLOUDKERNEL_STORE": settings.store,
            "CLOUDKERNEL_DATA_DIR": str(settings.data_dir),
-           "CLOUDKERNEL_POSTGRES_SCHEMA": settings.postgres_schema}
+           "CLOUDKERNEL_POSTGRES_SCHEMA": settings.postgres_schema,
+           "CLOUDKERNEL_POSTGRES_POOL_SIZE": str(settings.postgres_pool_size)}
     if settings.postgres_dsn:
         env["CLOUDKERNEL_POSTGRES_DSN"] = settings.postgres_dsn
     env.pop("CLOUDKERNEL_CONFIG", None)

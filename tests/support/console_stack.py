@@ -118,7 +118,7 @@ class ConsoleStack:
                   "api_port": free_port(), "console_port": free_port(),
                   "ec2_port": free_port(), "ec2_region": "ck-test-1",
                   "enduser_port": free_port(),
-                  "service_heartbeat_seconds": 0.5,
+                  "service_heartbeat_seconds": 0.5, "postgres_pool_size": 2,
                   "console_ticket_seconds": self.ticket_seconds, "log_level": "info",
                   **self.extra}
         self.config = self.tmp_path / "cloudkernel.toml"
