@@ -20,9 +20,9 @@ RunInstances does not take any yet.
 from datetime import UTC, datetime
 from typing import Any
 
-from services.ec2.context import Request, matches, parse_ids
+from services.ec2.context import Request, matches
 from services.ec2.ids import INSTANCE, RUNNING, from_ec2, not_found, to_ec2
-from services.ec2.instances import render_instance, visible
+from services.ec2.instances import described_vms, render_instance, visible
 from services.ec2.pages import page_of, paginate
 from services.ec2.protocol import Ec2Error
 from services.framework.tenant_rows import VmRow
@@ -73,20 +73,10 @@ _STATUS_FILTERS = {
 async def describe_instance_status(req: Request) -> dict[str, Any]:
     """DescribeInstanceStatus: the account's instances' status checks (running ones only,
     unless IncludeAllInstances)."""
-    view, store = req.platform.view, req.platform.store
+    store = req.platform.store
     wanted = req.params.members("InstanceId")
-    ids = parse_ids(INSTANCE, wanted) if wanted else None
     every = req.params.boolean("IncludeAllInstances")
-    vms = view.vms(req.account, ids, include_expunged=True)
-    if ids is not None:
-        have = {v.id for v in vms}
-        missing = [w for w, i in zip(wanted, ids, strict=True) if i not in have]
-        if missing:
-            raise Ec2Error("InvalidInstanceID.NotFound", f"The instance IDs '"
-                           f"{', '.join(m[:40] for m in missing[:20])}' do not exist")
-    else:
-        now = datetime.now(UTC)
-        vms = [v for v in vms if visible(v, now)]
+    vms = described_vms(req, wanted)
     page = page_of("DescribeInstanceStatus", req.params, ids_param="InstanceId")
     filters = req.params.filters()
     notes = store.instances([v.id for v in vms])

@@ -292,10 +292,10 @@ def visible(vm: VmRow, now: datetime) -> bool:
     return now - at < TERMINATED_VISIBLE
 
 
-async def describe_instances(req: Request) -> dict[str, Any]:
-    """DescribeInstances: the account's instances, grouped by reservation."""
-    view, store = req.platform.view, req.platform.store
-    wanted = req.params.members("InstanceId")
+def described_vms(req: Request, wanted: list[str]) -> list[VmRow]:
+    """The caller's instances a Describe names (each must exist), or every one still shown
+    (terminated ones for a while) when it names none."""
+    view = req.platform.view
     ids = parse_ids(INSTANCE, wanted) if wanted else None
     vms = view.vms(req.account, ids, include_expunged=True)
     if ids is not None:
@@ -307,6 +307,14 @@ async def describe_instances(req: Request) -> dict[str, Any]:
     else:
         now = datetime.now(UTC)
         vms = [v for v in vms if visible(v, now)]
+    return vms
+
+
+async def describe_instances(req: Request) -> dict[str, Any]:
+    """DescribeInstances: the account's instances, grouped by reservation."""
+    store = req.platform.store
+    wanted = req.params.members("InstanceId")
+    vms = described_vms(req, wanted)
     page = page_of("DescribeInstances", req.params, ids_param="InstanceId")
     notes = store.instances([v.id for v in vms])
     tags = tags_of(req, {to_ec2(INSTANCE, v.id): v.name for v in vms})

@@ -186,6 +186,11 @@ class Ec2Store:
         pair = KeyPair(account=account, name=name, key_pair_id="key-" + uuid4().hex[:17],
                        key_type=key_type, fingerprint=fingerprint, public_key=public,
                        created_at=datetime.now(UTC).isoformat())
+        self._insert_key_pair(pair)
+        return pair, private
+
+    def _insert_key_pair(self, pair: KeyPair) -> None:
+        """Keep a key pair; InvalidKeyPair.Duplicate when its name is taken."""
         with self._lock:
             try:
                 self._db.execute("INSERT INTO key_pairs VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -193,8 +198,7 @@ class Ec2Store:
                                   pair.fingerprint, pair.public_key, pair.created_at))
             except sqlite3.IntegrityError:
                 raise Ec2Error("InvalidKeyPair.Duplicate",
-                               f"The keypair '{name}' already exists.") from None
-        return pair, private
+                               f"The keypair '{pair.name}' already exists.") from None
 
     def import_key_pair(self, account: str, name: str, key_type: str, public: str,
                         fingerprint: str) -> KeyPair:
@@ -203,14 +207,7 @@ class Ec2Store:
         pair = KeyPair(account=account, name=name, key_pair_id="key-" + uuid4().hex[:17],
                        key_type=key_type, fingerprint=fingerprint, public_key=public,
                        created_at=datetime.now(UTC).isoformat())
-        with self._lock:
-            try:
-                self._db.execute("INSERT INTO key_pairs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 (pair.account, pair.name, pair.key_pair_id, pair.key_type,
-                                  pair.fingerprint, pair.public_key, pair.created_at))
-            except sqlite3.IntegrityError:
-                raise Ec2Error("InvalidKeyPair.Duplicate",
-                               f"The keypair '{name}' already exists.") from None
+        self._insert_key_pair(pair)
         return pair
 
     def key_pairs(self, account: str | None) -> list[KeyPair]:
